@@ -1,0 +1,1 @@
+"""`mlenv build` (not implemented yet)."""

@@ -1,0 +1,1 @@
+"""`mlenv doctor` (not implemented yet)."""

@@ -1,0 +1,1 @@
+"""`mlenv gen` (not implemented yet)."""

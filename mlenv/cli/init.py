@@ -1,0 +1,1 @@
+"""`mlenv init` (not implemented yet)."""

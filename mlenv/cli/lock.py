@@ -1,0 +1,1 @@
+"""`mlenv lock` (not implemented yet)."""

@@ -1,0 +1,1 @@
+"""`mlenv sweep` (not implemented yet)."""

@@ -1,0 +1,1 @@
+"""`mlenv sync` (not implemented yet)."""

@@ -1,0 +1,91 @@
+"""Read-only access to the shipped hardware catalog (``data/catalog.toml``)."""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+from packaging.version import Version
+
+from mlenv.errors import SpecError, did_you_mean
+
+
+@dataclass(frozen=True)
+class CudaRelease:
+    version: str
+    driver_min: str
+    driver_min_compat: str
+    sm_range: tuple[str, str]
+    cudnn_tag: str
+    ubuntu: str
+    torch_index: str
+
+    def supports_sm(self, sm: str) -> bool:
+        low, high = self.sm_range
+        return Version(low) <= Version(sm) <= Version(high)
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    name: str
+    sm: str
+    memory_gb: int
+    match: tuple[str, ...]
+
+
+@functools.cache
+def _data() -> dict:
+    text = resources.files("mlenv.hardware").joinpath("data/catalog.toml").read_text()
+    return tomllib.loads(text)
+
+
+def version() -> str:
+    return _data()["version"]
+
+
+def cuda_versions() -> list[str]:
+    return sorted(_data()["cuda"], key=Version)
+
+
+def gpu_names() -> list[str]:
+    return list(_data()["gpu"])
+
+
+def cuda_release(version_: str) -> CudaRelease:
+    table = _data()["cuda"].get(version_)
+    if table is None:
+        raise SpecError(
+            f"unknown CUDA version {version_!r}",
+            hint=did_you_mean(version_, cuda_versions()) or f"known: {', '.join(cuda_versions())}",
+        )
+    return CudaRelease(
+        version=version_,
+        driver_min=table["driver-min"],
+        driver_min_compat=table["driver-min-compat"],
+        sm_range=tuple(table["sm"]),
+        cudnn_tag=table["cudnn-tag"],
+        ubuntu=table["ubuntu"],
+        torch_index=table["torch-index"],
+    )
+
+
+def gpu_model(name: str) -> GpuModel:
+    table = _data()["gpu"].get(name.lower())
+    if table is None:
+        raise SpecError(
+            f"unknown GPU model {name!r}",
+            hint=did_you_mean(name.lower(), gpu_names()) or f"known: {', '.join(gpu_names())}",
+        )
+    return GpuModel(name=name.lower(), sm=table["sm"], memory_gb=table["memory-gb"], match=tuple(table["match"]))
+
+
+def gpu_model_for_smi_name(smi_name: str) -> GpuModel | None:
+    """Map a name printed by nvidia-smi ("NVIDIA A10G", "Tesla T4") to a catalog model."""
+    lowered = smi_name.lower().strip() + " "
+    candidates = [(pattern, name) for name in gpu_names() for pattern in gpu_model(name).match]
+    for pattern, name in sorted(candidates, key=lambda item: -len(item[0])):
+        if pattern in lowered:
+            return gpu_model(name)
+    return None

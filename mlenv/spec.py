@@ -1,0 +1,490 @@
+"""The spec: ``mlenv.toml``, what a human writes.
+
+``load_spec`` parses and validates the whole file up front, so every later step can trust it.  Each
+error is a ``SpecError`` pointing at ``file:line:col`` with a hint ("did you mean ...") when one
+helps.  Sections that later features read (``[image]``, ``[devbox]``, ``[ci]``, ``[sweep]``) are
+validated here too, so a typo there fails at load time, not halfway through a build.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from mlenv.errors import SpecError, did_you_mean
+from mlenv.hardware import catalog
+from mlenv.tomlpos import locate
+
+SPEC_FILE = "mlenv.toml"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+
+# platform name in the spec -> (sys_platform, platform_machine, uv --python-platform)
+PLATFORMS: dict[str, tuple[str, str, str]] = {
+    "linux/x86_64": ("linux", "x86_64", "x86_64-manylinux_2_28"),
+    "linux/aarch64": ("linux", "aarch64", "aarch64-manylinux_2_28"),
+    "macos/arm64": ("darwin", "arm64", "aarch64-apple-darwin"),
+    "macos/x86_64": ("darwin", "x86_64", "x86_64-apple-darwin"),
+    "windows/x86_64": ("win32", "AMD64", "x86_64-pc-windows-msvc"),
+}
+PLATFORM_ALIASES = {"linux/amd64": "linux/x86_64", "linux/arm64": "linux/aarch64", "darwin/arm64": "macos/arm64"}
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    url: str
+    # explicit: used only by packages pinned to it (the PyTorch indexes must not shadow PyPI)
+    explicit: bool = False
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    platform: str
+    cuda: str | None = None
+    gpu: str | None = None
+    gpu_count: int = 0
+    gpu_memory_min: int | None = None  # GB
+    cpu_min: int | None = None
+    ram_min: int | None = None  # GB
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def os(self) -> str:
+        return self.platform.split("/")[0]
+
+    @property
+    def arch(self) -> str:
+        return self.platform.split("/")[1]
+
+    @property
+    def sys_platform(self) -> str:
+        return PLATFORMS[self.platform][0]
+
+    @property
+    def platform_machine(self) -> str:
+        return PLATFORMS[self.platform][1]
+
+    @property
+    def python_platform(self) -> str:
+        return PLATFORMS[self.platform][2]
+
+    @property
+    def accelerator(self) -> str:
+        return f"cuda{self.cuda}" if self.cuda else "cpu"
+
+    def hardware(self) -> dict[str, Any]:
+        """The hardware fields, as recorded in the lock inputs (None-valued ones left out)."""
+        fields = {
+            "platform": self.platform,
+            "cuda": self.cuda,
+            "gpu": self.gpu,
+            "gpu-count": self.gpu_count or None,
+            "gpu-memory-min": self.gpu_memory_min,
+            "cpu-min": self.cpu_min,
+            "ram-min": self.ram_min,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    name: str
+    python: str  # "3.11" or "3.11.7": an environment has exactly one Python
+    dependencies: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]]
+    indexes: tuple[Index, ...]
+    sources: dict[str, str]
+    targets: dict[str, Target]
+    image: dict[str, Any] = field(default_factory=dict)
+    devbox: dict[str, Any] = field(default_factory=dict)
+    ci: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def python_minor(self) -> str:
+        return ".".join(self.python.split(".")[:2])
+
+    @property
+    def requires_python(self) -> str:
+        return f"=={self.python}" if self.python.count(".") == 2 else f"=={self.python}.*"
+
+    def index(self, name: str) -> Index:
+        return next(index for index in self.indexes if index.name == name)
+
+    def default_index(self) -> Index:
+        for index in self.indexes:
+            if index.default:
+                return index
+        return Index(name="pypi", url=DEFAULT_INDEX_URL, default=True)
+
+    def sources_for(self, target: Target) -> dict[str, str]:
+        """Package -> index name for one target: the spec-wide pins, overridden by the target's."""
+        return {**self.sources, **target.sources}
+
+    def target(self, name: str) -> Target:
+        try:
+            return self.targets[name]
+        except KeyError:
+            from mlenv.errors import UsageError
+
+            raise UsageError(
+                f"no target named {name!r} in {self.path.name}",
+                hint=did_you_mean(name, self.targets) or f"targets: {', '.join(self.targets)}",
+            ) from None
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+Check = Callable[[Any], str | None]  # returns an error message, or None when the value is fine
+
+
+def _is(kind: type | tuple[type, ...], label: str) -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            return f"expected {label}, got a boolean"
+        return None if isinstance(value, kind) else f"expected {label}, got {type(value).__name__}"
+
+    return check
+
+
+def _string_list(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return "expected a list of strings"
+    return None
+
+
+def _positive_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "expected a positive integer"
+    return None
+
+
+_DURATION = re.compile(r"^\d+(s|m|h|d)$")
+
+
+def _duration(value: Any) -> str | None:
+    if not isinstance(value, str) or not _DURATION.match(value):
+        return 'expected a duration such as "30m", "2h" or "1d"'
+    return None
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return f"expected one of {', '.join(choices)}, got {value!r}"
+        return None
+
+    return check
+
+
+STR, BOOL, INT = _is(str, "a string"), _is(bool, "true or false"), _positive_int
+TABLE = _is(dict, "a table")
+NUMBER = _is((int, float), "a number")
+
+# Keys each optional section accepts.  A feature that grows a setting adds one line here.
+SECTIONS: dict[str, dict[str, Check]] = {
+    "image": {
+        "name": STR,
+        "base": STR,
+        "devel": BOOL,
+        "docker": STR,
+        "registry": STR,
+        "system-packages": _string_list,
+        "ca-bundle": STR,
+        "user": STR,
+    },
+    "devbox": {
+        "provider": _one_of("docker", "ssh", "aws"),
+        "target": STR,
+        "idle": _duration,
+        "max-lifetime": _duration,
+        "host": STR,
+        "user": STR,
+        "port": INT,
+        "region": STR,
+        "instance-type": STR,
+        "ami": STR,
+        "ami-parameter": STR,
+        "disk-gb": INT,
+        "spot": BOOL,
+    },
+    "ci": {
+        "runs-on": STR,
+        "targets": _string_list,
+        "push": BOOL,
+        "registry": STR,
+    },
+    "sweep": {
+        "notebook": STR,
+        "parameters": TABLE,
+        "mode": _one_of("grid", "zip", "random"),
+        "samples": INT,
+        "seed": _is(int, "an integer"),
+        "jobs": INT,
+        "timeout": NUMBER,
+        "retries": _is(int, "an integer"),
+        "output": STR,
+        "sort": STR,
+        "kernel": STR,
+        "cluster": STR,
+    },
+}
+
+TOP_LEVEL = ("project", "dependency-groups", "index", "sources", "targets", *SECTIONS)
+PROJECT_KEYS = ("name", "python", "dependencies")
+INDEX_KEYS = ("name", "url", "explicit", "default")
+TARGET_KEYS = ("platform", "cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min", "sources")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PYTHON = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
+_CUDA_INDEX = re.compile(r"/cu(\d{2,3})(?:/|$)")
+
+
+class _Validator:
+    def __init__(self, text: str, path: Path) -> None:
+        self.text, self.path = text, path
+
+    def fail(self, where: tuple, message: str, hint: str | None = None) -> SpecError:
+        position = locate(self.text, where)
+        line, col = position if position else (None, None)
+        return SpecError(message, path=str(self.path), line=line, col=col, hint=hint)
+
+    def keys(self, table: dict, allowed: tuple[str, ...] | dict, where: tuple, what: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = did_you_mean(key, allowed) or f"allowed: {', '.join(allowed)}"
+                raise self.fail(where + (key,), f"unknown key {key!r} in {what}", hint)
+
+    def check(self, value: Any, check: Check, where: tuple) -> None:
+        problem = check(value)
+        if problem:
+            raise self.fail(where, f"{'.'.join(map(str, where))}: {problem}")
+
+    def requirements(self, value: Any, where: tuple) -> tuple[str, ...]:
+        self.check(value, _string_list, where)
+        for position, item in enumerate(value):
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise self.fail(where, f"invalid requirement {item!r}: {exc}") from None
+        return tuple(value)
+
+
+def parse_spec(text: str, path: Path) -> Spec:
+    """Validate spec text; ``path`` is used for messages and as the project root."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        line, col = (int(match.group(1)), int(match.group(2))) if match else (None, None)
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+        raise SpecError(f"malformed TOML: {message}", path=str(path), line=line, col=col) from None
+
+    v = _Validator(text, path)
+    v.keys(data, TOP_LEVEL, (), "mlenv.toml")
+
+    project = data.get("project")
+    if not isinstance(project, dict):
+        raise v.fail(("project",), "missing [project] table", 'add [project] with name = "..." and python = "3.11"')
+    v.keys(project, PROJECT_KEYS, ("project",), "[project]")
+    name = project.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise v.fail(("project", "name"), "project.name must be a name such as \"my-project\"")
+    python = project.get("python")
+    if python is None:
+        raise v.fail(("project",), "project.python is required", 'e.g. python = "3.11"')
+    if not isinstance(python, str) or not _PYTHON.match(python):
+        raise v.fail(
+            ("project", "python"),
+            f"project.python must be one version such as \"3.11\" or \"3.11.9\", got {python!r}",
+            "an environment has exactly one Python; pick the version the team runs",
+        )
+    dependencies = v.requirements(project.get("dependencies", []), ("project", "dependencies"))
+
+    groups_table = data.get("dependency-groups", {})
+    v.check(groups_table, TABLE, ("dependency-groups",))
+    groups: dict[str, tuple[str, ...]] = {}
+    for group, requirements in groups_table.items():
+        if not _NAME.match(group) or group == "main":
+            raise v.fail(("dependency-groups", group), f"invalid group name {group!r}")
+        groups[group] = v.requirements(requirements, ("dependency-groups", group))
+
+    index_list = data.get("index", [])
+    if not isinstance(index_list, list):
+        raise v.fail(("index",), "index must be an array of tables: [[index]]")
+    indexes: list[Index] = []
+    for position, table in enumerate(index_list):
+        where = ("index", position)
+        v.check(table, TABLE, where)
+        v.keys(table, INDEX_KEYS, where, "[[index]]")
+        for key in ("name", "url"):
+            if not isinstance(table.get(key), str):
+                raise v.fail(where + (key,) if key in table else where, f"[[index]] needs a string {key!r}")
+        for key in ("explicit", "default"):
+            if key in table:
+                v.check(table[key], BOOL, where + (key,))
+        if not re.match(r"^(https?|file)://", table["url"]):
+            raise v.fail(where + ("url",), f"index url must start with http://, https:// or file://, got {table['url']!r}")
+        if any(index.name == table["name"] for index in indexes):
+            raise v.fail(where + ("name",), f"duplicate index name {table['name']!r}")
+        indexes.append(Index(table["name"], table["url"].rstrip("/"), table.get("explicit", False), table.get("default", False)))
+    if sum(index.default for index in indexes) > 1:
+        raise v.fail(("index",), "only one [[index]] may set default = true")
+    index_names = [index.name for index in indexes]
+
+    def index_pins(table: Any, where: tuple) -> dict[str, str]:
+        v.check(table, TABLE, where)
+        pins = {}
+        for package, index_name in table.items():
+            if not isinstance(index_name, str):
+                raise v.fail(where + (package,), f"{package}: expected the name of an [[index]]")
+            if index_name not in index_names:
+                hint = did_you_mean(index_name, index_names) or (
+                    f"indexes: {', '.join(index_names)}" if index_names else "declare it with [[index]]"
+                )
+                raise v.fail(where + (package,), f"{package} is pinned to unknown index {index_name!r}", hint)
+            pins[canonicalize_name(package)] = index_name
+        return pins
+
+    sources = index_pins(data.get("sources", {}), ("sources",))
+
+    targets_table = data.get("targets")
+    if not targets_table:
+        raise v.fail(("targets",), "no targets", 'add e.g. [targets.cpu] with platform = "linux/x86_64"')
+    v.check(targets_table, TABLE, ("targets",))
+    targets: dict[str, Target] = {}
+    for target_name, table in targets_table.items():
+        where = ("targets", target_name)
+        if not _NAME.match(target_name) or "." in target_name:
+            raise v.fail(where, f"invalid target name {target_name!r}", "use letters, digits, - and _")
+        v.check(table, TABLE, where)
+        v.keys(table, TARGET_KEYS, where, f"[targets.{target_name}]")
+        platform = table.get("platform")
+        if not isinstance(platform, str):
+            raise v.fail(where, f"target {target_name!r} needs platform", f"one of: {', '.join(PLATFORMS)}")
+        platform = PLATFORM_ALIASES.get(platform, platform)
+        if platform not in PLATFORMS:
+            raise v.fail(where + ("platform",), f"unknown platform {platform!r}",
+                         did_you_mean(platform, PLATFORMS) or f"one of: {', '.join(PLATFORMS)}")
+        for key in ("gpu-count", "gpu-memory-min", "cpu-min", "ram-min"):
+            if key in table:
+                v.check(table[key], INT, where + (key,))
+        cuda, gpu = table.get("cuda"), table.get("gpu")
+        if cuda is not None:
+            if isinstance(cuda, float):
+                raise v.fail(where + ("cuda",), f"write the CUDA version as a string: cuda = \"{cuda}\"")
+            v.check(cuda, STR, where + ("cuda",))
+            if not platform.startswith(("linux/", "windows/")):
+                raise v.fail(where + ("cuda",), f"CUDA is not available on {platform}",
+                             "drop cuda from this target, or use a linux platform")
+            try:
+                catalog.cuda_release(cuda)
+            except SpecError as exc:
+                raise v.fail(where + ("cuda",), exc.message, exc.hint) from None
+        if gpu is not None:
+            v.check(gpu, STR, where + ("gpu",))
+            try:
+                model = catalog.gpu_model(gpu)
+            except SpecError as exc:
+                raise v.fail(where + ("gpu",), exc.message, exc.hint) from None
+            if cuda is None:
+                raise v.fail(where + ("gpu",), f"target {target_name!r} names a GPU but no CUDA version",
+                             'add cuda = "12.4" (or another version)')
+            if not catalog.cuda_release(cuda).supports_sm(model.sm):
+                raise v.fail(where + ("cuda",), f"CUDA {cuda} does not support {gpu} (compute capability {model.sm})",
+                             "pick a CUDA version that supports this GPU")
+            memory_min = table.get("gpu-memory-min")
+            if memory_min and model.memory_gb < memory_min:
+                raise v.fail(where + ("gpu-memory-min",),
+                             f"{gpu} has {model.memory_gb} GB but the target asks for {memory_min} GB")
+        if table.get("gpu-count") and cuda is None:
+            raise v.fail(where + ("gpu-count",), "gpu-count needs a CUDA target", 'add cuda = "12.4"')
+        target_sources = index_pins(table.get("sources", {}), where + ("sources",))
+        pins = {**sources, **target_sources}
+        for package, index_name in pins.items():
+            match = _CUDA_INDEX.search(next(index.url for index in indexes if index.name == index_name))
+            if not match:
+                continue
+            served = match.group(1)
+            wanted = catalog.cuda_release(cuda).torch_index[2:] if cuda else None
+            if wanted and served != wanted:
+                location = where + ("sources", package) if package in target_sources else ("sources", package)
+                raise v.fail(location,
+                             f"target {target_name!r} uses CUDA {cuda} but pins {package} to index "
+                             f"{index_name!r}, which serves CUDA builds cu{served}",
+                             f"pin {package} to an index serving cu{wanted} for this target")
+        targets[target_name] = Target(
+            name=target_name,
+            platform=platform,
+            cuda=cuda,
+            gpu=gpu.lower() if gpu else None,
+            gpu_count=table.get("gpu-count", 1 if cuda and gpu else 0),
+            gpu_memory_min=table.get("gpu-memory-min"),
+            cpu_min=table.get("cpu-min"),
+            ram_min=table.get("ram-min"),
+            sources=target_sources,
+        )
+
+    sections: dict[str, dict] = {}
+    for section, checks in SECTIONS.items():
+        table = data.get(section, {})
+        v.check(table, TABLE, (section,))
+        v.keys(table, checks, (section,), f"[{section}]")
+        for key, value in table.items():
+            v.check(value, checks[key], (section, key))
+        sections[section] = table
+    devbox_target = sections["devbox"].get("target")
+    if devbox_target and devbox_target not in targets:
+        raise v.fail(("devbox", "target"), f"unknown target {devbox_target!r}", did_you_mean(devbox_target, targets))
+
+    return Spec(
+        path=path,
+        name=name,
+        python=python,
+        dependencies=dependencies,
+        groups=groups,
+        indexes=tuple(indexes),
+        sources=sources,
+        targets=targets,
+        **sections,
+    )
+
+
+def find_spec(start: Path | None = None) -> Path:
+    """The nearest ``mlenv.toml`` at or above ``start`` (the current directory by default)."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / SPEC_FILE
+        if candidate.is_file():
+            return candidate
+    raise SpecError(f"no {SPEC_FILE} in {start} or any parent folder", hint="run `mlenv init` to create one")
+
+
+def load_spec(path: Path | str | None = None) -> Spec:
+    """Load and validate a spec; ``path`` may be the file, its folder, or None (search upwards)."""
+    if path is None:
+        spec_path = find_spec()
+    else:
+        spec_path = Path(path)
+        if spec_path.is_dir():
+            spec_path = spec_path / SPEC_FILE
+        if not spec_path.is_file():
+            raise SpecError(f"{spec_path} does not exist", hint="run `mlenv init` to create one")
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("not UTF-8 text", path=str(spec_path)) from None
+    return parse_spec(text, spec_path.resolve())

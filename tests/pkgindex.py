@@ -1,0 +1,157 @@
+"""A real PEP 503 package index for tests: tiny wheels built on the fly, served over loopback HTTP.
+
+    def test_x(local_index):
+        local_index.add("tinylib", "1.0", requires=["tinydep>=1"])
+        local_index.url   # http://127.0.0.1:PORT/simple
+
+``index_server`` starts further, independent indexes (e.g. one serving ``+cpu``/``+cu124`` builds).
+Pages are generated per request, so packages added later (a new release) show up on the next lock;
+responses say ``no-cache`` so uv revalidates instead of trusting a stale listing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def build_wheel(
+    folder: Path,
+    name: str,
+    version: str,
+    *,
+    requires: list[str] | tuple[str, ...] = (),
+    tag: str = "py3-none-any",
+    requires_python: str | None = None,
+) -> Path:
+    """Write a minimal, installable wheel (one module, ``__version__`` set) and return its path."""
+    dist = re.sub(r"[-.]+", "_", name)
+    module = dist.lower()
+    dist_info = f"{dist}-{version}.dist-info"
+    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    if requires_python:
+        metadata.append(f"Requires-Python: {requires_python}")
+    metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
+    files = {
+        f"{module}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist_info}/METADATA": "\n".join(metadata) + "\n",
+        f"{dist_info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: mlenv-tests\nRoot-Is-Purelib: true\nTag: {tag}\n",
+    }
+    record_lines = []
+    for path, content in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(content.encode()).digest()).rstrip(b"=").decode()
+        record_lines.append(f"{path},sha256={digest},{len(content.encode())}")
+    record_lines.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = "\n".join(record_lines) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{dist}-{version}-{tag}.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, content in files.items():
+            # fixed timestamps: the same wheel has the same bytes (and hash) every time
+            info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            archive.writestr(info, content)
+    return wheel
+
+
+class _IndexHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-cache, max-age=0")
+        super().end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        root = Path(self.directory)
+        parts = [p for p in self.path.split("?")[0].split("/") if p]
+        if parts[:1] == ["simple"]:
+            wheels = sorted(root.glob("*.whl"))
+            if len(parts) == 1:
+                names = sorted({_normalize(w.name.split("-")[0]) for w in wheels})
+                body = "".join(f'<a href="{n}/">{n}</a>\n' for n in names)
+            else:
+                project = _normalize(parts[1])
+                links = []
+                for wheel in wheels:
+                    if _normalize(wheel.name.split("-")[0]) != project:
+                        continue
+                    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+                    links.append(f'<a href="/files/{html.escape(wheel.name)}#sha256={digest}">{html.escape(wheel.name)}</a>')
+                if not links:
+                    self.send_error(404)
+                    return
+                body = "\n".join(links)
+            payload = f"<!DOCTYPE html><html><body>\n{body}\n</body></html>\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if parts[:1] == ["files"] and len(parts) == 2:
+            self.path = "/" + parts[1]
+            super().do_GET()
+            return
+        self.send_error(404)
+
+
+class LocalIndex:
+    """A running index; ``add`` builds a wheel into it."""
+
+    def __init__(self, folder: Path, host: str = "127.0.0.1") -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._server = ThreadingHTTPServer((host, 0), partial(_IndexHandler, directory=str(folder)))
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/simple"
+
+    def add(self, name: str, version: str, **kwargs) -> Path:
+        return build_wheel(self.folder, name, version, **kwargs)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def index_server(tmp_path):
+    """Factory for independent indexes: ``index_server("torch-cu124")``."""
+    servers: list[LocalIndex] = []
+
+    def start(name: str = "index") -> LocalIndex:
+        server = LocalIndex(tmp_path / f"index-{name}")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def local_index(index_server) -> LocalIndex:
+    """One index with a few tiny packages most tests need."""
+    index = index_server("main")
+    index.add("tinydep", "1.0")
+    index.add("tinydep", "1.1")
+    index.add("tinylib", "1.0", requires=["tinydep>=1.0"])
+    index.add("devtool", "0.5")
+    return index
