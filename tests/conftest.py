@@ -17,7 +17,7 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.pkgindex"]
+pytest_plugins = ["tests.pkgindex", "tests.docker_services"]
 
 
 def require(ok: bool, what: str) -> None:

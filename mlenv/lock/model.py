@@ -233,3 +233,10 @@ def read_lock(spec_root: Path) -> Lock:
     if not path.is_file():
         raise LockError(f"no {LOCK_FILE} in {spec_root}", hint="run `mlenv lock` first")
     return Lock.loads(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def write_lock(spec_root: Path, lock: Lock) -> None:
+    """Write ``mlenv.lock`` atomically (readers never see half a lock)."""
+    from mlenv.fsutil import atomic_write
+
+    atomic_write(lock_path(spec_root), lock.dumps())

@@ -1,0 +1,1 @@
+"""Docker Engine, base image and registry fixtures (being written)."""
