@@ -65,7 +65,7 @@ class LockedTarget:
     gpu_count: int = 0
     driver_min: str | None = None
     driver_min_compat: str | None = None
-    sm: tuple[str, ...] = ()  # compute capabilities the target is built to run on
+    sm_range: tuple[str, ...] = ()  # (lowest, highest) compute capability the CUDA toolkit runs on
     image: dict[str, str] = field(default_factory=dict)  # base image ref/digest, filled by `mlenv gen`/`build`
 
     @property
@@ -85,7 +85,7 @@ class LockedTarget:
                     "cuda": self.cuda,
                     "driver-min": self.driver_min,
                     "driver-min-compat": self.driver_min_compat,
-                    "sm": list(self.sm),
+                    "sm-range": list(self.sm_range),
                 }
             )
             if self.gpu:
@@ -113,7 +113,7 @@ class LockedTarget:
             gpu_count=data.get("gpu-count", 0),
             driver_min=data.get("driver-min"),
             driver_min_compat=data.get("driver-min-compat"),
-            sm=tuple(data.get("sm", ())),
+            sm_range=tuple(data.get("sm-range", ())),
             image=dict(data.get("image", {})),
         )
 
