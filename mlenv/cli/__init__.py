@@ -48,13 +48,18 @@ _register()
 
 def main() -> None:
     """Console-script entry point: maps errors to one message and a documented exit code."""
-    import click
+    try:  # recent typer vendors click; older releases use the click package
+        from typer._click import exceptions as click_exceptions
+    except ImportError:
+        from click import exceptions as click_exceptions
 
     from mlenv import console
     from mlenv.errors import MlenvError
 
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit codes instead of exiting, and lets our
+        # errors through to be printed here
+        code = app(standalone_mode=False)
     except MlenvError as exc:
         if console.debug_enabled():
             console.err.print_exception()
@@ -62,12 +67,10 @@ def main() -> None:
         if exc.hint:
             console.err.print(f"  [cyan]hint:[/] {exc.hint}")
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         console.err.print("[red]interrupted[/]")
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
