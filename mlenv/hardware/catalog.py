@@ -58,7 +58,7 @@ def cuda_release(version_: str) -> CudaRelease:
     if table is None:
         raise SpecError(
             f"unknown CUDA version {version_!r}",
-            hint=did_you_mean(version_, cuda_versions()) or f"known: {', '.join(cuda_versions())}",
+            hint=f"mlenv knows CUDA {', '.join(cuda_versions())}",
         )
     return CudaRelease(
         version=version_,

@@ -1,0 +1,187 @@
+"""mlenv.toml: what loads, and how every kind of bad input is reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlenv.errors import MlenvError, SpecError
+from mlenv.spec import load_spec, parse_spec
+from tests.conftest import run_mlenv
+
+GOOD = """\
+[project]
+name = "vision"
+python = "3.11"
+dependencies = ["numpy>=1.26", "torch==2.5.1"]
+
+[dependency-groups]
+dev = ["pytest"]
+notebook = ["jupyterlab"]
+
+[[index]]
+name = "pytorch-cpu"
+url = "https://download.pytorch.org/whl/cpu"
+explicit = true
+
+[[index]]
+name = "pytorch-cu124"
+url = "https://download.pytorch.org/whl/cu124"
+explicit = true
+
+[sources]
+torch = "pytorch-cpu"
+
+[targets.cpu]
+platform = "linux/x86_64"
+
+[targets.gpu]
+platform = "linux/x86_64"
+cuda = "12.4"
+gpu = "a10g"
+gpu-count = 2
+gpu-memory-min = 24
+cpu-min = 8
+ram-min = 32
+sources = { torch = "pytorch-cu124" }
+
+[targets.mac]
+platform = "macos/arm64"
+
+[image]
+devel = false
+
+[devbox]
+idle = "30m"
+
+[ci]
+
+[sweep]
+jobs = 2
+"""
+
+
+def parse(text: str):
+    return parse_spec(text, Path("/project/mlenv.toml"))
+
+
+def error_of(text: str) -> SpecError:
+    with pytest.raises(SpecError) as caught:
+        parse(text)
+    return caught.value
+
+
+def test_a_full_spec_loads_with_per_target_index_pins():
+    spec = parse(GOOD)
+    assert spec.python == "3.11" and spec.requires_python == "==3.11.*"
+    assert spec.groups == {"dev": ("pytest",), "notebook": ("jupyterlab",)}
+    gpu = spec.targets["gpu"]
+    assert (gpu.cuda, gpu.gpu, gpu.gpu_count, gpu.accelerator) == ("12.4", "a10g", 2, "cuda12.4")
+    assert spec.sources_for(gpu) == {"torch": "pytorch-cu124"}
+    assert spec.sources_for(spec.targets["cpu"]) == {"torch": "pytorch-cpu"}
+    assert spec.targets["mac"].python_platform == "aarch64-apple-darwin"
+    assert spec.sweep == {"jobs": 2}
+
+
+def test_malformed_toml_points_at_line_and_column():
+    error = error_of('[project]\nname = "x"\npython = 3.11.2\n')
+    assert error.path == "/project/mlenv.toml" and error.line == 3
+    assert str(error).startswith("/project/mlenv.toml:3:")
+    assert error.exit_code == 3
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(number for number, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(
+    ("text", "at", "message", "hint"),
+    [
+        (GOOD.replace("[targets.cpu]\n", "[targets.cpu]\nplatfrom = 'x'\n"), "platfrom", "unknown key 'platfrom'", "did you mean 'platform'?"),
+        (GOOD.replace('gpu = "a10g"', 'gpu = "a10x"'), "a10x", "unknown GPU model 'a10x'", "did you mean 'a10'?"),
+        (GOOD.replace('platform = "macos/arm64"', 'platform = "macos/arm64"\ncuda = "12.6"'), '"12.6"',
+         "CUDA is not available on macos/arm64", "linux"),
+        (GOOD.replace('cuda = "12.4"', 'cuda = "12.3"'), '"12.3"', "unknown CUDA version '12.3'", "12.4"),
+        (GOOD.replace('sources = { torch = "pytorch-cu124" }', 'sources = { torch = "pytorch-cu12" }'), "pytorch-cu12\"",
+         "unknown index 'pytorch-cu12'", "did you mean 'pytorch-cu124'?"),
+        (GOOD.replace('cuda = "12.4"', 'cuda = "12.1"'), "sources = {", "serves CUDA builds cu124", "cu121"),
+        (GOOD.replace('gpu-count = 2', 'gpu-count = "two"'), "gpu-count", "expected a positive integer", None),
+        (GOOD.replace('idle = "30m"', 'idle = "soon"'), "idle", "duration", None),
+        (GOOD.replace('python = "3.11"', 'python = ">=3.10"'), "python =", "one version", "exactly one Python"),
+        (GOOD.replace('"numpy>=1.26"', '"numpy>=>1.26"'), "dependencies =", "invalid requirement", None),
+        (GOOD.replace("[sweep]\njobs = 2", "[sweeps]\njobs = 2"), "[sweeps]", "unknown key 'sweeps'", "did you mean 'sweep'?"),
+    ],
+)
+def test_bad_specs_name_the_line_and_the_fix(text, at, message, hint):
+    error = error_of(text)
+    assert error.line == line_of(text, at), str(error)
+    assert message in error.message
+    if hint:
+        assert hint in (error.hint or "")
+
+
+def test_cuda_version_must_support_the_gpu():
+    text = GOOD.replace('cuda = "12.4"', 'cuda = "13.0"').replace('gpu = "a10g"', 'gpu = "v100"')
+    text = text.replace('sources = { torch = "pytorch-cu124" }', "")
+    error = error_of(text)
+    assert "does not support v100" in error.message
+
+
+def test_missing_spec_says_to_run_init(tmp_path):
+    with pytest.raises(SpecError, match="does not exist") as caught:
+        load_spec(tmp_path)
+    assert "mlenv init" in caught.value.hint
+
+
+def test_cli_prints_one_line_error_without_traceback(tmp_path):
+    text = GOOD.replace('gpu = "a10g"', 'gpu = "a10x"')
+    (tmp_path / "mlenv.toml").write_text(text)
+    result = run_mlenv("lock", cwd=tmp_path)
+    assert result.returncode == 3
+    assert f"mlenv.toml:{line_of(text, 'a10x')}:1: unknown GPU model 'a10x'" in result.stderr
+    assert "did you mean 'a10'" in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = run_mlenv("--debug", "lock", cwd=tmp_path)
+    assert debug.returncode == 3 and "Traceback" in debug.stderr
+
+
+# Arbitrary text and arbitrary TOML documents: always a SpecError (or a Spec), never a crash.
+toml_scalars = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.floats(allow_nan=False))
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(
+        ["name", "python", "platform", "cuda", "gpu", "url", "dependencies", "sources", "x", "gpu-count"]), inner, max_size=3)),
+    max_leaves=8,
+)
+toml_documents = st.dictionaries(
+    st.sampled_from(["project", "targets", "index", "sources", "dependency-groups", "image", "sweep", "devbox", "other"]),
+    toml_values,
+    max_size=5,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(document=toml_documents)
+def test_arbitrary_toml_never_crashes(document):
+    import tomli_w
+
+    try:
+        text = tomli_w.dumps(document)
+    except (TypeError, ValueError):
+        return
+    try:
+        parse(text)
+    except MlenvError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200))
+def test_arbitrary_text_never_crashes(text):
+    try:
+        parse(text)
+    except MlenvError:
+        pass
