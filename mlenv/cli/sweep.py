@@ -1,1 +1,65 @@
-"""`mlenv sweep` (not implemented yet)."""
+"""`mlenv sweep`: run a notebook over a grid / zip / random sample of parameters, report the results."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from mlenv.cli import app
+
+
+@app.command(no_args_is_help=False)
+def sweep(
+    notebook: Optional[str] = typer.Argument(None, help="The notebook (default: [sweep] notebook in mlenv.toml)."),
+    param: List[str] = typer.Option([], "--param", "-p", metavar="NAME=VALUES",
+                                    help="lr=0.1,0.01 | lr=loguniform:1e-4:1e-1 | uniform:A:B | int:A:B | choice:a,b"),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="A TOML file with the [sweep] keys."),
+    zip_: bool = typer.Option(False, "--zip", help="Pair the i-th values of every parameter instead of a grid."),
+    random: Optional[int] = typer.Option(None, "--random", metavar="N", help="Sample N runs from lists and ranges."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of --random (default 0: the same sample every time)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Runs at once (default: the number of cores)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a single cell may run."),
+    retries: Optional[int] = typer.Option(None, "--retries", help="Extra attempts when a kernel fails to start (default 1)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Results folder or s3:// prefix (default sweeps/<notebook>/)."),
+    sort: Optional[str] = typer.Option(None, "--sort", metavar="METRIC[:desc]", help="Order of the summary."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="Kernel name (default: the notebook's)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="tcp://HOST:8786", help="Run on a Dask cluster."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="BOX", help="Run on a dev box over SSH."),
+    resume: bool = typer.Option(False, "--resume", help="Skip runs whose output already completed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and exit."),
+    json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+) -> None:
+    """Run NOTEBOOK once per parameter combination (papermill, fresh kernel each), in parallel."""
+    from mlenv import console
+    from mlenv.errors import UsageError
+    from mlenv.sweep.config import resolve_options
+    from mlenv.sweep.core import plan_sweep, run_sweep
+    from mlenv.sweep.summary_view import print_plan, print_summary
+
+    if on:
+        raise UsageError(f"--on {on}: dev boxes are not available in this version of mlenv",
+                         hint="run the sweep here, or on a Dask cluster with --cluster tcp://HOST:8786")
+    if cluster and jobs:
+        raise UsageError("--jobs applies to local runs; a Dask cluster runs as many as it has worker threads",
+                         hint="drop --jobs, or size the cluster with `dask worker --nworkers N`")
+    options = resolve_options(notebook, param, file=file, zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs,
+                              timeout=timeout, retries=retries, output=output, sort=sort, kernel=kernel,
+                              cluster=cluster, resume=resume)
+    plan = plan_sweep(options)
+    if dry_run:
+        print_plan(plan, json_out=json_out)
+        return
+    result = run_sweep(options, plan=plan)
+    if json_out:
+        import sys
+
+        sys.stdout.write(result.summary.to_json())
+    else:
+        print_summary(result.summary, console.out)
+    failed = result.summary.failed
+    if failed:
+        console.err.print(f"[red]{len(failed)} of {len(result.summary.records)} runs failed[/]; "
+                          f"outputs and results in {result.summary.output}")
+        raise typer.Exit(1)
+    console.success(f"{len(result.summary.records)} runs; results in {result.summary.output}")

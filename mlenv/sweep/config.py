@@ -1,0 +1,156 @@
+"""The sweep's settings, merged from (lowest first) ``[sweep]`` in mlenv.toml, ``-f sweep.toml``, the CLI."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlenv.errors import SpecError, UsageError
+from mlenv.sweep.space import Axis, parse_cli_parameter, parse_table_parameter
+
+
+@dataclass
+class SweepOptions:
+    notebook: Path
+    axes: list[Axis] = field(default_factory=list)
+    mode: str = "grid"
+    samples: int | None = None
+    seed: int | None = None
+    jobs: int | None = None
+    timeout: float | None = None
+    retries: int = 1
+    output: str | None = None
+    sort: str | None = None
+    kernel: str | None = None
+    cluster: str | None = None
+    resume: bool = False
+
+    def output_location(self) -> str:
+        return self.output or str(Path("sweeps") / self.notebook.stem)
+
+
+def _check_table(table: dict, text: str, path: Path, prefix: tuple) -> None:
+    from mlenv.spec import SECTIONS
+    from mlenv.tomlpos import locate
+    from mlenv.errors import did_you_mean
+
+    checks = SECTIONS["sweep"]
+    for key, value in table.items():
+        position = locate(text, prefix + (key,)) or (None, None)
+        if key not in checks:
+            raise SpecError(f"unknown key {key!r} in the sweep settings", path=str(path), line=position[0],
+                            col=position[1], hint=did_you_mean(key, checks) or f"allowed: {', '.join(checks)}")
+        problem = checks[key](value)
+        if problem:
+            raise SpecError(f"{key}: {problem}", path=str(path), line=position[0], col=position[1])
+
+
+def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
+    """``-f sweep.toml``: the [sweep] keys, at the top level or in a [sweep] table."""
+    if path.is_dir() or not path.is_file():
+        raise UsageError(f"-f {path}: no such file", hint="pass a TOML file with the [sweep] keys")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"malformed TOML: {exc}", path=str(path)) from None
+    prefix: tuple = ()
+    if set(data) == {"sweep"} and isinstance(data["sweep"], dict):
+        data, prefix = data["sweep"], ("sweep",)
+    _check_table(data, text, path, prefix)
+    return data, path.resolve().parent
+
+
+def _project_settings(notebook: Path | None, cwd: Path) -> tuple[dict[str, Any], Path] | None:
+    from mlenv.spec import find_spec, load_spec
+
+    try:
+        spec_path = find_spec(cwd)
+    except SpecError:
+        return None  # a sweep needs no project: a notebook is enough
+    spec = load_spec(spec_path)
+    settings = dict(spec.sweep)
+    if not settings:
+        return None
+    configured = settings.get("notebook")
+    if notebook is not None and configured and (spec.root / configured).resolve() != notebook.resolve():
+        return None  # [sweep] describes another notebook
+    return settings, spec.root
+
+
+def resolve_options(
+    notebook: str | None,
+    parameters: list[str],
+    *,
+    file: str | None = None,
+    zip_mode: bool = False,
+    random_samples: int | None = None,
+    seed: int | None = None,
+    jobs: int | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    output: str | None = None,
+    sort: str | None = None,
+    kernel: str | None = None,
+    cluster: str | None = None,
+    resume: bool = False,
+    cwd: Path | None = None,
+) -> SweepOptions:
+    cwd = cwd or Path.cwd()
+    notebook_path = (cwd / notebook) if notebook else None
+    layers: list[tuple[dict[str, Any], Path]] = []
+    project = _project_settings(notebook_path, cwd)
+    if project:
+        layers.append(project)
+    if file:
+        layers.append(read_sweep_file(cwd / file))
+
+    merged: dict[str, Any] = {}
+    axes: dict[str, Axis] = {}
+    for settings, base in layers:
+        for key, value in settings.items():
+            if key == "parameters":
+                for name, spec_value in value.items():
+                    axes[name] = parse_table_parameter(name, spec_value, f"[sweep.parameters] in {base}")
+            elif key in ("notebook", "output") and not str(value).startswith("s3://"):
+                merged[key] = str(base / value)
+            else:
+                merged[key] = value
+    for text in parameters:
+        axis = parse_cli_parameter(text)
+        axes[axis.name] = axis
+
+    if zip_mode and random_samples is not None:
+        raise UsageError("--zip and --random exclude each other", hint="pick one way to combine the values")
+    if random_samples is not None and random_samples < 1:
+        raise UsageError("--random needs a positive number of samples", hint="e.g. --random 20")
+    cli = {"jobs": jobs, "timeout": timeout, "retries": retries, "output": output, "sort": sort, "kernel": kernel,
+           "cluster": cluster, "seed": seed}
+    if output is not None and not output.startswith("s3://"):
+        cli["output"] = str(cwd / output)
+    merged.update({key: value for key, value in cli.items() if value is not None})
+    if zip_mode:
+        merged["mode"] = "zip"
+    if random_samples is not None:
+        merged["mode"], merged["samples"] = "random", random_samples
+    if merged.get("mode") == "random" and not merged.get("samples"):
+        raise UsageError("a random sweep needs a number of samples", hint="--random N, or samples = N in [sweep]")
+
+    path = notebook_path or (Path(merged["notebook"]) if merged.get("notebook") else None)
+    if path is None:
+        raise UsageError("which notebook? none given and no [sweep] notebook in mlenv.toml",
+                         hint="mlenv sweep train.ipynb -p lr=0.1,0.01")
+    if merged.get("jobs") is not None and merged["jobs"] < 1:
+        raise UsageError("--jobs must be at least 1")
+    if merged.get("timeout") is not None and merged["timeout"] <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if merged.get("retries") is not None and merged["retries"] < 0:
+        raise UsageError("--retries cannot be negative")
+    return SweepOptions(
+        notebook=path, axes=list(axes.values()), mode=merged.get("mode", "grid"), samples=merged.get("samples"),
+        seed=merged.get("seed"), jobs=merged.get("jobs"), timeout=merged.get("timeout"),
+        retries=merged.get("retries", 1), output=merged.get("output") or str(cwd / "sweeps" / path.stem),
+        sort=merged.get("sort"), kernel=merged.get("kernel"), cluster=merged.get("cluster"), resume=resume,
+    )

@@ -1,0 +1,152 @@
+"""A sweep from options to results: plan, resume, run (locally or on Dask), record, report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlenv.errors import Interrupted, SpecError, UsageError, did_you_mean
+from mlenv.sweep.config import SweepOptions
+from mlenv.sweep.execute import COMPLETED, NOT_RUN, RunOutcome, RunTask
+from mlenv.sweep.metrics import extract_metrics
+from mlenv.sweep.notebook import NotebookInfo, coerce, load_notebook
+from mlenv.sweep.results import RunRecord, Summary, parse_sort
+from mlenv.sweep.space import Run, expand
+
+
+@dataclass
+class Plan:
+    options: SweepOptions
+    notebook: NotebookInfo
+    runs: list[Run]
+    store: Any
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return [axis.name for axis in self.options.axes]
+
+
+@dataclass
+class SweepResult:
+    summary: Summary
+    interrupted: bool = False
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)  # per run, for the benchmark
+
+
+def plan_sweep(options: SweepOptions) -> Plan:
+    """Everything that can be wrong with the input is found here, before any kernel starts."""
+    from mlenv.sweep.store import open_store
+
+    info = load_notebook(options.notebook, options.kernel)
+    names = [axis.name for axis in options.axes]
+    if names and not info.has_parameters_cell:
+        raise SpecError(f"{info.path.name} has no cell tagged 'parameters', so it takes no parameters",
+                        path=str(info.path),
+                        hint="in Jupyter: View > Cell Toolbar > Tags, add the tag 'parameters' to the cell "
+                             "with the defaults")
+    known = list(info.parameters)
+    for name in names:
+        if name not in info.parameters:
+            listing = ", ".join(info.parameters[k].describe() for k in known) or "none"
+            raise UsageError(f"{info.path.name} has no parameter {name!r} (known: {listing})",
+                             hint=did_you_mean(name, known) or "parameters are the names assigned in the cell "
+                                                               "tagged 'parameters'")
+    runs = expand(options.axes, options.mode, samples=options.samples, seed=options.seed,
+                  typer_fn=lambda name, value: coerce(info.parameters.get(name), value, name=name))
+    parse_sort(options.sort)  # a malformed --sort fails now, not after the runs
+    return Plan(options, info, runs, open_store(options.output_location()))
+
+
+def _resumable(plan: Plan, run: Run) -> RunRecord | None:
+    text = plan.store.read_text(f"{run.run_id}.ipynb")
+    if text is None:
+        return None
+    try:
+        nb = json.loads(text)
+    except ValueError:
+        return None
+    meta = nb.get("metadata", {}).get("mlenv", {})
+    if meta.get("status") != COMPLETED or meta.get("notebook_sha256") != plan.notebook.sha256:
+        return None  # failed, or made from another version of the notebook: run again
+    return RunRecord(run.run_id, run.parameters, COMPLETED, metrics=extract_metrics(nb),
+                     duration=nb.get("metadata", {}).get("papermill", {}).get("duration"),
+                     attempts=meta.get("attempts", 1), output=f"{run.run_id}.ipynb",
+                     resumed=True)
+
+
+def make_runner(options: SweepOptions):
+    if options.cluster:
+        from mlenv.sweep.dask_runner import DaskRunner
+
+        return DaskRunner(options.cluster)
+    from mlenv.sweep.runner import LocalRunner
+
+    return LocalRunner(options.jobs)
+
+
+def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, runner=None,
+              plan: Plan | None = None) -> SweepResult:
+    """Run every planned run; write outputs as they finish and the results files at the end.
+
+    Ctrl-C stops the runs in flight: outputs already written stay, the rest are recorded as not run,
+    the results files are written, and ``Interrupted`` is raised (``--resume`` continues).
+    """
+    from mlenv.sweep.progress import SweepProgress
+
+    if console is None:
+        from mlenv.console import err as console
+    plan = plan or plan_sweep(options)
+    records: dict[str, RunRecord] = {run.run_id: RunRecord(run.run_id, run.parameters) for run in plan.runs}
+    if options.resume:
+        for run in plan.runs:
+            previous = _resumable(plan, run)
+            if previous is not None:
+                records[run.run_id] = previous
+    todo = [run for run in plan.runs if not records[run.run_id].resumed]
+    cwd = str(plan.notebook.path.resolve().parent)
+    tasks = [RunTask(run_id=run.run_id, parameters=run.parameters, notebook_text=plan.notebook.text,
+                     notebook_sha256=plan.notebook.sha256, kernel=plan.notebook.kernel, cwd=cwd,
+                     timeout=options.timeout, retries=options.retries) for run in todo]
+    runner = runner or make_runner(options)
+    result = SweepResult(summary=Summary(
+        notebook=plan.notebook.path.name, kernel=plan.notebook.kernel, mode=options.mode,
+        output=str(plan.store), parameter_names=plan.parameter_names, records=[], sort=parse_sort(options.sort)))
+
+    def finished(outcome: RunOutcome) -> None:
+        record = records[outcome.run_id]
+        record.status, record.attempts, record.error = outcome.status, outcome.attempts, outcome.error
+        record.duration = outcome.duration
+        if outcome.notebook is not None:
+            name = f"{outcome.run_id}.ipynb"
+            plan.store.write_text(name, outcome.notebook)
+            record.output = name  # relative to the results folder, which may be moved or be s3://
+            record.metrics = extract_metrics(json.loads(outcome.notebook))
+        result.timings[outcome.run_id] = dict(outcome.timings)
+
+    progress = SweepProgress(console, total=len(tasks), skipped=len(plan.runs) - len(tasks), live=live)
+
+    def emit(event: tuple) -> None:
+        if event[0] == "finished":
+            finished(event[1])
+        progress.handle(event)
+
+    try:
+        with runner.hold(), progress:
+            runner.run(tasks, emit)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    result.summary.records = [records[run.run_id] for run in plan.runs]
+    write_results(plan.store, result.summary)
+    if result.interrupted:
+        done = sum(1 for record in result.summary.records if record.status != NOT_RUN)
+        raise Interrupted(f"sweep interrupted: {done} of {len(plan.runs)} runs finished, the rest are marked not-run",
+                          hint="run the same command with --resume to finish it")
+    return result
+
+
+def write_results(store, summary: Summary) -> None:
+    store.write_text("results.json", summary.to_json())
+    store.write_text("results.csv", summary.to_csv())
+    store.write_text("report.html", summary.to_html())

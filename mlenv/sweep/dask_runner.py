@@ -1,0 +1,106 @@
+"""Runs on an existing Dask distributed cluster (``--cluster tcp://HOST:8786``).
+
+Workers need the same environment as the notebook (run them in the locked image, see the README)
+and mlenv installed; nothing else is shared.  Each task carries the notebook text and returns the
+executed notebook, so the client writes the same results layout as a local sweep, wherever its
+output folder is (a local path or ``s3://``), and workers need no access to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+from mlenv.errors import ToolMissingError
+from mlenv.sweep.execute import ERROR, RunOutcome, RunTask
+from mlenv.sweep.runner import EventSink
+
+
+def _remote(task: RunTask) -> RunOutcome:
+    from mlenv.sweep.execute import execute_run
+
+    try:
+        return execute_run(task)
+    except Exception as exc:
+        return RunOutcome(task.run_id, ERROR, error={"ename": type(exc).__name__, "evalue": str(exc),
+                                                     "cell": None, "execution_count": None})
+
+
+class DaskRunner:
+    name = "dask"
+
+    def __init__(self, address: str, connect_timeout: float = 10.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+
+    def hold(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def _client(self):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ToolMissingError("--cluster needs dask distributed on this machine",
+                                   hint="pip install 'mlenv[dask]' (distributed)") from None
+        try:
+            return Client(self.address, timeout=f"{self.connect_timeout}s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ToolMissingError(f"cannot reach the Dask scheduler at {self.address}: {exc}",
+                                   hint="start it with `dask scheduler` and workers with "
+                                        f"`dask worker {self.address}` in the locked image") from None
+
+    def run(self, tasks: list[RunTask], emit: EventSink) -> None:
+        from distributed import as_completed
+
+        if not tasks:
+            return
+        client = self._client()
+        try:
+            if not client.scheduler_info().get("workers"):
+                client.wait_for_workers(1, timeout=self.connect_timeout)
+            token = uuid.uuid4().hex[:8]
+            for task in tasks:
+                task.prestart = False  # a long-lived worker must not keep an idle kernel around
+            futures = {client.submit(_remote, task, key=f"mlenv-sweep-{task.run_id}-{token}", pure=False,
+                                     retries=0): task for task in tasks}
+            key_to_task = {future.key: task for future, task in futures.items()}
+            started: set[str] = set()
+            completed = as_completed(list(futures))
+            last_poll = 0.0
+            pending = len(futures)
+            while pending:
+                now = time.monotonic()
+                if now - last_poll > 0.5:
+                    last_poll = now
+                    for keys in client.processing().values():
+                        for key in keys:
+                            task = key_to_task.get(key)
+                            if task and task.run_id not in started:
+                                started.add(task.run_id)
+                                emit(("started", task.run_id, 1))
+                batch = completed.next_batch(block=False) if completed.has_ready() else []
+                if not batch:
+                    time.sleep(0.05)
+                    continue
+                for future in batch:
+                    pending -= 1
+                    task = futures[future]
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:  # the worker process itself died
+                        outcome = RunOutcome(task.run_id, ERROR, error={
+                            "ename": type(exc).__name__, "evalue": f"the Dask worker failed: {exc}",
+                            "cell": None, "execution_count": None})
+                    if task.run_id not in started:
+                        started.add(task.run_id)
+                        emit(("started", task.run_id, outcome.attempts or 1))
+                    emit(("finished", outcome))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.cancel(list(futures) if "futures" in locals() else [])
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+

@@ -1,0 +1,277 @@
+"""One run: a fresh kernel, papermill's executor, and a classified outcome.  Runs in worker processes.
+
+Everything here must be importable on a Dask worker that has the locked environment and mlenv, and
+nothing in it touches the sweep's output folder: the executed notebook travels back to the process
+that owns the results (the local sweep, or the Dask client) and is written there, atomically.
+
+Each worker keeps one kernel started ahead of need ("spare"): a kernel takes ~0.5 s to start, and the
+spare starts while the current notebook executes, so a run usually begins with a kernel that is
+already up.  A spare is never reused: every run still gets a kernel no notebook has touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+COMPLETED, FAILED, TIMEOUT, DIED, START_FAILED, NOT_RUN, ERROR = (
+    "completed", "failed", "timeout", "died", "start-failed", "not-run", "error")
+STATUSES = (COMPLETED, FAILED, TIMEOUT, DIED, START_FAILED, ERROR, NOT_RUN)
+HISTORY_IN_MEMORY = "--HistoryManager.hist_file=:memory:"  # parallel kernels must not share one sqlite file
+
+
+@dataclass
+class RunTask:
+    run_id: str
+    parameters: dict[str, Any]
+    notebook_text: str
+    notebook_sha256: str
+    kernel: str
+    cwd: str | None = None
+    timeout: float | None = None  # per cell, seconds
+    retries: int = 1  # extra attempts when the kernel fails to start
+    start_timeout: float = 60.0
+    prestart: bool = True
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    attempts: int = 0
+    duration: float | None = None  # papermill's notebook duration, seconds
+    error: dict[str, Any] | None = None  # {cell, execution_count, ename, evalue}
+    notebook: str | None = None  # the executed notebook (JSON text)
+    timings: dict[str, float] = field(default_factory=dict)  # kernel start wait / execute / overhead
+
+
+class KernelStartError(Exception):
+    pass
+
+
+# --- kernels ------------------------------------------------------------------------------------
+
+_spare: dict[tuple[str, str | None], Any] = {}
+
+
+def _new_kernel(kernel: str, cwd: str | None):
+    from jupyter_client.manager import KernelManager
+
+    manager = KernelManager(kernel_name=kernel)
+    # nbclient drives the kernel with asyncio; the manager itself stays synchronous so it can be
+    # started ahead of time outside any event loop.
+    manager.client_class = "jupyter_client.asynchronous.AsyncKernelClient"
+    # The kernel's own stderr (its "running over TCP" banner, crash dumps) goes to a file, not over
+    # the sweep's live display; its tail explains start failures and deaths.
+    log = tempfile.NamedTemporaryFile("w+", prefix="mlenv-kernel-", suffix=".log", delete=False)
+    manager._mlenv_log = log.name
+    try:
+        manager.start_kernel(cwd=cwd or os.getcwd(), stdout=log, stderr=log, extra_arguments=[HISTORY_IN_MEMORY])
+    except Exception as exc:
+        log.close()
+        _discard_log(manager)
+        raise KernelStartError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        log.close()
+    return manager
+
+
+def _take_kernel(kernel: str, cwd: str | None, prestart: bool):
+    key = (kernel, cwd)
+    manager = _spare.pop(key, None)
+    if manager is None or not manager.is_alive():
+        if manager is not None:
+            _stop_kernel(manager)
+        manager = _new_kernel(kernel, cwd)
+    if prestart:
+        try:
+            _spare[key] = _new_kernel(kernel, cwd)
+        except KernelStartError:
+            pass  # the next run starts its own and retries
+    return manager
+
+
+def _stop_kernel(manager) -> None:
+    try:
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+    except Exception:
+        pass
+    try:
+        manager.cleanup_resources()
+    except Exception:
+        pass
+    _discard_log(manager)
+
+
+def _kernel_log_tail(manager, lines: int = 5) -> str:
+    try:
+        with open(manager._mlenv_log, encoding="utf-8", errors="replace") as handle:
+            tail = [line.rstrip() for line in handle.read().splitlines() if line.strip()]
+    except (OSError, AttributeError):
+        return ""
+    tail = [line for line in tail if "running over TCP without encryption" not in line]
+    return " | ".join(tail[-lines:])
+
+
+def _discard_log(manager) -> None:
+    path = getattr(manager, "_mlenv_log", None)
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def shutdown_spares() -> None:
+    while _spare:
+        _stop_kernel(_spare.popitem()[1])
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+def _prepare(task: RunTask):
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+
+    nb = nbformat.reads(task.notebook_text, as_version=4)
+    for cell in nb.cells:  # papermill's cell lookups expect these keys
+        cell.metadata.setdefault("tags", [])
+    nb.metadata.setdefault("papermill", {})
+    if task.parameters:
+        nb = parameterize_notebook(nb, task.parameters, kernel_name=task.kernel)
+    return nb
+
+
+def _running_cell(nb) -> int | None:
+    for index, cell in enumerate(nb.cells):
+        if cell.metadata.get("papermill", {}).get("status") == "running":
+            return index
+    return None
+
+
+def _started_any_cell(nb) -> bool:
+    return any(cell.metadata.get("papermill", {}).get("status") not in (None, "pending") for cell in nb.cells)
+
+
+def _source_index(nb, index: int | None) -> int | None:
+    """The cell's index in the user's notebook (papermill's injected cells shifted it)."""
+    if index is None:
+        return None
+    injected = sum(1 for cell in nb.cells[:index]
+                   if {"injected-parameters", "papermill-error-cell-tag"} & set(cell.metadata.get("tags", [])))
+    return index - injected
+
+
+def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = None) -> RunOutcome:
+    """Execute one parameterized notebook; never raises for anything the notebook or kernel does."""
+    import logging
+
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NotebookExecutionManager
+    from papermill.exceptions import PapermillExecutionError
+    from papermill.execute import raise_for_execution_errors
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    if task.cwd and not os.path.isdir(task.cwd):
+        # the notebook's folder on the sweep's machine; a remote worker starts kernels in its own
+        task.cwd = None
+    began = time.perf_counter()
+    timings = {"kernel_wait": 0.0, "execute": 0.0}
+    attempts = 0
+    last_start_error = ""
+    while attempts <= max(0, task.retries):
+        attempts += 1
+        if on_start:
+            on_start(task.run_id, attempts)
+        nb = _prepare(task)
+        manager = None
+        waited = time.perf_counter()
+        try:
+            manager = _take_kernel(task.kernel, task.cwd, task.prestart)
+        except KernelStartError as exc:
+            last_start_error = str(exc)
+            timings["kernel_wait"] += time.perf_counter() - waited
+            continue
+        timings["kernel_wait"] += time.perf_counter() - waited
+        status, error = COMPLETED, None
+        executing = time.perf_counter()
+        manager_log = manager
+        nb_man = NotebookExecutionManager(nb, output_path=None, progress_bar=False, log_output=False)
+        nb_man.notebook_start()
+        try:
+            client = PapermillNotebookClient(nb_man, km=manager, kernel_name=task.kernel,
+                                             startup_timeout=task.start_timeout, timeout=task.timeout,
+                                             log=logging.getLogger("papermill"))
+            client.execute(cwd=task.cwd)
+        except CellTimeoutError:
+            index = _running_cell(nb)
+            status, error = TIMEOUT, {"ename": "CellTimeoutError",
+                                      "evalue": f"a cell ran longer than the {task.timeout:g} s timeout"}
+            error.update(_cell_position(nb, index))
+        except DeadKernelError as exc:
+            if not _started_any_cell(nb):
+                last_start_error = f"kernel died while starting: {_kernel_log_tail(manager_log) or exc}"
+                status = START_FAILED
+            else:
+                index = _running_cell(nb)
+                status, error = DIED, {"ename": "DeadKernelError", "evalue": "the kernel died while running this cell"}
+                error.update(_cell_position(nb, index))
+        except Exception as exc:  # a kernel that never answered, or papermill trouble
+            if not _started_any_cell(nb):
+                detail = _kernel_log_tail(manager_log)
+                last_start_error = f"{type(exc).__name__}: {exc}" + (f" ({detail})" if detail else "")
+                status = START_FAILED
+            else:
+                status, error = ERROR, {"ename": type(exc).__name__, "evalue": str(exc)}
+                error.update(_cell_position(nb, _running_cell(nb)))
+        finally:
+            nb_man.notebook_complete()
+            _stop_kernel(manager)
+        timings["execute"] += time.perf_counter() - executing
+        if status == START_FAILED:
+            continue
+        if status == COMPLETED:
+            injected = [index for index, cell in enumerate(nb.cells)
+                        if "injected-parameters" in cell.metadata.get("tags", [])]
+            try:
+                raise_for_execution_errors(nb, None)  # also adds papermill's error banner cells
+            except PapermillExecutionError as exc:
+                status = FAILED
+                cell = exc.cell_index - sum(1 for index in injected if index < exc.cell_index)
+                error = {"ename": exc.ename, "evalue": exc.evalue, "cell": cell, "execution_count": exc.exec_count}
+        return _finish(task, nb, status, attempts, error, began, timings)
+    error = {"ename": "KernelStartError",
+             "evalue": f"the kernel did not start after {attempts} attempt{'s' if attempts > 1 else ''}: "
+                       f"{last_start_error}"}
+    return RunOutcome(task.run_id, START_FAILED, attempts=attempts, error=error,
+                      timings={**timings, "total": time.perf_counter() - began})
+
+
+def _cell_position(nb, index: int | None) -> dict:
+    if index is None:
+        return {"cell": None, "execution_count": None}
+    return {"cell": _source_index(nb, index), "execution_count": nb.cells[index].get("execution_count")}
+
+
+def _finish(task: RunTask, nb, status: str, attempts: int, error, began: float, timings: dict) -> RunOutcome:
+    import nbformat
+
+    duration = nb.metadata.get("papermill", {}).get("duration")
+    nb.metadata["mlenv"] = {
+        "run_id": task.run_id,
+        "parameters": task.parameters,
+        "status": status,
+        "error": error,
+        "notebook_sha256": task.notebook_sha256,
+        "attempts": attempts,
+    }
+    text = nbformat.writes(nb)
+    timings["total"] = time.perf_counter() - began
+    return RunOutcome(task.run_id, status, attempts=attempts, duration=duration, error=error,
+                      notebook=text, timings=timings)

@@ -1,0 +1,45 @@
+"""The summary printed after a sweep (and the plan printed by --dry-run)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from mlenv.sweep.results import Summary, _cell
+
+STATUS_STYLE = {"completed": "green", "not-run": "dim"}
+
+
+def print_summary(summary: Summary, console) -> None:
+    metrics = summary.metric_names
+    table = Table(title=f"{summary.notebook}: {len(summary.records)} runs", title_justify="left")
+    table.add_column("run")
+    table.add_column("status")
+    for name in summary.parameter_names:
+        table.add_column(name, justify="right")
+    for name in metrics:
+        table.add_column(name, justify="right", style="bold")
+    table.add_column("s", justify="right")
+    for record in summary.sorted_records():
+        style = STATUS_STYLE.get(record.status, "red")
+        table.add_row(record.run_id, f"[{style}]{record.status}[/]",
+                      *(_cell(record.parameters.get(name)) for name in summary.parameter_names),
+                      *(_cell(record.metrics.get(name)) for name in metrics),
+                      "" if record.duration is None else f"{record.duration:.1f}")
+    console.print(table)
+    for record in summary.failed:
+        console.print(f"[red]✗ {record.run_id}[/] {record.status}: {record.error_text()}", highlight=False)
+
+
+def print_plan(plan, json_out: bool = False) -> None:
+    import json
+    import sys
+
+    if json_out:
+        sys.stdout.write(json.dumps([{"run_id": run.run_id, "parameters": run.parameters} for run in plan.runs],
+                                    indent=2, sort_keys=True) + "\n")
+        return
+    from mlenv.console import out
+
+    for run in plan.runs:
+        params = " ".join(f"{key}={_cell(value)}" for key, value in run.parameters.items())
+        out.print(f"{run.run_id}  {params}", highlight=False)
