@@ -1,0 +1,220 @@
+"""`mlenv lock` against real package indexes served over loopback HTTP (and once against PyPI)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI, run_mlenv
+
+LINUX_WHEEL = "cp311-cp311-manylinux_2_17_x86_64"
+MAC_WHEEL = "cp311-cp311-macosx_11_0_arm64"
+
+
+def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra: str = "", targets: str | None = None) -> Path:
+    deps = ", ".join(f'"{d}"' for d in dependencies)
+    targets = targets or '[targets.cpu]\nplatform = "linux/x86_64"\n'
+    (folder / "mlenv.toml").write_text(
+        f'[project]\nname = "demo"\npython = "3.11"\ndependencies = [{deps}]\n\n'
+        f'[dependency-groups]\ndev = ["devtool"]\n\n'
+        f'[[index]]\nname = "local"\nurl = "{index_url}"\ndefault = true\n\n{extra}\n{targets}'
+    )
+    return folder / "mlenv.toml"
+
+
+def lock(folder: Path, *args: str, expect: int = 0):
+    result = run_mlenv("lock", *args, cwd=folder)
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result
+
+
+def read(folder: Path, name: str) -> dict:
+    return tomllib.loads((folder / name).read_text())
+
+
+def versions(folder: Path, target: str) -> dict[str, str]:
+    return {p["name"]: p["version"] for p in read(folder, f"pylock.{target}.toml")["packages"]}
+
+
+def test_lock_pins_every_target_with_hashes_of_its_own_artifacts(tmp_path, local_index):
+    local_index.add("fastlib", "2.0", tag=LINUX_WHEEL)
+    local_index.add("fastlib", "2.0", tag=MAC_WHEEL)
+    write_spec(tmp_path, local_index.url, dependencies=("tinylib", "fastlib"),
+               targets='[targets.cpu]\nplatform = "linux/x86_64"\n\n[targets.mac]\nplatform = "macos/arm64"\n')
+    lock(tmp_path)
+
+    data = read(tmp_path, "mlenv.lock")
+    assert data["python"] == {"requires": "==3.11.*", "version": "3.11"}
+    assert [t["name"] for t in data["target"]] == ["cpu", "mac"]
+    packages = {p["name"]: p for p in data["package"]}
+    assert packages["tinydep"]["version"] == "1.1"
+    assert packages["devtool"]["groups"] == ["dev"] and packages["tinylib"]["groups"] == ["main"]
+    assert all(len(a["sha256"]) == 64 for p in data["package"] for a in p["artifacts"])
+
+    for target, wheel_tag, other in (("cpu", "manylinux", "macosx"), ("mac", "macosx", "manylinux")):
+        pylock = read(tmp_path, f"pylock.{target}.toml")
+        fastlib = next(p for p in pylock["packages"] if p["name"] == "fastlib")
+        urls = [w["url"] for w in fastlib["wheels"]]
+        assert len(urls) == 1 and wheel_tag in urls[0] and other not in urls[0]
+        assert all("sha256" in w["hashes"] for p in pylock["packages"] for w in p["wheels"])
+        devtool = next(p for p in pylock["packages"] if p["name"] == "devtool")
+        assert devtool["marker"] == "'dev' in dependency_groups"
+        assert pylock["dependency-groups"] == ["dev"]
+
+
+def test_lock_is_deterministic(tmp_path, local_index):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        write_spec(folder, local_index.url)
+        lock(folder)
+    for name in ("mlenv.lock", "pylock.cpu.toml"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    before = (first / "mlenv.lock").stat().st_mtime_ns
+    lock(first)  # nothing changed: nothing rewritten
+    assert (first / "mlenv.lock").stat().st_mtime_ns == before
+
+
+def test_per_target_index_pinning_locks_cpu_and_cuda_builds_from_a_laptop(tmp_path, local_index, index_server):
+    cpu_index, cuda_index = index_server("torch-cpu"), index_server("torch-cu124")
+    cpu_index.add("torchy", "2.5.1+cpu", requires=["tinydep"])
+    cuda_index.add("torchy", "2.5.1+cu124", requires=["tinydep"])
+    extra = (
+        f'[[index]]\nname = "torch-cpu"\nurl = "{cpu_index.url}"\nexplicit = true\n\n'
+        f'[[index]]\nname = "torch-cu124"\nurl = "{cuda_index.url}"\nexplicit = true\n\n'
+        '[sources]\ntorchy = "torch-cpu"\n'
+    )
+    targets = (
+        '[targets.cpu]\nplatform = "linux/x86_64"\n\n'
+        '[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\ngpu = "a10g"\nsources = { torchy = "torch-cu124" }\n'
+    )
+    write_spec(tmp_path, local_index.url, dependencies=("torchy==2.5.1",), extra=extra, targets=targets)
+    lock(tmp_path)  # this machine has no GPU: locking the CUDA target must still work
+
+    assert versions(tmp_path, "cpu")["torchy"] == "2.5.1+cpu"
+    assert versions(tmp_path, "gpu")["torchy"] == "2.5.1+cu124"
+    data = read(tmp_path, "mlenv.lock")
+    torchy = sorted((p["version"], p["index"], p["targets"]) for p in data["package"] if p["name"] == "torchy")
+    assert torchy == [("2.5.1+cpu", "torch-cpu", ["cpu"]), ("2.5.1+cu124", "torch-cu124", ["gpu"])]
+    tinydep = [p for p in data["package"] if p["name"] == "tinydep"]
+    assert len(tinydep) == 1 and tinydep[0]["targets"] == ["cpu", "gpu"] and tinydep[0]["index"] == "local"
+    gpu = next(t for t in data["target"] if t["name"] == "gpu")
+    assert gpu["cuda"] == "12.4" and gpu["accelerator"] == "cuda12.4"
+    assert (gpu["driver-min"], gpu["driver-min-compat"]) == ("550.54.14", "525.60.13")
+    assert gpu["sm-range"] == ["5.0", "9.0"] and gpu["gpu"] == "a10g"
+    pylock_gpu = read(tmp_path, "pylock.gpu.toml")
+    assert next(p for p in pylock_gpu["packages"] if p["name"] == "torchy")["index"] == cuda_index.url
+
+
+def test_pins_survive_relocks_until_upgraded(tmp_path, local_index):
+    spec = write_spec(tmp_path, local_index.url)
+    lock(tmp_path)
+    assert versions(tmp_path, "cpu")["tinydep"] == "1.1"
+
+    local_index.add("tinydep", "1.2")
+    local_index.add("devtool", "0.6")
+    spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "tinyextra"]'))
+    local_index.add("tinyextra", "0.1")
+    result = lock(tmp_path, "--json")
+    assert json.loads(result.stdout)["resolved"] == ["cpu"]
+    assert versions(tmp_path, "cpu")["tinydep"] == "1.1", "a re-lock must not move existing pins"
+    assert versions(tmp_path, "cpu")["tinyextra"] == "0.1"
+
+    result = lock(tmp_path, "--upgrade-package", "tinydep", "--json")
+    assert {"target": "cpu", "package": "tinydep", "old": "1.1", "new": "1.2"} in json.loads(result.stdout)["updates"]
+    assert versions(tmp_path, "cpu")["devtool"] == "0.5"
+
+    lock(tmp_path, "--upgrade")
+    assert versions(tmp_path, "cpu")["devtool"] == "0.6"
+
+
+def test_changing_one_target_reresolves_only_that_target(tmp_path, local_index):
+    targets = '[targets.cpu]\nplatform = "linux/x86_64"\n\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n'
+    spec = write_spec(tmp_path, local_index.url, targets=targets)
+    lock(tmp_path)
+    cpu_pylock = (tmp_path / "pylock.cpu.toml").read_bytes()
+    spec.write_text(spec.read_text().replace('cuda = "12.4"', 'cuda = "12.6"'))
+
+    check = lock(tmp_path, "--check", expect=1)
+    assert "gpu: hardware.cuda: '12.4' -> '12.6'" in check.stderr
+    result = lock(tmp_path, "--json")
+    assert json.loads(result.stdout) == {"resolved": ["gpu"], "reused": ["cpu"], "updates": []}
+    assert (tmp_path / "pylock.cpu.toml").read_bytes() == cpu_pylock
+    gpu = next(t for t in read(tmp_path, "mlenv.lock")["target"] if t["name"] == "gpu")
+    assert gpu["driver-min"] == "560.28.03"
+
+
+def test_check_names_target_and_dependency_without_the_network(tmp_path, local_index):
+    spec = write_spec(tmp_path, local_index.url)
+    lock(tmp_path)
+    lock(tmp_path, "--check")
+    local_index.close()  # --check must not need the index
+
+    spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib>=1.0", "numpy"]'))
+    result = lock(tmp_path, "--check", expect=1)
+    assert "stale for cpu" in result.stderr
+    assert "dependencies: added numpy" in result.stderr
+    assert "dependencies: tinylib -> tinylib>=1.0" in result.stderr
+
+    as_json = json.loads(lock(tmp_path, "--check", "--json", expect=1).stdout)
+    assert as_json["fresh"] is False
+    assert {"target": "cpu", "field": "dependencies", "detail": "dependencies: added numpy"} in as_json["changes"]
+
+
+def test_check_notices_a_hand_edited_pylock(tmp_path, local_index):
+    write_spec(tmp_path, local_index.url)
+    lock(tmp_path)
+    pylock = tmp_path / "pylock.cpu.toml"
+    pylock.write_text(pylock.read_text().replace('version = "1.1"', 'version = "1.0"'))
+    result = lock(tmp_path, "--check", expect=1)
+    assert "pylock.cpu.toml was modified by hand" in result.stderr
+
+
+def test_failed_resolution_names_the_target_and_keeps_the_previous_lock(tmp_path, local_index):
+    spec = write_spec(tmp_path, local_index.url)
+    lock(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("mlenv.lock", "pylock.cpu.toml")}
+
+    spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "tinydep>=5"]'))
+    result = lock(tmp_path, expect=5)
+    assert "could not lock target 'cpu'" in result.stderr
+    assert "tinydep" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 6
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_unreachable_index_is_a_resolution_error(tmp_path):
+    write_spec(tmp_path, "http://127.0.0.1:9/simple")
+    result = lock(tmp_path, expect=5)
+    assert "could not lock target 'cpu'" in result.stderr
+    assert not (tmp_path / "mlenv.lock").exists()
+
+
+def test_corrupt_lock_is_reported_with_the_fix(tmp_path, local_index):
+    write_spec(tmp_path, local_index.url)
+    (tmp_path / "mlenv.lock").write_text("[lock]\nversion = 1\n")
+    result = run_mlenv("lock", "--check", cwd=tmp_path)
+    assert result.returncode == 4 and "corrupt" in result.stderr and "mlenv lock" in result.stderr
+    assert run_mlenv("doctor", cwd=tmp_path).returncode == 4
+    lock(tmp_path)  # a plain lock recovers from it
+    lock(tmp_path, "--check")
+
+
+@pytest.mark.network
+def test_lock_against_the_real_default_index(tmp_path):
+    """One resolution through PyPI itself (reachable here and in CI)."""
+    (tmp_path / "mlenv.toml").write_text(
+        '[project]\nname = "real"\npython = "3.11"\ndependencies = ["six==1.17.0"]\n\n'
+        '[targets.cpu]\nplatform = "linux/x86_64"\n'
+    )
+    result = run_mlenv("lock", cwd=tmp_path)
+    if result.returncode != 0 and not IN_CI and "could not lock" in result.stderr:
+        pytest.skip("PyPI unreachable from this machine")
+    assert result.returncode == 0, result.stderr
+    six = next(p for p in read(tmp_path, "mlenv.lock")["package"] if p["name"] == "six")
+    assert six["index"] == "pypi"
+    wheel = next(a for a in six["artifacts"] if a["url"].endswith(".whl"))
+    assert wheel["sha256"] == "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274"
