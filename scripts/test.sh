@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command: installs what the suite needs on a fresh Debian machine, then runs it.
+#   bash scripts/test.sh [pytest args...]
+# System packages (Docker Engine, registry, debootstrap, sshd) need root; services themselves
+# (dockerd, registry, moto, dask, sshd) are started by the test fixtures, on loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "==> apt-get install ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v devcontainer >/dev/null; then
+    echo "==> npm install -g @devcontainers/cli@0.89.0"
+    $SUDO npm install -g --silent @devcontainers/cli@0.89.0 >/dev/null
+fi
+
+echo "==> pip install -e .[test]"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+echo "==> pytest"
+exec python3 -m pytest "$@"
