@@ -44,7 +44,7 @@ SMI_TIMEOUT = 15.0
 _DRIVER_IN_PROC = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?(\d+\.\d+(?:\.\d+)?)")
 _DRIVER = re.compile(r"^\d+\.\d+(?:\.\d+)?$")
 _MEMORY = re.compile(r"^(\d+)\s*MiB$")
-_CUDA_LOCAL = re.compile(r"^cu(\d)(\d{1,2})$")
+_CUDA_LOCAL = re.compile(r"^cu(\d{1,2})(\d)$")
 
 
 @dataclass(frozen=True)
@@ -163,15 +163,14 @@ def _field(value: str) -> str | None:
     return None if not value or value.startswith("[") else value  # "[N/A]", "[Not Supported]"
 
 
-def parse_smi_csv(text: str) -> list[GpuInfo]:
-    """Parse ``nvidia-smi --query-gpu=name,memory.total,driver_version[,compute_cap]`` CSV rows."""
+def parse_smi_csv(text: str, fields: int = 4) -> list[GpuInfo]:
+    """Parse ``nvidia-smi --query-gpu=name,memory.total,driver_version[,compute_cap]`` CSV rows
+    (``fields`` is 4 with compute_cap, 3 without)."""
     gpus = []
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        # GPU names contain no commas; split from the right so a future one with a comma survives
-        parts = [part.strip() for part in line.rsplit(",", 3 if line.count(",") >= 3 else 2)]
-        if len(parts) < 3:
+        # split from the right: the name is the only field that could ever hold a comma
+        parts = [part.strip() for part in line.rsplit(",", fields - 1)]
+        if len(parts) != fields:
             continue
         name, memory, driver = parts[0], _field(parts[1]), _field(parts[2])
         compute_cap = _field(parts[3]) if len(parts) > 3 else None
@@ -200,11 +199,13 @@ def probe_gpus(*, env: dict[str, str] | None = None, proc_path: str | os.PathLik
     gpus: list[GpuInfo] = []
     error = None
     if smi:
+        fields = 4
         code, output = _run_smi(smi, SMI_QUERY, env)
         if code != 0 and "compute_cap" in output:
+            fields = 3
             code, output = _run_smi(smi, SMI_QUERY_OLD, env)
         if code == 0:
-            gpus = parse_smi_csv(output)
+            gpus = parse_smi_csv(output, fields)
             if not gpus:
                 error = "nvidia-smi lists no GPU"
         else:
@@ -318,7 +319,7 @@ def _run_python(interpreter: str | os.PathLike, code: str) -> str:
     from mlenv.errors import ToolMissingError
 
     try:
-        result = subprocess.run([os.fspath(interpreter), "-I" if False else "-c", code],
+        result = subprocess.run([os.fspath(interpreter), "-c", code],
                                 capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ToolMissingError(f"cannot run Python interpreter {interpreter}: {exc}",
