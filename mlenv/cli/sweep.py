@@ -62,4 +62,5 @@ def sweep(
         console.err.print(f"[red]{len(failed)} of {len(result.summary.records)} runs failed[/]; "
                           f"outputs and results in {result.summary.output}")
         raise typer.Exit(1)
-    console.success(f"{len(result.summary.records)} runs; results in {result.summary.output}")
+    count = len(result.summary.records)
+    console.success(f"{count} run{'s' if count != 1 else ''}; results in {result.summary.output}")

@@ -11,7 +11,7 @@ already up.  A spare is never reused: every run still gets a kernel no notebook 
 
 from __future__ import annotations
 
-import copy
+import math
 import os
 import tempfile
 import time
@@ -148,10 +148,10 @@ def _prepare(task: RunTask):
 
 
 def _running_cell(nb) -> int | None:
-    for index, cell in enumerate(nb.cells):
-        if cell.metadata.get("papermill", {}).get("status") == "running":
-            return index
-    return None
+    """The cell execution stopped in: cells run in order, so the last one that left 'pending'."""
+    started = [index for index, cell in enumerate(nb.cells)
+               if cell.metadata.get("papermill", {}).get("status") not in (None, "pending")]
+    return started[-1] if started else None
 
 
 def _started_any_cell(nb) -> bool:
@@ -177,10 +177,15 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
     from papermill.exceptions import PapermillExecutionError
     from papermill.execute import raise_for_execution_errors
 
-    logging.getLogger("papermill").setLevel(logging.ERROR)
+    # Outcomes are recorded, not logged: nbclient's own messages would garble the live display.
+    quiet = logging.getLogger("mlenv.sweep.nbclient")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
     if task.cwd and not os.path.isdir(task.cwd):
         # the notebook's folder on the sweep's machine; a remote worker starts kernels in its own
         task.cwd = None
+    # nbclient counts whole seconds; round up so a run never gets less time than asked for
+    cell_timeout = int(math.ceil(task.timeout)) if task.timeout else None
     began = time.perf_counter()
     timings = {"kernel_wait": 0.0, "execute": 0.0}
     attempts = 0
@@ -206,13 +211,17 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
         nb_man.notebook_start()
         try:
             client = PapermillNotebookClient(nb_man, km=manager, kernel_name=task.kernel,
-                                             startup_timeout=task.start_timeout, timeout=task.timeout,
-                                             log=logging.getLogger("papermill"))
+                                             startup_timeout=int(math.ceil(task.start_timeout)),
+                                             timeout=cell_timeout, log=quiet)
+        except Exception:
+            _stop_kernel(manager)
+            raise
+        try:
             client.execute(cwd=task.cwd)
         except CellTimeoutError:
             index = _running_cell(nb)
             status, error = TIMEOUT, {"ename": "CellTimeoutError",
-                                      "evalue": f"a cell ran longer than the {task.timeout:g} s timeout"}
+                                      "evalue": f"a cell ran longer than the {cell_timeout} s timeout"}
             error.update(_cell_position(nb, index))
         except DeadKernelError as exc:
             if not _started_any_cell(nb):

@@ -55,8 +55,9 @@ def load_notebook(path: str | Path, kernel: str | None = None) -> NotebookInfo:
 
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{path} is a folder, not a notebook", hint="pass the .ipynb file to sweep, e.g. "
-                         f"`mlenv sweep {path / 'train.ipynb'}`")
+        found = sorted(p.name for p in path.glob("*.ipynb"))[:5]
+        raise UsageError(f"{path} is a folder, not a notebook",
+                         hint=f"pass one notebook: {', '.join(found)}" if found else "pass the .ipynb file to sweep")
     if not path.is_file():
         raise UsageError(f"notebook {path} does not exist", hint="check the path (relative to the current folder)")
     try:

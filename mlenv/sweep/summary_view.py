@@ -11,8 +11,10 @@ STATUS_STYLE = {"completed": "green", "not-run": "dim"}
 
 def print_summary(summary: Summary, console) -> None:
     metrics = summary.metric_names
-    table = Table(title=f"{summary.notebook}: {len(summary.records)} runs", title_justify="left")
-    table.add_column("run")
+    table = Table(title=f"{summary.notebook}: {len(summary.records)} run{'s' if len(summary.records) != 1 else ''}", title_justify="left")
+    # a run id is a file name users copy: never wrapped or cut, whatever the terminal width
+    longest = max((len(record.run_id) for record in summary.records), default=3)
+    table.add_column("run", no_wrap=True, min_width=longest)
     table.add_column("status")
     for name in summary.parameter_names:
         table.add_column(name, justify="right")
