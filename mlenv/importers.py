@@ -758,7 +758,7 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
 
     conda_requirements: list[Req] = []
     renamed, unmapped = [], []
-    pip_count = 0
+    pip_lines: list[tuple[int, str]] = []
     torch_seen = False
     for item in dependencies.value:
         line = item.start_mark.line + 1
@@ -768,15 +768,10 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
                 if key.value != "pip" or not isinstance(value, yaml.SequenceNode):
                     raise SpecError(f"unexpected entry {key.value!r} in dependencies", path=rel, line=line,
                                     hint="conda allows package specs and one `pip:` list")
-                lines = []
                 for entry in value.value:
                     if not isinstance(entry, yaml.ScalarNode):
                         raise SpecError("pip: entries must be strings", path=rel, line=entry.start_mark.line + 1)
-                    lines.append((entry.start_mark.line + 1, str(entry.value)))
-                parsed = reader.read_lines(lines, path, MAIN)
-                pip_count += _add_requirements(imported, MAIN, parsed.requirements)
-                if parsed.constraints:
-                    _merge_constraints(imported, parsed.constraints, rel)
+                    pip_lines.append((entry.start_mark.line + 1, str(entry.value)))
             continue
         if not isinstance(item, yaml.ScalarNode) or not str(item.value).strip():
             raise SpecError("dependencies entries must be package specs such as numpy=1.26", path=rel, line=line)
@@ -823,8 +818,13 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
             unmapped.append(raw)
             imported.note(where, "conda", f"{raw} not imported: cannot translate this conda spec to pip")
             continue
-        conda_requirements.append(Req(requirement, where, str(requirement)))
+        conda_requirements.append(Req(requirement, where, f"{pypi}{specifier or ''}"))
     conda_count = _add_requirements(imported, MAIN, conda_requirements)
+    # conda installs its packages first and pip's on top; keep that order in the spec
+    parsed = reader.read_lines(pip_lines, path, MAIN)
+    pip_count = _add_requirements(imported, MAIN, parsed.requirements)
+    if parsed.constraints:
+        _merge_constraints(imported, parsed.constraints, rel)
     if torch_seen and imported.cuda:
         for item in conda_requirements:
             if canonicalize_name(item.requirement.name) in TORCH_FAMILY:

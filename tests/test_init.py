@@ -1,0 +1,472 @@
+"""`mlenv init`: importing requirements files, pyproject.toml and environment.yml, proposing targets.
+
+User-level behaviour goes through the real CLI in a subprocess (`run_mlenv`); the parsers are also
+tested directly.  Every written mlenv.toml is loaded back with `mlenv.spec.load_spec`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlenv.errors import SpecError, UsageError
+from mlenv.hardware.detect import MachineInfo, TorchBuild
+from mlenv.importers import choose_python, conda_to_pip, group_for_file, import_project, logical_lines
+from mlenv.init import parse_target_option, plan_init
+from mlenv.spec import load_spec
+from tests.conftest import run_mlenv
+from tests.test_hardware import gpu_env
+
+DATA = Path(__file__).parent / "data" / "init"
+PY = "{}.{}".format(*sys.version_info[:2])
+WIDE = {"COLUMNS": "250"}  # rich tables wrap at 80 columns otherwise
+
+
+def no_gpu_env(tmp_path: Path) -> dict[str, str]:
+    """This machine as it is (no GPU), made explicit so a GPU host runs the same tests."""
+    return {**gpu_env(tmp_path, None), **WIDE}
+
+
+def init(folder: Path, *args: str, env: dict | None = None, expect: int = 0) -> subprocess.CompletedProcess:
+    result = run_mlenv("init", "--path", str(folder), *args, env={**WIDE, **(env or {})})
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result
+
+
+def copy_fixture(name: str, tmp_path: Path) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(DATA / name, folder)
+    return folder
+
+
+MACHINE = MachineInfo(platform="linux/x86_64", system="Linux", machine="x86_64", python="3.11.7", cpus=8, ram_gb=32)
+
+
+# --- user level: the CLI ------------------------------------------------------------------------------
+
+def test_empty_folder_gets_a_minimal_working_project(tmp_path):
+    folder = tmp_path / "my-project"
+    folder.mkdir()
+    result = init(folder, "--yes", env=no_gpu_env(tmp_path))
+    spec = load_spec(folder / "mlenv.toml")
+    assert spec.name == "my-project"
+    assert spec.python == PY
+    assert spec.dependencies == () and spec.groups == {} and spec.indexes == ()
+    assert list(spec.targets) == ["cpu"] and spec.targets["cpu"].platform == "linux/x86_64"
+    assert "wrote" in result.stderr and "empty dependencies" in result.stdout
+    assert not [p.name for p in folder.iterdir() if p.name != "mlenv.toml"]  # no temp files left
+
+
+def test_output_is_deterministic(tmp_path):
+    folder = copy_fixture("pip", tmp_path)
+    init(folder, "--yes")
+    first = (folder / "mlenv.toml").read_bytes()
+    init(folder, "--yes", "--force")
+    assert (folder / "mlenv.toml").read_bytes() == first
+
+
+def test_never_overwrites_without_force(tmp_path):
+    (tmp_path / "mlenv.toml").write_text("# mine\n")
+    (tmp_path / "requirements.txt").write_text("tinylib\n")
+    result = init(tmp_path, "--yes", expect=2)
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "mlenv.toml").read_text() == "# mine\n"
+    init(tmp_path, "--yes", "--force")
+    assert load_spec(tmp_path).dependencies == ("tinylib",)
+
+
+def test_not_a_tty_behaves_like_yes(tmp_path):
+    (tmp_path / "requirements.txt").write_text("tinylib>=1.0\n")
+    init(tmp_path)  # run_mlenv gives no terminal on stdin
+    assert load_spec(tmp_path).dependencies == ("tinylib>=1.0",)
+
+
+def test_dry_run_prints_the_spec_and_writes_nothing(tmp_path):
+    (tmp_path / "requirements.txt").write_text("numpy>=1.26\n")
+    result = init(tmp_path, "--dry-run")
+    assert not (tmp_path / "mlenv.toml").exists()
+    assert '"numpy>=1.26"' in result.stdout and "[targets.cpu]" in result.stdout
+    assert "Imported" in result.stderr  # the summary goes to stderr, so stdout is the spec alone
+
+
+def test_requirements_with_every_pip_syntax(tmp_path):
+    folder = copy_fixture("pip", tmp_path)
+    result = init(folder, "--yes", env=no_gpu_env(tmp_path))
+    spec = load_spec(folder)
+    assert spec.dependencies == (
+        "requests>=2.31,<3",          # requirements/base.txt, through -r
+        "PyYAML==6.0.2",
+        "torch==2.5.1",               # +cu124 moved to the CUDA target's index pin
+        "torchvision==0.20.1",
+        "numpy<2,>=1.26",             # constraints.txt numpy<2 merged into the direct dependency
+        "pandas[performance]==2.2.3",
+        'uvloop>=0.19 ; sys_platform != "win32"',
+        "tokenizers @ https://files.pythonhosted.org/packages/tokenizers-0.20.3-cp39-abi3-manylinux_2_17_x86_64.whl",
+    )
+    assert spec.groups == {"dev": ("pytest>=8.0", "ruff==0.7.1"), "notebook": ("jupyterlab>=4.2,<5", "ipywidgets")}
+    assert [(i.name, i.url, i.explicit) for i in spec.indexes] == [
+        ("pytorch-cu124", "https://download.pytorch.org/whl/cu124", True)]
+    assert set(spec.targets) == {"cpu", "cuda"}
+    cuda = spec.targets["cuda"]
+    assert (cuda.platform, cuda.cuda, cuda.gpu) == ("linux/x86_64", "12.4", None)
+    assert cuda.sources == {"torch": "pytorch-cu124", "torchvision": "pytorch-cu124"}
+    assert spec.targets["cpu"].sources == {}
+    out = result.stdout
+    for reported in ("requirements.txt:5", "--find-links", "requirements.txt:17", "-e ./libs/featurizer",
+                     "2 --hash option(s) dropped", "constraints.txt:3", "urllib3<2.3", "--trusted-host",
+                     "requirements.txt:9 (torch==2.5.1+cu124)"):
+        assert reported in out, reported
+    text = (folder / "mlenv.toml").read_text()
+    assert "sha256" not in text and "# Not imported" in text
+
+
+def test_pyproject_with_extras_groups_and_uv_sources(tmp_path):
+    folder = copy_fixture("pyproject", tmp_path)
+    init(folder, "--yes", env=no_gpu_env(tmp_path))
+    spec = load_spec(folder)
+    assert spec.name == "vision-trainer"
+    assert spec.python == PY  # the running Python satisfies >=3.10,<3.13
+    assert spec.dependencies == ("torch>=2.4", "torchvision", "numpy>=1.26,<2", "pillow>=10")
+    assert spec.groups["tracking"] == ("mlflow>=2.16",)
+    assert set(spec.groups["all"]) == {"mlflow>=2.16", "fastapi>=0.110", "uvicorn[standard]>=0.30"}
+    assert spec.groups["dev"] == ("ipython", "pytest>=8", "pytest-cov", "ruff>=0.6")  # include-group expanded
+    assert spec.targets["cuda"].cuda == "12.1"
+    assert spec.targets["cuda"].sources == {"torch": "pytorch-cu121", "torchvision": "pytorch-cu121"}
+
+
+def test_conda_environment(tmp_path):
+    folder = copy_fixture("conda", tmp_path)
+    result = init(folder, "--yes", env=no_gpu_env(tmp_path))
+    spec = load_spec(folder)
+    assert spec.python == "3.10"
+    assert spec.dependencies == (
+        "numpy==1.26.*", "pandas>=2.1,<2.3", "scikit-learn==1.5.2", "torch==2.3.1.*", "torchvision==0.18.1.*",
+        "matplotlib==3.8.4.*", "transformers==4.44.0", "wandb>=0.17",
+    )
+    assert spec.targets["cuda"].cuda == "12.1"
+    assert spec.targets["cuda"].sources == {"torch": "pytorch-cu121", "torchvision": "pytorch-cu121"}
+    for unmapped in ("environment.yml:14", "cudnn", "mkl", "libgcc-ng>=12", "ffmpeg", "py310hff3b4d5_0",
+                     "pytorch -> torch", "4 not mapped"):
+        assert unmapped in result.stdout, unmapped
+
+
+def test_targets_python_and_name_from_the_command_line(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch==2.5.1+cu124\n")
+    init(tmp_path, "--yes", "--name", "trainer", "--python", "3.12",
+         "--target", "ci=linux/x86_64", "--target", "mac=darwin/arm64",
+         "--target", "big=linux/amd64:cuda=12.6,gpu=h100,gpu-count=8,ram-min=512")
+    spec = load_spec(tmp_path)
+    assert (spec.name, spec.python) == ("trainer", "3.12")
+    assert list(spec.targets) == ["ci", "mac", "big"]
+    big = spec.targets["big"]
+    assert (big.platform, big.cuda, big.gpu, big.gpu_count, big.ram_min) == ("linux/x86_64", "12.6", "h100", 8, 512)
+    # torch follows the CUDA target onto the index of *its* CUDA, not the +cu124 of the input
+    assert big.sources == {"torch": "pytorch-cu126"}
+    assert [i.name for i in spec.indexes] == ["pytorch-cu126"]
+    assert spec.targets["mac"].platform == "macos/arm64" and spec.targets["mac"].sources == {}
+
+
+@pytest.mark.parametrize("value, message", [
+    ("gpu", "expected NAME=PLATFORM"),
+    ("gpu=linux/sparc", "unknown platform"),
+    ("gpu=linux/x86_64:cuda=12.3", "unknown CUDA version"),
+    ("gpu=linux/x86_64:gpu=a10g", "a GPU needs a CUDA version"),
+    ("gpu=linux/x86_64:cuda=12.4,gpus=2", "unknown key 'gpus'"),
+    ("gpu=macos/arm64:cuda=12.4", "CUDA is not available on macos/arm64"),
+    ("gpu=linux/x86_64:cuda=13.0,gpu=v100", "does not support v100"),
+    ("gpu=linux/x86_64:cuda=12.4,gpu-count=two", "positive integer"),
+])
+def test_bad_target_option_is_a_usage_error(tmp_path, value, message):
+    result = init(tmp_path, "--yes", "--target", value, expect=2)
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlenv.toml").exists()
+
+
+def test_malformed_requirement_line_points_at_file_and_line(tmp_path):
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements.txt").write_text("numpy\n-r requirements/ml.txt\n")
+    (tmp_path / "requirements" / "ml.txt").write_text("# models\n\ntorch>=2.4\nscikit-learn=>1.5\n")
+    result = init(tmp_path, "--yes", expect=3)
+    assert "requirements/ml.txt:4" in result.stderr and "scikit-learn=>1.5" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "mlenv.toml").exists()
+
+
+def test_missing_included_file(tmp_path):
+    (tmp_path / "requirements.txt").write_text("numpy\n\n-r requirements-base.txt\n")
+    result = init(tmp_path, "--yes", expect=3)
+    assert "requirements.txt:3" in result.stderr and "no such file" in result.stderr
+    assert not (tmp_path / "mlenv.toml").exists()
+
+
+def test_malformed_environment_yml(tmp_path):
+    (tmp_path / "environment.yml").write_text("name: x\ndependencies:\n  - numpy\n  - pip:\n    - [unclosed\n")
+    result = init(tmp_path, "--yes", expect=3)
+    assert "environment.yml:" in result.stderr and "malformed YAML" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "mlenv.toml").exists()
+
+
+def test_malformed_pyproject(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["numpy"\n')
+    result = init(tmp_path, "--yes", expect=3)
+    assert "pyproject.toml:" in result.stderr and "malformed TOML" in result.stderr
+
+
+def test_fake_gpu_machine_proposes_a_cuda_target(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch>=2.3\nnumpy\n")
+    result = init(tmp_path, "--yes", env=gpu_env(tmp_path, "a10g"))
+    spec = load_spec(tmp_path)
+    cuda = spec.targets["cuda"]
+    # driver 535.183.01 runs CUDA 12.1 at most (12.4 needs 550.54.14)
+    assert (cuda.platform, cuda.cuda, cuda.gpu, cuda.gpu_count) == ("linux/x86_64", "12.1", "a10g", 1)
+    assert cuda.sources == {"torch": "pytorch-cu121"}
+    assert "NVIDIA A10G, driver 535.183.01" in result.stdout
+
+
+def test_eight_h100_machine(tmp_path):
+    init(tmp_path, "--yes", env=gpu_env(tmp_path, "8xh100"))
+    cuda = load_spec(tmp_path).targets["cuda"]
+    assert (cuda.cuda, cuda.gpu, cuda.gpu_count) == ("12.6", "h100", 8)
+
+
+def test_old_driver_gets_compat_cuda_and_a_warning(tmp_path):
+    result = init(tmp_path, "--yes", env=gpu_env(tmp_path, "old-470"))
+    cuda = load_spec(tmp_path).targets["cuda"]
+    assert (cuda.cuda, cuda.gpu, cuda.gpu_count) == ("11.8", "v100", 4)
+    assert "minor-version compatibility" in result.stdout and "470.256.02" in result.stdout
+
+
+def test_failing_nvidia_smi_proposes_only_this_machine(tmp_path):
+    result = init(tmp_path, "--yes", env=gpu_env(tmp_path, "failing"))
+    assert list(load_spec(tmp_path).targets) == ["cpu"]
+    assert "couldn't communicate with the NVIDIA driver" in result.stdout
+
+
+def test_cuda_build_of_torch_in_the_project_venv(tmp_path):
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True)
+    site = next((tmp_path / ".venv" / "lib").glob("python3*/site-packages"))
+    info = site / "torch-2.4.1+cu118.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.4.1+cu118\n")
+    result = init(tmp_path, "--yes", env=no_gpu_env(tmp_path))
+    assert load_spec(tmp_path).targets["cuda"].cuda == "11.8"
+    assert "torch 2.4.1+cu118 is installed" in result.stdout
+
+
+def test_init_then_lock_against_a_real_index(tmp_path, local_index):
+    (tmp_path / "requirements.txt").write_text(f"--index-url {local_index.url}\ntinylib>=1.0  # the library\n")
+    (tmp_path / "requirements-dev.txt").write_text("-r requirements.txt\ndevtool==0.5\n")
+    init(tmp_path, "--yes", "--python", "3.11", "--target", "cpu=linux/x86_64", env=no_gpu_env(tmp_path))
+    spec = load_spec(tmp_path)
+    assert spec.default_index().url == local_index.url.rstrip("/")
+    result = run_mlenv("lock", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lock_text = (tmp_path / "mlenv.lock").read_text()
+    assert "tinylib" in lock_text and "tinydep" in lock_text and "devtool" in lock_text
+
+
+# --- the importers, called directly ---------------------------------------------------------------------
+
+def test_logical_lines_follow_pip():
+    text = (
+        "# a comment\n"
+        "numpy>=1.26 \\\n"
+        "    ; python_version >= '3.10'  # trailing comment\n"
+        "pkg @ https://host/pkg-1.0.tar.gz#sha256=abc\n"
+        "# a comment ending in a backslash does not continue \\\n"
+        "requests\n"
+        "\n"
+        "last \\"
+    )
+    assert list(logical_lines(text)) == [
+        (2, "numpy>=1.26     ; python_version >= '3.10'"),
+        (4, "pkg @ https://host/pkg-1.0.tar.gz#sha256=abc"),
+        (6, "requests"),
+        (8, "last"),
+    ]
+
+
+@pytest.mark.parametrize("path, group", [
+    ("requirements.txt", "main"), ("requirements.in", "main"), ("requirements/base.txt", "main"),
+    ("requirements/prod.txt", "main"), ("requirements-dev.txt", "dev"), ("dev-requirements.txt", "dev"),
+    ("requirements_dev.txt", "dev"), ("requirements/dev.txt", "dev"), ("requirements-test.txt", "test"),
+    ("test-requirements.txt", "test"), ("requirements-notebook.txt", "notebook"), ("requirements-docs.txt", "docs"),
+    ("requirements.gpu.txt", "gpu"), ("README.txt", None), ("constraints.txt", None), ("notes.txt", None),
+])
+def test_group_for_file(path, group):
+    assert group_for_file(path) == group
+
+
+def _import(tmp_path: Path, files: dict[str, str]):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return import_project(tmp_path, running_python="3.11.7")
+
+
+def test_include_cycle_is_detected(tmp_path):
+    with pytest.raises(SpecError, match=r"cycle: requirements.txt -> a.txt -> b.txt -> a.txt") as info:
+        _import(tmp_path, {"requirements.txt": "-r a.txt\n", "a.txt": "numpy\n-r b.txt\n", "b.txt": "--requirement=a.txt\n"})
+    assert (info.value.path, info.value.line) == ("b.txt", 1)
+
+
+def test_diamond_includes_are_not_a_cycle(tmp_path):
+    imported = _import(tmp_path, {"requirements.txt": "-r a.txt\n-r b.txt\n", "a.txt": "-r c.txt\n",
+                                  "b.txt": "-rc.txt\n", "c.txt": "numpy\n"})
+    assert imported.dependencies == ["numpy"]
+
+
+def test_unknown_option_suggests_the_right_one(tmp_path):
+    with pytest.raises(SpecError, match="unknown option '--extra-index'") as info:
+        _import(tmp_path, {"requirements.txt": "numpy\n--extra-index https://example.com/simple\n"})
+    assert info.value.line == 2 and "--extra-index-url" in info.value.hint
+
+
+def test_remote_include_is_refused(tmp_path):
+    with pytest.raises(SpecError, match="remote requirements files"):
+        _import(tmp_path, {"requirements.txt": "-r https://example.com/reqs.txt\n"})
+
+
+def test_private_index_and_credentials(tmp_path):
+    imported = _import(tmp_path, {"requirements.txt": (
+        "-i https://deploy:s3cret@pypi.corp.example.com/simple/\n"
+        "--extra-index-url https://${ARTIFACTORY_USER}:${ARTIFACTORY_TOKEN}@art.example.com/api/pypi/simple\n"
+        "--extra-index-url=https://download.pytorch.org/whl/cpu\n"
+        "torch==2.5.1+cpu\n"
+        "corp-utils>=3\n"
+    )})
+    assert [(i.name, i.url, i.default, i.explicit) for i in imported.indexes] == [
+        ("pypi-corp-example-com", "https://pypi.corp.example.com/simple", True, False),
+        ("art-example-com", "https://${ARTIFACTORY_USER}:${ARTIFACTORY_TOKEN}@art.example.com/api/pypi/simple", False, False),
+        ("pytorch-cpu", "https://download.pytorch.org/whl/cpu", False, True),
+    ]
+    assert imported.dependencies == ["torch==2.5.1", "corp-utils>=3"]
+    assert imported.cpu_packages == ["torch"] and imported.cuda is None
+    assert any(n.kind == "credentials" and "pypi.corp.example.com" in n.text for n in imported.notes)
+    assert not any("s3cret" in n.text for n in imported.notes)
+    plan = plan_init(tmp_path, machine=MACHINE, torch=None)
+    assert "s3cret" not in plan.text
+    assert load_spec_text(plan).targets["cpu"].sources == {"torch": "pytorch-cpu"}
+
+
+def load_spec_text(plan):
+    from mlenv.spec import parse_spec
+
+    return parse_spec(plan.text, plan.path)
+
+
+def test_pip_tools_input_wins_over_its_compiled_output(tmp_path):
+    imported = _import(tmp_path, {
+        "requirements.in": "numpy>=1.26\n",
+        "requirements.txt": "# autogenerated by pip-compile\nnumpy==1.26.4 \\\n    --hash=sha256:abc\n",
+    })
+    assert imported.dependencies == ["numpy>=1.26"]
+    assert any(n.origin == "requirements.txt" and "requirements.in" in n.text for n in imported.notes)
+
+
+def test_bare_urls_and_local_paths_are_reported(tmp_path):
+    imported = _import(tmp_path, {"requirements.txt": (
+        "./vendor/tool-1.0-py3-none-any.whl\n"
+        "git+https://github.com/org/repo.git@v1#egg=repo\n"
+        "local-pkg @ file:///home/me/local_pkg\n"
+        "named @ git+https://github.com/org/named.git@v2\n"
+    )})
+    assert imported.dependencies == ["named @ git+https://github.com/org/named.git@v2"]
+    assert [n.origin for n in imported.notes if n.kind == "url"] == [
+        "requirements.txt:1", "requirements.txt:2", "requirements.txt:3", "requirements.txt:4"]
+
+
+def test_dev_file_including_main_does_not_duplicate(tmp_path):
+    imported = _import(tmp_path, {"requirements.txt": "numpy\n", "dev-requirements.txt": "-r requirements.txt\nnumpy\npytest\n"})
+    assert imported.dependencies == ["numpy"] and imported.groups == {"dev": ["pytest"]}
+
+
+@pytest.mark.parametrize("specifier, running, expected", [
+    (">=3.10,<3.13", "3.11.7", "3.11"),
+    (">=3.12", "3.11.7", "3.12"),
+    ("<3.11", "3.11.7", "3.10"),
+    ("~=3.9", "3.11.7", "3.11"),
+    ("==3.10.*", "3.11.7", "3.10"),
+    (">=3.11.9", "3.11.7", "3.11"),
+    (">=4", "3.11.7", None),
+])
+def test_choose_python(specifier, running, expected):
+    assert choose_python(specifier, running) == expected
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("numpy", ("numpy", "", None)),
+    ("numpy=1.26", ("numpy", "==1.26.*", None)),
+    ("numpy==1.26.4", ("numpy", "==1.26.4", None)),
+    ("numpy=1.26.*", ("numpy", "==1.26.*", None)),
+    ("numpy>=1.24,<2", ("numpy", ">=1.24,<2", None)),
+    ("numpy 1.26.*", ("numpy", "==1.26.*", None)),
+    ("conda-forge::numpy=1.26.4=py311h64a7726_0", ("numpy", "==1.26.4.*", "py311h64a7726_0")),
+    ("PyTorch", ("pytorch", "", None)),
+])
+def test_conda_specs(spec, expected):
+    assert conda_to_pip(spec) == expected
+
+
+def test_conda_cuda_outside_the_catalog(tmp_path):
+    imported = _import(tmp_path, {"environment.yml": "dependencies:\n  - cudatoolkit=11.3\n  - pytorch=1.12\n"})
+    assert imported.cuda == "11.8"  # the next release of the same major that mlenv knows
+    assert any("11.3" in n.text and "11.8" in n.text for n in imported.notes)
+
+
+def test_conda_oddities_are_errors_or_notes(tmp_path):
+    with pytest.raises(SpecError, match="unexpected entry 'conda'") as info:
+        _import(tmp_path, {"environment.yml": "dependencies:\n  - numpy\n  - conda: [x]\n"})
+    assert info.value.line == 3
+    imported = _import(tmp_path / "b", {"environment.yml": "dependencies:\n  - numpy[version='>=1.2']\n  - blas=*=mkl\n"})
+    assert imported.dependencies == []
+    assert len([n for n in imported.notes if n.kind == "conda"]) == 2
+
+
+def test_parse_target_option():
+    target = parse_target_option("train=linux/arm64:cuda=12.8,gpu=H100,gpu_count=4,cpu-min=32")
+    assert (target.name, target.platform, target.cuda, target.gpu, target.gpu_count, target.limits) == (
+        "train", "linux/aarch64", "12.8", "h100", 4, (("cpu-min", 32),))
+    with pytest.raises(UsageError, match="did you mean"):
+        parse_target_option("x=linux/x86_64:cuad=12.4")
+
+
+def test_machine_on_an_unknown_platform_still_gets_a_spec(tmp_path):
+    odd = MachineInfo(platform=None, system="Linux", machine="ppc64le", python="3.11.7", cpus=4, ram_gb=8)
+    plan = plan_init(tmp_path, machine=odd, torch=None)
+    assert load_spec_text(plan).targets["cpu"].platform == "linux/x86_64"
+    assert any("ppc64le" in n.text for n in plan.notes)
+
+
+def test_python_version_file(tmp_path):
+    (tmp_path / ".python-version").write_text("3.12.4\n")
+    assert plan_init(tmp_path, machine=MACHINE, torch=None).python == "3.12.4"
+
+
+# --- no input produces a traceback: only SpecError ---------------------------------------------------------
+
+_line = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
+    st.sampled_from(["-r", "-c", "-e", "-i", "--hash=sha256:00", "\\", "#", "numpy", "torch==2.5.1+cu124", " @ ",
+                     "--extra-index-url", "-r requirements.txt", "[x]", ";", "python_version<'3'", "===", "+cu1",
+                     "file:", "https://", "${X}", "--pre", "-f", "--no-index"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.lists(_line, max_size=4).map(" ".join), max_size=6))
+def test_any_requirements_text_gives_a_spec_or_a_spec_error(tmp_path_factory, lines):
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "requirements.txt").write_text("\n".join(lines), encoding="utf-8")
+    try:
+        plan = plan_init(folder, machine=MACHINE, torch=None)
+    except SpecError as exc:
+        assert exc.message
+        return
+    load_spec_text(plan)
