@@ -1,1 +1,116 @@
-"""`mlenv build` (not implemented yet)."""
+"""`mlenv build`: build a target's image from the lock, tagged by content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlenv.cli import app
+
+
+@app.command("build")
+def build_command(
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: the only linux target)."),
+    stage: str = typer.Option("runtime", "--stage", help="Dockerfile stage: runtime (slim, with the code) or dev."),
+    push: bool = typer.Option(False, "--push", help="Push both tags to [image] registry (ECR logins via boto3)."),
+    force: bool = typer.Option(False, "--force", help="Build even when the content tag already exists."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="Build from a lock that no longer matches mlenv.toml."),
+    base_image: Optional[str] = typer.Option(None, "--base-image", help="Base image instead of the official one."),
+    ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="CA bundle passed as a BuildKit secret "
+                                             "(default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT)."),
+    network: Optional[str] = typer.Option(None, "--network", help="Network for RUN steps (e.g. host, to reach a loopback index)."),
+    build_arg: list[str] = typer.Option([], "--build-arg", help="KEY=VALUE build argument (repeatable), e.g. MLENV_REQUIREMENT."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help="Path to mlenv.toml (default: search upwards)."),
+) -> None:
+    """Build the image of a lock target (skipped when its content tag exists; --force rebuilds)."""
+    from mlenv import console
+    from mlenv.errors import UsageError
+    from mlenv.image import build_target
+    from mlenv.lock import read_lock
+    from mlenv.render import image_targets
+    from mlenv.spec import load_spec
+
+    args = {}
+    for item in build_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
+        args[key] = value
+    spec = load_spec(spec_path)
+    lock = read_lock(spec.root)
+    if target is None:
+        names = image_targets(spec, lock, None)
+        if len(names) > 1:
+            raise UsageError("the spec has several linux targets", hint=f"pick one with --target ({', '.join(names)})")
+        target = names[0]
+
+    display = _Display(console)
+    try:
+        outcome = build_target(
+            spec, lock, target, stage=stage, push_image=push, force=force, allow_stale=allow_stale,
+            base_image=base_image, ca_bundle_path=str(ca_bundle) if ca_bundle else None, network=network,
+            build_args=args, on_update=display.update,
+        )
+    finally:
+        display.close()
+    report = outcome.report
+    if json_output:
+        console.print_json({
+            "target": target, "stage": outcome.stage, "tag": outcome.tag, "moving_tag": outcome.moving_tag,
+            "image_id": outcome.image_id, "skipped": outcome.skipped, "pushed_digest": outcome.pushed_digest,
+            "elapsed_s": round(report.elapsed, 2) if report else 0.0,
+            "steps_run": report.ran() if report else [], "steps_cached": report.cached() if report else [],
+        })
+        return
+    if outcome.dockerfile_updated:
+        console.status("Dockerfile regenerated from mlenv.lock")
+    if outcome.skipped:
+        console.success(f"{outcome.tag} {outcome.skipped}; build skipped (--force rebuilds)")
+    else:
+        console.success(f"built {outcome.tag} in {report.elapsed:.1f}s "
+                        f"({len(report.ran())} steps run, {len(report.cached())} cached)")
+    if outcome.pushed_digest:
+        console.success(f"pushed {outcome.tag}@{outcome.pushed_digest}")
+    console.out.print(outcome.tag)
+
+
+class _Display:
+    """Build progress: a live line on a terminal (step, elapsed, cache hits), plain lines otherwise."""
+
+    def __init__(self, console) -> None:
+        import time
+
+        self.console = console
+        self.started = time.monotonic()
+        self.finished: set[str] = set()
+        self.live = None
+        if console.err.is_terminal:
+            from rich.status import Status
+
+            self.live = Status("starting the build", console=console.err)
+            self.live.start()
+
+    def update(self, report, step) -> None:
+        import time
+
+        if step is None or not step.name.startswith("["):
+            return
+        elapsed = time.monotonic() - self.started
+        cached = len(report.cached())
+        if self.live is not None:
+            self.live.update(f"{elapsed:5.1f}s  {step.name[:90]}  [dim]({cached} cached)[/]")
+        if step.done and step.key not in self.finished:
+            self.finished.add(step.key)
+            how = "cached" if step.cached else (f"{step.seconds:.1f}s" if step.seconds is not None else "done")
+            line = f"  {how:>7}  {step.name[:110]}"
+            if self.live is not None:
+                self.console.err.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=self.console.err.file, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()

@@ -1,1 +1,74 @@
-"""`mlenv gen` (not implemented yet)."""
+"""`mlenv gen dockerfile|devcontainer|all`: files that build and run images from the lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlenv.cli import app
+
+gen_app = typer.Typer(
+    help="Generate a Dockerfile, .devcontainer/devcontainer.json and .dockerignore from mlenv.lock.",
+    no_args_is_help=True,
+)
+app.add_typer(gen_app, name="gen")
+
+_TARGET = typer.Option(None, "--target", "-t", help="Lock target (default: every linux target).")
+_BASE = typer.Option(None, "--base-image", help="Base image instead of the official one (mirror, private registry).")
+_CA = typer.Option(None, "--ca-bundle", help="CA bundle PEM the devcontainer build passes as a BuildKit secret.")
+_CHECK = typer.Option(False, "--check", help="Write nothing; exit 1 when a generated file is out of date.")
+_RESOLVE = typer.Option(True, "--resolve-digest/--no-resolve-digest",
+                        help="Pin the base image by its registry digest (needs a reachable engine and registry).")
+_SPEC = typer.Option(None, "--spec", help="Path to mlenv.toml (default: search upwards).")
+
+
+def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bool, spec_path) -> None:
+    from mlenv import console
+    from mlenv.errors import DriftError
+    from mlenv.image import digest_resolver
+    from mlenv.lock import check_lock, read_lock
+    from mlenv.render import generate
+    from mlenv.spec import load_spec
+
+    spec = load_spec(spec_path)
+    lock = read_lock(spec.root)
+    stale = check_lock(spec, lock)
+    if stale:
+        console.warn(f"mlenv.lock is stale ({stale[0].detail}); files follow the lock as it is — run `mlenv lock`")
+    result = generate(spec, lock, what, target=target, base_image=base_image,
+                      ca_bundle=str(Path(ca_bundle).resolve()) if ca_bundle else None,
+                      resolve_digest=digest_resolver() if resolve and not check else None, check=check)
+    for generated in result.files:
+        shown = generated.path.relative_to(spec.root) if generated.path.is_relative_to(spec.root) else generated.path
+        console.out.print(f"  {generated.status:>9}  {shown}")
+    for plan in result.plans.values():
+        pin = f"@{plan.base_digest[:19]}…" if plan.base_digest else " (tag only: no registry digest)"
+        console.status(f"{plan.target}: base {plan.base_ref}{pin}")
+    if check:
+        if result.stale():
+            raise DriftError(f"{len(result.stale())} generated file(s) out of date", hint=f"run `mlenv gen {what}`")
+        console.success("generated files are up to date")
+
+
+@gen_app.command("dockerfile")
+def gen_dockerfile(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, check: bool = _CHECK,
+                   resolve: bool = _RESOLVE, spec_path: Optional[Path] = _SPEC) -> None:
+    """Dockerfile with deps/dev/runtime stages (and .dockerignore unless one exists)."""
+    _generate("dockerfile", target, base_image, None, check, resolve, spec_path)
+
+
+@gen_app.command("devcontainer")
+def gen_devcontainer(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE,
+                     ca_bundle: Optional[Path] = _CA, check: bool = _CHECK, resolve: bool = _RESOLVE,
+                     spec_path: Optional[Path] = _SPEC) -> None:
+    """.devcontainer/devcontainer.json building the dev stage (one per target when there are several)."""
+    _generate("devcontainer", target, base_image, ca_bundle, check, resolve, spec_path)
+
+
+@gen_app.command("all")
+def gen_all(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, ca_bundle: Optional[Path] = _CA,
+            check: bool = _CHECK, resolve: bool = _RESOLVE, spec_path: Optional[Path] = _SPEC) -> None:
+    """Dockerfile, devcontainer and .dockerignore together."""
+    _generate("all", target, base_image, ca_bundle, check, resolve, spec_path)

