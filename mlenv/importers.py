@@ -373,7 +373,6 @@ class RequirementsReader:
         where = f"{self.rel(path)}:{number}"
         if line.startswith("-"):
             for option, value, spelling in _split_options(line, where, Path(self.rel(path)), number):
-                assert value is not None or option in ("no-index", "pre", "prefer-binary", "require-hashes")
                 if option == "requirement":
                     self._include(value, path, number, base, group, parsed, stack, constraint, spelling)
                 elif option == "constraint":
@@ -527,7 +526,8 @@ def choose_python(specifier: str, running: str, origin: str = "") -> str | None:
 
 
 def _group_name(raw: str) -> str:
-    return re.sub(r"[-_.]+", "-", raw).lower()
+    name = re.sub(r"[-_.]+", "-", raw).lower()
+    return f"{name}-group" if name == MAIN else name  # "main" means the project's own dependencies
 
 
 def read_pyproject(path: Path, imported: Imported, root: Path, running_python: str) -> None:

@@ -419,7 +419,8 @@ def render(plan: InitPlan) -> str:
         if target.sources:
             pins = ", ".join(f"{_key(package)} = {_string(index)}" for package, index in target.sources)
             lines.append(f"sources = {{ {pins} }}")
-    reported = [note for note in plan.notes if note.kind not in ("hash",)]
+    # what the inputs said, not this machine's state: the file is shared by everyone's machines
+    reported = [note for note in plan.notes if note.kind != "hash" and note.origin != "this machine"]
     if reported:
         lines += ["", "# Not imported or changed by `mlenv init` (its output explains each):"]
         lines += [f"#   {_comment(note.origin)}: {_comment(note.text)}" for note in reported]

@@ -6,6 +6,7 @@ tested directly.  Every written mlenv.toml is loaded back with `mlenv.spec.load_
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -470,3 +471,36 @@ def test_any_requirements_text_gives_a_spec_or_a_spec_error(tmp_path_factory, li
         assert exc.message
         return
     load_spec_text(plan)
+
+
+# --- interactive, on a real terminal ------------------------------------------------------------------
+
+def test_interactive_prompts_on_a_terminal(tmp_path):
+    import pty
+
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    master, slave = pty.openpty()
+    env = no_gpu_env(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "mlenv", "init", "--path", str(tmp_path)],
+                               stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    os.write(master, b"renamed\n3.12\ny\n")  # project name, Python version, confirm
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(master)
+    assert process.returncode == 0, stdout.decode() + stderr.decode()
+    spec = load_spec(tmp_path)
+    assert (spec.name, spec.python, spec.dependencies) == ("renamed", "3.12", ("numpy",))
+
+
+def test_interactive_decline_writes_nothing(tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "mlenv", "init", "--path", str(tmp_path)],
+                               stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=no_gpu_env(tmp_path))
+    os.close(slave)
+    os.write(master, b"\n\nn\n")
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(master)
+    assert process.returncode == 1 and b"nothing written" in stderr
+    assert not (tmp_path / "mlenv.toml").exists()
