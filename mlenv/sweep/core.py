@@ -56,7 +56,9 @@ def plan_sweep(options: SweepOptions) -> Plan:
     runs = expand(options.axes, options.mode, samples=options.samples, seed=options.seed,
                   typer_fn=lambda name, value: coerce(info.parameters.get(name), value, name=name))
     parse_sort(options.sort)  # a malformed --sort fails now, not after the runs
-    return Plan(options, info, runs, open_store(options.output_location()))
+    store = open_store(options.output_location())
+    store.check()
+    return Plan(options, info, runs, store)
 
 
 def _resumable(plan: Plan, run: Run) -> RunRecord | None:

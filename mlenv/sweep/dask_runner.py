@@ -9,6 +9,7 @@ output folder is (a local path or ``s3://``), and workers need no access to it.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 
@@ -30,9 +31,9 @@ def _remote(task: RunTask) -> RunOutcome:
 class DaskRunner:
     name = "dask"
 
-    def __init__(self, address: str, connect_timeout: float = 10.0) -> None:
+    def __init__(self, address: str, connect_timeout: float | None = None) -> None:
         self.address = address
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout or float(os.environ.get("MLENV_DASK_CONNECT_TIMEOUT", "10"))
 
     def hold(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -66,7 +67,7 @@ class DaskRunner:
                                      retries=0): task for task in tasks}
             key_to_task = {future.key: task for future, task in futures.items()}
             started: set[str] = set()
-            completed = as_completed(list(futures))
+            completed = as_completed(list(futures), loop=client.loop)
             last_poll = 0.0
             pending = len(futures)
             while pending:

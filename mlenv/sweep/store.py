@@ -25,6 +25,17 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError):
             return None
 
+    def check(self) -> None:
+        """Fail before any run when the outputs could not be written."""
+        from mlenv.errors import UsageError
+
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise UsageError(f"output {self.root}: {folder} is a file, not a folder",
+                                     hint="pick another --output folder")
+                return
+
     def __str__(self) -> str:
         return str(self.root)
 
@@ -56,6 +67,14 @@ class S3Store:
             if code in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise _s3_error(exc, self.location(name)) from None
+
+    def check(self) -> None:
+        from papermill.iorw import S3Handler
+
+        try:
+            S3Handler.listdir(self.root + "/")
+        except Exception as exc:
+            raise _s3_error(exc, self.root) from None
 
     def __str__(self) -> str:
         return self.root
