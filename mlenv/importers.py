@@ -263,7 +263,7 @@ def _looks_like_url_or_path(text: str) -> bool:
     if _NAMED_URL.match(text):
         return False
     first = text.split(";", 1)[0].strip()
-    return ("://" in first and " @ " not in text and "@" not in first.split("://", 1)[0]) or first.startswith(
+    return "://" in first or first.startswith(
         (".", "/", "~", "\\")) or first.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")) or bool(
         re.match(r"^[A-Za-z]:[\\/]", first))
 
@@ -472,7 +472,7 @@ def _merge_constraints(imported: Imported, constraints: list[Req], rel: str) -> 
         origin = item.origin
         constraint = strip_local_versions(item.requirement, origin, imported)
         name = canonicalize_name(constraint.name)
-        if name in direct and not constraint.url and not constraint.extras:
+        if name in direct and not constraint.url and not constraint.extras and constraint.marker is None:
             for group, position in direct[name]:
                 requirements = imported.requirements_of(group)
                 requirement = Requirement(requirements[position])
@@ -526,7 +526,7 @@ def choose_python(specifier: str, running: str, origin: str = "") -> str | None:
 
 
 def _group_name(raw: str) -> str:
-    name = re.sub(r"[-_.]+", "-", raw).lower()
+    name = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-") or "group"
     return f"{name}-group" if name == MAIN else name  # "main" means the project's own dependencies
 
 
@@ -565,6 +565,9 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
         return result
 
     counts: list[str] = []
+    if "dependencies" in project.get("dynamic", []):
+        imported.note(rel, "option", "dependencies are dynamic (computed by the build backend) and were not read: "
+                      "add them to mlenv.toml")
     if "dependencies" in project:
         added = _add_requirements(imported, MAIN, requirement_list(project["dependencies"], "project.dependencies"))
         counts.append(f"{added} dependencies")
@@ -632,6 +635,10 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
     uv_names: dict[str, str] = {}
     for table in uv.get("index", []) if isinstance(uv.get("index"), list) else []:
         if isinstance(table, dict) and isinstance(table.get("url"), str):
+            if not re.match(r"^(https?|file)://", table["url"]):
+                imported.note(f"{rel} [[tool.uv.index]]", "option", f"index {table['url']} not imported: mlenv "
+                              "indexes are http(s):// or file:// URLs")
+                continue
             index = imported.add_index(table["url"], f"{rel} [[tool.uv.index]]",
                                        explicit=bool(table.get("explicit", False)),
                                        default=bool(table.get("default", False)),
@@ -765,7 +772,9 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
         where = f"{rel}:{line}"
         if isinstance(item, yaml.MappingNode):
             for key, value in item.value:
-                if key.value != "pip" or not isinstance(value, yaml.SequenceNode):
+                if key.value == "pip" and not isinstance(value, yaml.SequenceNode):
+                    raise SpecError("`pip:` must be a list of requirement lines", path=rel, line=line)
+                if key.value != "pip":
                     raise SpecError(f"unexpected entry {key.value!r} in dependencies", path=rel, line=line,
                                     hint="conda allows package specs and one `pip:` list")
                 for entry in value.value:
@@ -786,7 +795,7 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
             imported.note(where, "conda", f"build string {build!r} of {name} dropped: builds are conda's, not pip's")
         if name == "python":
             version = _conda_version(specifier or "")
-            if version:
+            if version and "." in version:
                 imported.python, imported.python_origin = version, f"{where} {raw}"
             elif specifier:
                 chosen = choose_python(specifier, running_python, rel)

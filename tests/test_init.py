@@ -504,3 +504,23 @@ def test_interactive_decline_writes_nothing(tmp_path):
     os.close(master)
     assert process.returncode == 1 and b"nothing written" in stderr
     assert not (tmp_path / "mlenv.toml").exists()
+
+
+_yaml_piece = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20),
+    st.sampled_from(["dependencies:", "  - ", "- pip:", "    - ", "python=3", "numpy=1.26", "pytorch-cuda=12.1",
+                     "cudatoolkit", "[", "{", ":", "name: x", "channels:", "- pytorch", "==", "=*=", "::", "\t"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.lists(_yaml_piece, max_size=3).map("".join), max_size=6))
+def test_any_environment_yml_gives_a_spec_or_a_spec_error(tmp_path_factory, lines):
+    folder = tmp_path_factory.mktemp("fuzzyml")
+    (folder / "environment.yml").write_text("\n".join(lines), encoding="utf-8")
+    try:
+        plan = plan_init(folder, machine=MACHINE, torch=None)
+    except SpecError as exc:
+        assert exc.message
+        return
+    load_spec_text(plan)
