@@ -309,7 +309,7 @@ def plan_init(root: Path, *, name: str | None = None, python: str | None = None,
     elif pinned := _python_version_file(root):
         python, python_origin = pinned, ".python-version"
     else:
-        python, python_origin = machine.python_minor, f"the running interpreter ({machine.python})"
+        python, python_origin = machine.python_minor, "the running interpreter"
 
     if name is not None:
         name_origin = "--name"

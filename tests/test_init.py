@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlenv.errors import SpecError, UsageError
-from mlenv.hardware.detect import MachineInfo, TorchBuild
+from mlenv.hardware.detect import MachineInfo
 from mlenv.importers import choose_python, conda_to_pip, group_for_file, import_project, logical_lines
 from mlenv.init import parse_target_option, plan_init
 from mlenv.spec import load_spec
