@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
         output=str(plan.store), parameter_names=plan.parameter_names, records=[], sort=parse_sort(options.sort)))
 
     def finished(outcome: RunOutcome) -> None:
+        publishing = time.perf_counter()
         record = records[outcome.run_id]
         record.status, record.attempts, record.error = outcome.status, outcome.attempts, outcome.error
         record.duration = outcome.duration
@@ -125,7 +127,7 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
             plan.store.write_text(name, outcome.notebook)
             record.output = name  # relative to the results folder, which may be moved or be s3://
             record.metrics = extract_metrics(json.loads(outcome.notebook))
-        result.timings[outcome.run_id] = dict(outcome.timings)
+        result.timings[outcome.run_id] = {**outcome.timings, "publish": time.perf_counter() - publishing}
 
     progress = SweepProgress(console, total=len(tasks), skipped=len(plan.runs) - len(tasks), live=live)
 
@@ -134,6 +136,9 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
             finished(event[1])
         progress.handle(event)
 
+    prepare = getattr(runner, "prepare", None)
+    if prepare is not None:
+        prepare(tasks)
     try:
         with runner.hold(), progress:
             runner.run(tasks, emit)

@@ -46,7 +46,7 @@ class RunOutcome:
     duration: float | None = None  # papermill's notebook duration, seconds
     error: dict[str, Any] | None = None  # {cell, execution_count, ename, evalue}
     notebook: str | None = None  # the executed notebook (JSON text)
-    timings: dict[str, float] = field(default_factory=dict)  # kernel start wait / execute / overhead
+    timings: dict[str, float] = field(default_factory=dict)  # where the time went, for bench/
 
 
 class KernelStartError(Exception):
@@ -187,7 +187,8 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
     # nbclient counts whole seconds; round up so a run never gets less time than asked for
     cell_timeout = int(math.ceil(task.timeout)) if task.timeout else None
     began = time.perf_counter()
-    timings = {"kernel_wait": 0.0, "execute": 0.0}
+    # seconds: kernel_wait (getting a started kernel), execute (kernel ready + cells), shutdown, total
+    timings = {"kernel_wait": 0.0, "execute": 0.0, "shutdown": 0.0}
     attempts = 0
     last_start_error = ""
     while attempts <= max(0, task.retries):
@@ -241,8 +242,10 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
                 error.update(_cell_position(nb, _running_cell(nb)))
         finally:
             nb_man.notebook_complete()
+            stopping = time.perf_counter()
+            timings["execute"] += stopping - executing
             _stop_kernel(manager)
-        timings["execute"] += time.perf_counter() - executing
+            timings["shutdown"] += time.perf_counter() - stopping
         if status == START_FAILED:
             continue
         if status == COMPLETED:
@@ -281,6 +284,7 @@ def _finish(task: RunTask, nb, status: str, attempts: int, error, began: float, 
         "attempts": attempts,
     }
     text = nbformat.writes(nb)
+    timings["cells"] = sum(cell.metadata.get("papermill", {}).get("duration") or 0.0 for cell in nb.cells)
     timings["total"] = time.perf_counter() - began
     return RunOutcome(task.run_id, status, attempts=attempts, duration=duration, error=error,
                       notebook=text, timings=timings)

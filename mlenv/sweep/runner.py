@@ -74,24 +74,35 @@ class LocalRunner:
 
     def __init__(self, jobs: int | None = None) -> None:
         self.jobs = jobs or default_jobs()
+        self._pool = None
 
     def hold(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def run(self, tasks: list[RunTask], emit: EventSink) -> None:
+    def prepare(self, tasks: list[RunTask]) -> None:
+        """Fork the workers now, before the live display starts its thread (fork + threads = trouble)."""
         import multiprocessing
 
-        if not tasks:
+        if not tasks or getattr(self, "_pool", None) is not None:
             return
         workers = min(self.jobs, len(tasks))
         # Workers start a spare kernel for their next run; the last runs have no next run.
-        for task in tasks[len(tasks) - workers:]:
-            task.prestart = False
+        # MLENV_SWEEP_PRESTART=0 turns spares off (for measuring them, or for kernels too big to double).
+        prestart = os.environ.get("MLENV_SWEEP_PRESTART", "1") not in ("0", "false", "no")
+        for position, task in enumerate(tasks):
+            task.prestart = prestart and position < len(tasks) - workers
         # fork: workers inherit papermill already imported (~0.5 s each saved over spawn)
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        events = context.Queue()
+        self._events = context.Queue()
+        self._pool = context.Pool(workers, initializer=_init_worker, initargs=(self._events,))
+
+    def run(self, tasks: list[RunTask], emit: EventSink) -> None:
+        if not tasks:
+            return
+        self.prepare(tasks)
+        pool, events = self._pool, self._events
+        self._pool = None
         finished: queue.SimpleQueue = queue.SimpleQueue()
-        pool = context.Pool(workers, initializer=_init_worker, initargs=(events,))
         try:
             pending = len(tasks)
             for task in tasks:
