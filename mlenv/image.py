@@ -516,10 +516,14 @@ def _build_failure(report: BuildReport, code: int) -> BuildError:
     failed = report.failed()
     if failed is not None:
         log = "\n".join(f"    {line}" for line in list(failed.logs)[-15:])
-        message = f"build failed at {failed.name}: {failed.error}"
+        name = failed.name if len(failed.name) <= 140 else failed.name[:137] + "..."
+        message = f"build failed at {name}: {failed.error}"
         if log:
             message += f"\n  last lines of its log:\n{log}"
-        return BuildError(message, hint="fix the step above; `mlenv build --force` rebuilds from scratch if a cache is bad")
+        if "load metadata for" in failed.name:
+            return BuildError(message, hint="the base image is not reachable: point --base-image or [image] base "
+                                            "at a mirror or private registry that has it")
+        return BuildError(message, hint="fix the step above; `mlenv build --no-cache` rebuilds every layer if a cache is bad")
     tail = "\n".join(f"    {line}" for line in list(report.output_tail)[-15:])
     if "Cannot connect to the Docker daemon" in tail or "connect: no such file" in tail:
         return BuildError(f"the build CLI cannot reach the Docker Engine at DOCKER_HOST={docker_host()}",
@@ -577,6 +581,7 @@ def build_target(
     ca_bundle_path: str | None = None,
     network: str | None = None,
     build_args: dict[str, str] | None = None,
+    no_cache: bool = False,
     on_update: Callable[[BuildReport, Step | None], None] | None = None,
 ) -> BuildOutcome:
     """Build one target's image from the lock, tagged by content; skip it when that tag exists."""
@@ -615,7 +620,7 @@ def build_target(
 
     content_tag, moving_tag = plan.tags(stage, source_hash(root, dockerfile) if stage == "runtime" else None)
     outcome = BuildOutcome(content_tag, moving_tag, stage, dockerfile_updated=updated)
-    if not force:
+    if not force and not no_cache:
         existing = local_image(content_tag)
         if existing is not None:
             existing.tag(*split_ref(moving_tag)[:2])
@@ -631,7 +636,7 @@ def build_target(
             secrets={CA_SECRET_ID: bundle} if bundle else {},
             build_args=dict(build_args or {}),
             network=network,
-            no_cache=False,
+            no_cache=no_cache,
         )
         outcome.report = run_build(builder, request, on_update=on_update)
         image = local_image(content_tag)

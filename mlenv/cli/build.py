@@ -16,6 +16,7 @@ def build_command(
     stage: str = typer.Option("runtime", "--stage", help="Dockerfile stage: runtime (slim, with the code) or dev."),
     push: bool = typer.Option(False, "--push", help="Push both tags to [image] registry (ECR logins via boto3)."),
     force: bool = typer.Option(False, "--force", help="Build even when the content tag already exists."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer (implies --force; the uv cache still feeds installs)."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Build from a lock that no longer matches mlenv.toml."),
     base_image: Optional[str] = typer.Option(None, "--base-image", help="Base image instead of the official one."),
     ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="CA bundle passed as a BuildKit secret "
@@ -52,7 +53,7 @@ def build_command(
         outcome = build_target(
             spec, lock, target, stage=stage, push_image=push, force=force, allow_stale=allow_stale,
             base_image=base_image, ca_bundle_path=str(ca_bundle) if ca_bundle else None, network=network,
-            build_args=args, on_update=display.update,
+            build_args=args, no_cache=no_cache, on_update=display.update,
         )
     finally:
         display.close()

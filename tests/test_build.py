@@ -1,0 +1,201 @@
+"""`mlenv build` against a real Docker Engine, BuildKit CLI, base image and registry."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_mlenv
+from tests.test_gen import make_project
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def docker_env(docker_engine, build_cli, base_image):
+    """What every build needs: the engine, a BuildKit CLI and the local base image."""
+    return {"DOCKER_HOST": docker_engine, "MLENV_DOCKER": build_cli}
+
+
+def build(root, *args, env=None):
+    # --network host: RUN steps reach the loopback test index (real users reach PyPI)
+    return run_mlenv("build", "--base-image", "localhost/python:3.11-slim-bookworm", "--network", "host", "--json",
+                     *args, cwd=root, env=env, timeout=600)
+
+
+def built(result) -> dict:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def project(tmp_path, local_index):
+    return make_project(tmp_path / "demo", local_index.url)
+
+
+def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
+    # what .dockerignore keeps out of the context (and so out of the runtime image)
+    for junk in (".venv/bin/python", ".git/HEAD", "sweeps/run-1/out.ipynb", "__pycache__/app.cpython-311.pyc"):
+        (project / junk).parent.mkdir(parents=True, exist_ok=True)
+        (project / junk).write_text("junk")
+    first = built(build(project, env=docker_env))
+    assert first["skipped"] is None
+    assert first["tag"].startswith("demo:cpu-") and first["moving_tag"] == "demo:cpu"
+    assert any("uv pip sync" in step for step in first["steps_run"] + first["steps_cached"])
+
+    image = docker_client.images.get(first["tag"])
+    labels = image.labels
+    assert labels["io.mlenv.target"] == "cpu" and labels["io.mlenv.stage"] == "runtime"
+    assert len(labels["io.mlenv.lock-hash"]) == 12
+    assert docker_client.images.get("demo:cpu").id == image.id
+
+    def run(*command: str) -> str:
+        return docker_client.containers.run(first["tag"], list(command), remove=True).decode().strip()
+
+    assert run("id", "-u") == "1000"  # non-root
+    assert run("python", "/app/app.py") == "hello from demo"
+    assert run("python", "-c", "import tinylib, tinydep; print(tinydep.__version__)") == "1.1"
+    assert run("ls", "-A", "/app").split() == ["app.py", "mlenv.lock", "mlenv.toml", "pylock.cpu.toml"]
+
+    doctor = run_mlenv("doctor", "--image", first["tag"], "--target", "cpu", cwd=project, env=docker_env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+    # same inputs: skipped by tag
+    again = built(build(project, env=docker_env))
+    assert again["skipped"] == "exists locally" and again["tag"] == first["tag"]
+
+    # a one-line code change: a new content tag, and only the source layer runs again
+    (project / "app.py").write_text('print("hello again")\n')
+    changed = built(build(project, env=docker_env))
+    assert changed["skipped"] is None and changed["tag"] != first["tag"]
+    assert changed["steps_run"] == ["[runtime 3/3] COPY . /app"], changed["steps_run"]
+    assert any("uv pip sync" in step for step in changed["steps_cached"])
+    assert docker_client.containers.run(changed["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "hello again"
+
+    # --force rebuilds even when the tag exists (cached layers still count as a build)
+    forced = built(build(project, "--force", env=docker_env))
+    assert forced["skipped"] is None and forced["tag"] == changed["tag"]
+
+
+def test_ca_bundle_is_a_secret_never_a_layer(project, docker_env, docker_client, tmp_path):
+    marker = "MLENV-TEST-CA-MARKER-7f3a9c"
+    bundle = tmp_path / "corp-ca.pem"
+    # a real bundle (so PyPI works through the proxy) plus a marker line to hunt for in the layers
+    import certifi
+
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    bundle.write_text(f"# {marker}\n" + (system if system.is_file() else Path(certifi.where())).read_text())
+    no_ca = {**docker_env, "SSL_CERT_FILE": "", "REQUESTS_CA_BUNDLE": "", "PIP_CERT": ""}
+    # --no-cache: the steps that download from PyPI really run, so the secret is what makes them work
+    result = built(build(project, "--ca-bundle", str(bundle), "--no-cache", env=no_ca))
+    assert any("pip install" in step for step in result["steps_run"])
+    image = docker_client.images.get(result["tag"])
+    history = json.dumps(docker_client.api.history(image.id))
+    assert marker not in history and str(bundle) not in history
+    raw = b"".join(image.save(named=False))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as outer:
+        for member in outer.getmembers():
+            if not member.isfile():
+                continue
+            data = outer.extractfile(member).read()
+            assert marker.encode() not in data, member.name
+            if member.name.endswith("layer.tar"):
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+                    for entry in layer.getmembers():
+                        assert "secrets/cacert" not in entry.name
+                        if entry.isfile() and entry.size < 5_000_000:
+                            assert marker.encode() not in layer.extractfile(entry).read(), entry.name
+
+
+def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, docker_client, docker_registry):
+    root = make_project(tmp_path / "pushed", local_index.url, image=f'[image]\nregistry = "{docker_registry}"\n')
+    result = built(build(root, "--push", env=docker_env))
+    digest = result["pushed_digest"]
+    assert digest and digest.startswith("sha256:")
+    repository = f"{docker_registry}/demo"
+    assert result["tag"].startswith(f"{repository}:cpu-")
+
+    docker_client.images.remove(result["tag"])
+    docker_client.images.remove(f"{repository}:cpu")
+    pulled = docker_client.images.pull(f"{repository}@{digest}")
+    assert pulled.id == result["image_id"]
+    doctor = run_mlenv("doctor", "--image", f"{repository}@{digest}", "--target", "cpu", cwd=root, env=docker_env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+    # the content tag is in the registry now: a build is skipped without rebuilding
+    again = built(build(root, env=docker_env))
+    assert again["skipped"] == "exists in the registry"
+
+
+def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_wheel_url):
+    result = built(build(project, "--stage", "dev", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", env=docker_env))
+    assert result["tag"].startswith("demo:cpu-dev-")
+    container_output = docker_client.containers.run(
+        result["tag"], ["mlenv", "doctor", "--target", "cpu"], remove=True, working_dir="/work",
+        volumes={str(project): {"bind": "/work", "mode": "ro"}},
+    ).decode()
+    assert "/opt/venv/bin/python" in container_output
+    tools = docker_client.containers.run(result["tag"], ["sh", "-c", "git --version && test -x /usr/sbin/sshd && id -un"],
+                                         remove=True).decode()
+    assert "git version" in tools and tools.strip().endswith("app")
+
+
+def test_stale_lock_is_refused(project, docker_env):
+    assert built(build(project, env=docker_env))["skipped"] is None
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text().replace('dependencies = ["tinylib"]', 'dependencies = ["tinylib", "tinydep<1.1"]'))
+    result = build(project, env=docker_env)
+    assert result.returncode == 4
+    assert "stale" in result.stderr and "mlenv lock" in result.stderr and "Traceback" not in result.stderr
+    # --allow-stale builds from the lock as it is: the packages are unchanged, only the source layer runs
+    assert built(build(project, "--allow-stale", env=docker_env))["steps_run"] == ["[runtime 3/3] COPY . /app"]
+
+
+def test_failed_build_names_the_step_and_its_log(tmp_path, local_index, docker_env):
+    root = make_project(tmp_path / "broken", local_index.url,
+                        image='[image]\nsystem-packages = ["mlenv-no-such-package"]\n')
+    result = build(root, env=docker_env)
+    assert result.returncode == 7, result.stderr
+    assert "build failed at [base 2/3] RUN apt-get update" in result.stderr
+    assert "mlenv-no-such-package" in result.stderr and "last lines of its log" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_inputs_without_a_build(tmp_path, project, docker_env):
+    (tmp_path / "nolock").mkdir()
+    (tmp_path / "nolock" / "mlenv.toml").write_text((project / "mlenv.toml").read_text())
+    result = build(tmp_path / "nolock", env=docker_env)
+    assert result.returncode == 4 and "mlenv lock" in result.stderr
+
+    result = build(project, "--target", "gpu", env=docker_env)
+    assert result.returncode == 2 and "cpu" in result.stderr
+
+    result = build(project, env={**docker_env, "MLENV_DOCKER": "/usr/local/bin/docker"})
+    if "buildx" not in result.stderr:  # a machine whose 28.x client has the plugin builds fine
+        assert result.returncode == 0
+    else:
+        assert result.returncode == 6 and "install the buildx plugin" in result.stderr
+
+
+def test_unreachable_engine_is_one_line(project):
+    result = run_mlenv("build", cwd=project, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 6
+    first = result.stderr.strip().splitlines()[0]
+    assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in first and "Traceback" not in result.stderr
+    result = run_mlenv("doctor", "--image", "demo:cpu", "--target", "cpu", cwd=project,
+                       env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 6 and "DOCKER_HOST" in result.stderr
+
+
+def test_without_the_ca_bundle_pypi_fails_behind_the_proxy(project, docker_env):
+    """The counter-test of the secret: on this machine HTTPS goes through a TLS-intercepting proxy."""
+    no_ca = {**docker_env, "SSL_CERT_FILE": "", "REQUESTS_CA_BUNDLE": "", "PIP_CERT": ""}
+    result = build(project, "--no-cache", env=no_ca)
+    if result.returncode == 0:
+        pytest.skip("PyPI is reachable without an extra CA here (no intercepting proxy)")
+    assert result.returncode == 7
+    assert "build failed at [tools 1/1]" in result.stderr and "Traceback" not in result.stderr

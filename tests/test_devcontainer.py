@@ -1,0 +1,86 @@
+"""Generated devcontainer.json: valid against the official schema, and run by the official CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require, run_mlenv
+from tests.test_gen import CPU_TARGET, make_project, parse_jsonc
+
+SCHEMA = Path(__file__).parent / "data" / "devContainer.base.schema.json"
+DEVCONTAINER_CLI_VERSION = "0.89.0"
+
+
+def validate(config: dict) -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_generated_configs_match_the_official_schema(tmp_path, local_index):
+    targets = CPU_TARGET + '\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.8"\ngpu = "l4"\n'
+    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    result = run_mlenv("gen", "devcontainer", "--no-resolve-digest", "--ca-bundle", str(SCHEMA), cwd=root)
+    assert result.returncode == 0, result.stderr
+    configs = sorted((root / ".devcontainer").glob("*/devcontainer.json"))
+    assert [p.parent.name for p in configs] == ["cpu", "gpu"]
+    for path in configs:
+        validate(parse_jsonc(path))
+
+
+def test_schema_rejects_a_broken_config():
+    """The validator is live: a config the spec forbids fails."""
+    with pytest.raises(AssertionError):
+        validate({"name": "x", "build": {"dockerfile": 3}, "forwardPorts": "8888"})
+
+
+@pytest.fixture(scope="session")
+def devcontainer_cli():
+    cli = shutil.which("devcontainer")
+    require(cli is not None, f"devcontainer CLI (npm install -g @devcontainers/cli@{DEVCONTAINER_CLI_VERSION})")
+    return cli
+
+
+@pytest.mark.docker
+def test_devcontainer_up_then_doctor_inside(tmp_path, local_index, devcontainer_cli, docker_engine, build_cli,
+                                            base_image, mlenv_wheel_url, docker_client):
+    root = make_project(tmp_path / "workspace", local_index.url)
+    result = run_mlenv("gen", "all", "--base-image", base_image, cwd=root)
+    assert result.returncode == 0, result.stderr
+    config_path = root / ".devcontainer" / "devcontainer.json"
+    config = parse_jsonc(config_path)
+    # test-only build settings, through the documented knobs: the loopback index needs host
+    # networking, and mlenv comes from this checkout's wheel instead of PyPI
+    config["build"]["options"] = ["--network=host"]
+    config["build"]["args"] = {"MLENV_REQUIREMENT": mlenv_wheel_url}
+    bundle = os.environ.get("SSL_CERT_FILE")
+    if bundle and Path(bundle).is_file():
+        config["build"]["options"] += ["--secret", f"id=cacert,src={bundle}"]
+    config_path.write_text(json.dumps(config, indent=2))
+
+    env = {**os.environ, "DOCKER_HOST": docker_engine, "DOCKER_BUILDKIT": "1"}
+    common = ["--workspace-folder", str(root), "--docker-path", build_cli]
+    try:
+        up = subprocess.run([devcontainer_cli, "up", *common], capture_output=True, text=True, env=env, timeout=600)
+        outcome = json.loads(up.stdout.strip().splitlines()[-1]) if up.stdout.strip() else {}
+        assert up.returncode == 0 and outcome.get("outcome") == "success", up.stdout[-3000:] + up.stderr[-3000:]
+        # postCreateCommand ran `mlenv doctor`; run it again explicitly and look at what it says
+        doctor = subprocess.run([devcontainer_cli, "exec", *common, "mlenv", "doctor", "--target", "cpu"],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert "/opt/venv/bin/python" in doctor.stdout
+        user = subprocess.run([devcontainer_cli, "exec", *common, "id", "-un"], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert user.stdout.strip() == "app"
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"label": f"devcontainer.local_folder={root}"}):
+            container.remove(force=True)
