@@ -36,6 +36,11 @@ def repetitions(full: int, fast: int) -> int:
     return fast if quick() else full
 
 
+class Skip(Exception):
+    """Raise from a benchmark that cannot run on this machine (no Docker engine, no GPU): run.py
+    reports it as skipped with this message instead of failed."""
+
+
 class BenchFailed(RuntimeError):
     """A measured command failed: its output is in the message so the reason is visible."""
 

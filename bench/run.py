@@ -7,9 +7,11 @@
     python bench/run.py --markdown      # also print each table as Markdown (for bench/README.md)
 
 A benchmark is a module ``bench/bench_<name>.py`` with ``main()`` that runs it, prints its own
-table and returns its rows.  ``main`` may take a ``quick`` keyword; ``MLENV_BENCH_QUICK=1`` is set
-either way.  A module that cannot import or fails (no Docker engine, no network) is reported with
-its reason and the run goes on; the exit code is 1 when any module failed.
+table and returns its rows.  ``main`` may take a ``quick`` keyword; ``MLENV_BENCH_QUICK`` is set to
+1 or 0 either way.  A module that cannot run here says so by raising ``common.Skip`` (or
+``sys.exit("reason")``; a missing optional module counts too): it is reported as skipped.  Any
+other exception is reported as failed with its reason.  Either way the run goes on; the exit code
+is 1 when any module failed.
 """
 
 from __future__ import annotations
@@ -102,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     selected = {name: path for name, path in available.items() if not wanted or name in wanted}
 
-    if args.quick:
-        os.environ[common.QUICK_ENV] = "1"
+    os.environ[common.QUICK_ENV] = "1" if args.quick else "0"
     load_before = os.getloadavg()
     console.print(f"[bold]mlenv benchmarks[/]  {datetime.date.today().isoformat()}  "
                   f"{'quick' if args.quick else 'full'} run")
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         except SystemExit as exc:  # a module that decides it cannot run here
             status, detail = ("ok", "") if exc.code in (0, None) else ("skipped", str(exc.code))
+        except (common.Skip, ModuleNotFoundError) as exc:  # missing service or optional dependency
+            status, detail = "skipped", reason(exc)
         except BaseException as exc:  # noqa: BLE001 - one broken benchmark must not stop the others
             status, detail, failed = "failed", reason(exc), True
             if args.debug:
