@@ -316,6 +316,7 @@ class Generated:
 class GenerateResult:
     files: list[Generated] = field(default_factory=list)
     plans: dict[str, ImagePlan] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # advice for the user, printed as warnings
 
     def stale(self) -> list[Generated]:
         return [f for f in self.files if f.status == "stale"]
@@ -359,6 +360,12 @@ def generate(
         if what in ("dockerfile", "all"):
             outputs.append((root / dockerfile, render_dockerfile(plan)))
         if what in ("devcontainer", "all"):
+            # Jupyter comes from the lock like everything else, so the dev image cannot drift from it
+            locked = {p.name for p in lock.packages_for(name)}
+            if "ipykernel" not in locked:
+                result.notes.append(
+                    f"target {name}: no ipykernel in the lock, so notebooks cannot run in the dev image; "
+                    'add "ipykernel" and "jupyterlab" to [dependency-groups] dev and run `mlenv lock`')
             config = root / devcontainer_path(spec, lock, name)
             relative_root = Path(*([".."] * (len(config.relative_to(root).parts) - 1)))
             outputs.append((config, render_devcontainer(

@@ -199,3 +199,118 @@ def test_without_the_ca_bundle_pypi_fails_behind_the_proxy(project, docker_env):
         pytest.skip("PyPI is reachable without an extra CA here (no intercepting proxy)")
     assert result.returncode == 7
     assert "build failed at [tools 1/1]" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- without an engine: progress parsing, builder discovery, ECR login --------------------------
+
+PLAIN_LOG = """\
+#1 [internal] load build definition from Dockerfile
+#1 DONE 0.0s
+#5 [base 1/2] FROM localhost/python:3.11-slim-bookworm
+#5 DONE 0.0s
+#6 [deps 2/2] RUN uv pip sync pylock.cpu.toml
+#6 CACHED
+#9 [runtime 3/3] COPY . /app
+#9 DONE 0.1s
+#10 [dev 1/5] RUN apt-get install -y nope
+#10 0.512 E: Unable to locate package nope
+#10 ERROR: executor failed running [/bin/sh -c apt-get install -y nope]: exit code: 100
+"""
+
+
+def test_plain_progress_is_parsed():
+    from mlenv.image import BuildReport, parse_plain
+
+    report = BuildReport()
+    for line in PLAIN_LOG.splitlines():
+        parse_plain(line, report)
+    assert report.cached() == ["[deps 2/2] RUN uv pip sync pylock.cpu.toml"]
+    assert report.ran() == ["[runtime 3/3] COPY . /app"]  # FROM and [internal] are not instructions
+    failed = report.failed()
+    assert failed.name.startswith("[dev 1/5]") and "exit code: 100" in failed.error
+    assert list(failed.logs) == ["E: Unable to locate package nope"]
+
+
+def test_rawjson_progress_is_parsed():
+    """buildx --progress=rawjson: one BuildKit SolveStatus per line, logs base64-encoded."""
+    import base64
+
+    from mlenv.image import BuildReport, parse_rawjson
+
+    lines = [
+        {"vertexes": [{"digest": "sha256:a", "name": "[deps 2/2] RUN uv pip sync", "started": "2026-11-22T06:00:00Z",
+                       "completed": "2026-11-22T06:00:00Z", "cached": True}]},
+        {"vertexes": [{"digest": "sha256:b", "name": "[runtime 3/3] COPY . /app", "started": "2026-11-22T06:00:01Z"}]},
+        {"vertexes": [{"digest": "sha256:b", "name": "[runtime 3/3] COPY . /app", "started": "2026-11-22T06:00:01Z",
+                       "completed": "2026-11-22T06:00:02Z"}]},
+        {"logs": [{"vertex": "sha256:c", "stream": 2, "data": base64.b64encode(b"E: broken\n").decode()}],
+         "vertexes": [{"digest": "sha256:c", "name": "[dev 1/5] RUN false", "error": "exit code: 1"}]},
+    ]
+    report = BuildReport()
+    for line in lines:
+        parse_rawjson(json.dumps(line), report)
+    parse_rawjson("not json", report)
+    assert report.cached() == ["[deps 2/2] RUN uv pip sync"]
+    assert report.ran() == ["[runtime 3/3] COPY . /app"]
+    assert report.failed().error == "exit code: 1" and list(report.failed().logs) == ["E: broken"]
+
+
+def test_no_buildkit_cli_is_one_clear_message(tmp_path, monkeypatch):
+    from mlenv.errors import ToolMissingError
+    from mlenv.image import find_builder
+
+    fake = tmp_path / "docker"  # a docker CLI from 23 on without the buildx plugin
+    fake.write_text('#!/bin/sh\n[ "$1" = version ] && echo 28.2.2 && exit 0\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("MLENV_DOCKER", raising=False)
+    with pytest.raises(ToolMissingError) as error:
+        find_builder()
+    assert "buildx" in error.value.hint and "28.2" in error.value.message
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ToolMissingError):
+        find_builder()
+
+
+def test_ecr_login_through_boto3(tmp_path, monkeypatch):
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from tests.conftest import require
+
+    server = shutil.which("moto_server")
+    require(server is not None, "moto_server (pip install 'moto[server]')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([server, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for key, value in {"AWS_ENDPOINT_URL_ECR": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+            monkeypatch.setenv(key, value)
+        from mlenv.image import ecr_login, is_ecr, registry_host
+
+        host = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+        assert registry_host(f"{host}/demo") == host and is_ecr(host) and not is_ecr("127.0.0.1:5000")
+        auth = ecr_login(host)
+        assert auth["username"] == "AWS" and auth["password"] and auth["serveraddress"] == f"https://{host}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    from mlenv.errors import MlenvError
+    from mlenv.image import ecr_login
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(MlenvError) as error:
+        ecr_login("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+    assert "cannot log in to ECR" in error.value.message and "credentials" in error.value.hint

@@ -139,6 +139,16 @@ def test_base_image_override_is_recorded_in_the_lock(project):
     assert gen(project, "dockerfile", "--check").returncode == 0
 
 
+def test_devcontainer_without_ipykernel_says_how_to_add_it(tmp_path, local_index):
+    local_index.add("ipykernel", "6.0")
+    plain = make_project(tmp_path / "plain", local_index.url)
+    result = gen(plain, "devcontainer")
+    assert result.returncode == 0 and "ipykernel" in result.stderr and "[dependency-groups] dev" in result.stderr
+    with_kernel = make_project(tmp_path / "kernel", local_index.url, dev=("devtool", "ipykernel"))
+    result = gen(with_kernel, "devcontainer")
+    assert result.returncode == 0 and "ipykernel" not in result.stderr
+
+
 def test_existing_dockerignore_is_kept(project):
     (project / ".dockerignore").write_text("mine\n")
     result = gen(project, "all")

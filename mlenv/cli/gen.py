@@ -43,6 +43,10 @@ def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bo
     for generated in result.files:
         shown = generated.path.relative_to(spec.root) if generated.path.is_relative_to(spec.root) else generated.path
         console.out.print(f"  {generated.status:>9}  {shown}")
+    from rich.markup import escape
+
+    for note in result.notes:
+        console.warn(escape(note))
     for plan in result.plans.values():
         pin = f"@{plan.base_digest[:19]}…" if plan.base_digest else " (tag only: no registry digest)"
         console.status(f"{plan.target}: base {plan.base_ref}{pin}")
