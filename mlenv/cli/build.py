@@ -14,7 +14,7 @@ from mlenv.cli import app
 def build_command(
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: the only linux target)."),
     stage: str = typer.Option("runtime", "--stage", help="Dockerfile stage: runtime (slim, with the code) or dev."),
-    push: bool = typer.Option(False, "--push", help="Push both tags to [image] registry (ECR logins via boto3)."),
+    push: bool = typer.Option(False, "--push", help="Push both tags to the registry named in \\[image] registry (ECR logins via boto3)."),
     force: bool = typer.Option(False, "--force", help="Build even when the content tag already exists."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer (implies --force; the uv cache still feeds installs)."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Build from a lock that no longer matches mlenv.toml."),
