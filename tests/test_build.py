@@ -131,6 +131,27 @@ def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, 
     assert again["skipped"] == "exists in the registry"
 
 
+def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env, docker_client, docker_registry,
+                                              base_image):
+    mirror = f"{docker_registry}/python:3.11-slim-bookworm"  # a private mirror of the base image
+    docker_client.images.get(base_image).tag(mirror)
+    for event in docker_client.images.push(mirror, stream=True, decode=True):
+        assert "error" not in event, event
+    digest = docker_client.images.get_registry_data(mirror).id
+    root = make_project(tmp_path / "pinned", local_index.url, image=f'[image]\nbase = "{mirror}"\n')
+    result = run_mlenv("gen", "dockerfile", cwd=root, env=docker_env)
+    assert result.returncode == 0, result.stderr
+    assert f"ARG BASE_IMAGE={mirror}@{digest}\n" in (root / "Dockerfile").read_text()
+    lock = (root / "mlenv.lock").read_text()
+    assert f'ref = "{mirror}"' in lock and f'digest = "{digest}"' in lock
+    assert run_mlenv("lock", "--check", cwd=root).returncode == 0
+
+    outcome = built(run_mlenv("build", "--network", "host", "--json", cwd=root, env=docker_env, timeout=600))
+    labels = docker_client.images.get(outcome["tag"]).labels
+    assert labels["org.opencontainers.image.base.digest"] == digest
+    assert run_mlenv("doctor", "--image", outcome["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
+
+
 def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_wheel_url):
     result = built(build(project, "--stage", "dev", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", env=docker_env))
     assert result["tag"].startswith("demo:cpu-dev-")
