@@ -12,9 +12,6 @@ import pytest
 from tests.conftest import run_mlenv
 from tests.test_gen import make_project
 
-pytestmark = pytest.mark.docker
-
-
 @pytest.fixture
 def docker_env(docker_engine, build_cli, base_image):
     """What every build needs: the engine, a BuildKit CLI and the local base image."""
@@ -37,6 +34,7 @@ def project(tmp_path, local_index):
     return make_project(tmp_path / "demo", local_index.url)
 
 
+@pytest.mark.docker
 def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
     # what .dockerignore keeps out of the context (and so out of the runtime image)
     for junk in (".venv/bin/python", ".git/HEAD", "sweeps/run-1/out.ipynb", "__pycache__/app.cpython-311.pyc"):
@@ -81,6 +79,7 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
     assert forced["skipped"] is None and forced["tag"] == changed["tag"]
 
 
+@pytest.mark.docker
 def test_ca_bundle_is_a_secret_never_a_layer(project, docker_env, docker_client, tmp_path):
     marker = "MLENV-TEST-CA-MARKER-7f3a9c"
     bundle = tmp_path / "corp-ca.pem"
@@ -111,6 +110,7 @@ def test_ca_bundle_is_a_secret_never_a_layer(project, docker_env, docker_client,
                             assert marker.encode() not in layer.extractfile(entry).read(), entry.name
 
 
+@pytest.mark.docker
 def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, docker_client, docker_registry):
     root = make_project(tmp_path / "pushed", local_index.url, image=f'[image]\nregistry = "{docker_registry}"\n')
     result = built(build(root, "--push", env=docker_env))
@@ -131,6 +131,7 @@ def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, 
     assert again["skipped"] == "exists in the registry"
 
 
+@pytest.mark.docker
 def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env, docker_client, docker_registry,
                                               base_image):
     mirror = f"{docker_registry}/python:3.11-slim-bookworm"  # a private mirror of the base image
@@ -152,6 +153,7 @@ def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env,
     assert run_mlenv("doctor", "--image", outcome["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
 
 
+@pytest.mark.docker
 def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_wheel_url):
     result = built(build(project, "--stage", "dev", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", env=docker_env))
     assert result["tag"].startswith("demo:cpu-dev-")
@@ -165,6 +167,7 @@ def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_
     assert "git version" in tools and tools.strip().endswith("app")
 
 
+@pytest.mark.docker
 def test_stale_lock_is_refused(project, docker_env):
     assert built(build(project, env=docker_env))["skipped"] is None
     spec = project / "mlenv.toml"
@@ -176,6 +179,7 @@ def test_stale_lock_is_refused(project, docker_env):
     assert built(build(project, "--allow-stale", env=docker_env))["steps_run"] == ["[runtime 3/3] COPY . /app"]
 
 
+@pytest.mark.docker
 def test_failed_build_names_the_step_and_its_log(tmp_path, local_index, docker_env):
     root = make_project(tmp_path / "broken", local_index.url,
                         image='[image]\nsystem-packages = ["mlenv-no-such-package"]\n')
@@ -186,6 +190,7 @@ def test_failed_build_names_the_step_and_its_log(tmp_path, local_index, docker_e
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.docker
 def test_bad_inputs_without_a_build(tmp_path, project, docker_env):
     (tmp_path / "nolock").mkdir()
     (tmp_path / "nolock" / "mlenv.toml").write_text((project / "mlenv.toml").read_text())
@@ -212,6 +217,7 @@ def test_unreachable_engine_is_one_line(project):
     assert result.returncode == 6 and "DOCKER_HOST" in result.stderr
 
 
+@pytest.mark.docker
 def test_without_the_ca_bundle_pypi_fails_behind_the_proxy(project, docker_env):
     """The counter-test of the secret: on this machine HTTPS goes through a TLS-intercepting proxy."""
     no_ca = {**docker_env, "SSL_CERT_FILE": "", "REQUESTS_CA_BUNDLE": "", "PIP_CERT": ""}
@@ -335,3 +341,26 @@ def test_ecr_login_through_boto3(tmp_path, monkeypatch):
     with pytest.raises(MlenvError) as error:
         ecr_login("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
     assert "cannot log in to ECR" in error.value.message and "credentials" in error.value.hint
+
+
+@pytest.mark.network
+@pytest.mark.docker
+def test_a_pypi_project_builds_on_the_default_network(tmp_path, docker_env, docker_client):
+    """The path real users take: packages from PyPI, default build network, CA from $SSL_CERT_FILE."""
+    from tests.conftest import IN_CI
+
+    root = tmp_path / "real"
+    root.mkdir()
+    (root / "mlenv.toml").write_text(
+        '[project]\nname = "real"\npython = "3.11"\ndependencies = ["six==1.17.0"]\n\n'
+        '[targets.cpu]\nplatform = "linux/x86_64"\n'
+    )
+    (root / "app.py").write_text("import six\nprint(six.__version__)\n")
+    locked = run_mlenv("lock", cwd=root)
+    if locked.returncode != 0 and not IN_CI and "could not lock" in locked.stderr:
+        pytest.skip("PyPI unreachable from this machine")
+    assert locked.returncode == 0, locked.stderr
+    result = built(run_mlenv("build", "--base-image", "localhost/python:3.11-slim-bookworm", "--json",
+                             cwd=root, env=docker_env, timeout=600))
+    assert docker_client.containers.run(result["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "1.17.0"
+    assert run_mlenv("doctor", "--image", result["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
