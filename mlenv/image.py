@@ -42,8 +42,11 @@ def engine():
     except ImportError:  # pragma: no cover - a dependency of mlenv
         raise ToolMissingError("the docker Python SDK is not installed", hint="pip install docker") from None
     try:
-        client = docker.from_env(timeout=120)
+        # a short timeout for the reachability check (a black-holed tcp:// host must not hang),
+        # a long one for real work (pushes, big images)
+        client = docker.from_env(timeout=10)
         client.ping()
+        client.api.timeout = 600
     except (DockerException, OSError) as exc:
         raise ToolMissingError(
             f"cannot reach the Docker Engine at DOCKER_HOST={docker_host()} ({_short(exc)})",
