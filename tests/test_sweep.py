@@ -344,3 +344,13 @@ def test_scrapbook_glue_values_are_metrics(tmp_path):
     options = resolve_options(str(NOTEBOOKS / "glue.ipynb"), ["k=2,4"], output=str(tmp_path), jobs=2)
     summary = run_sweep(options, live=False).summary
     assert [record.metrics for record in summary.records] == [{"loss": 0.5, "name": "k2"}, {"loss": 0.25, "name": "k4"}]
+
+
+def test_a_killed_worker_process_does_not_hang_the_sweep(tmp_path):
+    # The kernel's parent is the worker process; killing it is what the OOM killer may do.
+    result = run_mlenv("sweep", str(NOTEBOOKS / "killworker.ipynb"), "-p", "kill_worker=true,false", "--jobs", "2",
+                       "-o", str(tmp_path), timeout=90)
+    assert result.returncode == 1, result.stderr
+    runs = {run["parameters"]["kill_worker"]: run for run in results(tmp_path)["runs"]}
+    assert runs[False]["status"] == "completed"
+    assert runs[True]["status"] == "error" and runs[True]["error"]["ename"] == "WorkerDied"

@@ -12,6 +12,7 @@ import contextlib
 import os
 import queue
 import signal
+import time
 from typing import Callable, Iterator, Protocol
 
 from mlenv.sweep.execute import RunOutcome, RunTask
@@ -60,7 +61,7 @@ def _work(task: RunTask) -> RunOutcome:
     from mlenv.sweep.execute import ERROR, execute_run
 
     def started(run_id: str, attempt: int) -> None:
-        _events.put(("started", run_id, attempt))
+        _events.put(("started", run_id, attempt, os.getpid()))
 
     try:
         return execute_run(task, on_start=started)
@@ -103,6 +104,16 @@ class LocalRunner:
         pool, events = self._pool, self._events
         self._pool = None
         finished: queue.SimpleQueue = queue.SimpleQueue()
+        running: dict[str, int] = {}  # run id -> worker pid
+        done: set[str] = set()
+        last_check = time.monotonic()
+        lost_worker = False
+
+        def forward(event: Event) -> None:
+            if event[0] == "started":
+                running[event[1]] = event[3]
+            emit(event[:3] if event[0] == "started" else event)
+
         try:
             pending = len(tasks)
             for task in tasks:
@@ -110,22 +121,61 @@ class LocalRunner:
                                  error_callback=lambda exc, task=task: finished.put(_crashed(task, exc)))
             while pending:
                 for event in _drain(events):
-                    emit(event)
+                    forward(event)
                 try:
                     outcome = finished.get(timeout=0.05)
                 except queue.Empty:
+                    # A pool never hears back from a worker that was killed (OOM killer, a notebook
+                    # killing its parent): find such runs rather than wait for them forever.
+                    if time.monotonic() - last_check > 1.0:
+                        last_check = time.monotonic()
+                        for run_id, pid in list(running.items()):
+                            if not _alive(pid):
+                                lost_worker = True
+                                finished.put(_crashed(next(t for t in tasks if t.run_id == run_id),
+                                                      WorkerDied(f"the worker process {pid} running it died")))
+                                running.pop(run_id)
                     continue
                 for event in _drain(events):  # "started" before "finished", even for quick runs
-                    emit(event)
+                    forward(event)
+                if outcome.run_id in done:
+                    continue
+                done.add(outcome.run_id)
+                running.pop(outcome.run_id, None)
                 pending -= 1
                 emit(("finished", outcome))
-            pool.close()
-            pool.join()
+            if lost_worker:
+                # the dead worker may have held the task queue's lock: closing would wait forever
+                pool.terminate()
+            else:
+                pool.close()
+                pool.join()
         except BaseException:
             pool.terminate()
             raise
         finally:
             events.close()
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _drain(events) -> Iterator[Event]:
