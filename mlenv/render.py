@@ -155,13 +155,15 @@ def plan_image(
     base_image: str | None = None,
     ca_bundle: str | None = None,
     resolve_digest: Callable[[str], str | None] | None = None,
+    refresh: bool = False,
 ) -> ImagePlan:
     """Everything a generated file needs about one target's image.
 
     The base reference comes from ``--base-image`` (this run only), else ``[image] base``, else the
     official image; the lock records the reference and its digest.
     A digest recorded in the lock for the same reference is reused; otherwise ``resolve_digest``
-    asks a registry (None when none answers; the build then uses the tag).
+    asks a registry (None when none answers; the build then uses the tag).  ``refresh`` ignores the
+    recorded digest: the way to take a rebuilt upstream base image on purpose.
     """
     if target_name not in spec.targets:
         spec.target(target_name)  # raises the UsageError with a suggestion
@@ -173,13 +175,13 @@ def plan_image(
         )
     settings = spec.image
     ref = base_image or settings.get("base") or default_base_image(lock, target, devel=settings.get("devel", False))
-    digest = None
+    recorded = target.image.get("digest") if target.image.get("ref") == ref else None
+    digest = recorded
     if "@" in ref:
         ref, digest = ref.split("@", 1)
-    elif target.image.get("ref") == ref and target.image.get("digest"):
-        digest = target.image["digest"]
-    elif resolve_digest is not None:
-        digest = resolve_digest(ref)
+    elif resolve_digest is not None and (refresh or not recorded):
+        # an unreachable registry keeps the recorded pin rather than dropping it
+        digest = resolve_digest(ref) or recorded
     groups = sorted({g for p in lock.packages_for(target_name) for g in p.groups} - {MAIN_GROUP})
     return ImagePlan(
         project=spec.name,
@@ -342,6 +344,7 @@ def generate(
     base_image: str | None = None,
     ca_bundle: str | None = None,
     resolve_digest: Callable[[str], str | None] | None = None,
+    refresh: bool = False,
     check: bool = False,
 ) -> GenerateResult:
     """Write (or, with ``check``, compare) the files ``what`` names: dockerfile, devcontainer or all.
@@ -354,7 +357,8 @@ def generate(
     outputs: list[tuple[Path, str]] = []
     root = spec.root
     for name in image_targets(spec, lock, target):
-        plan = plan_image(spec, lock, name, base_image=base_image, ca_bundle=ca_bundle, resolve_digest=resolve_digest)
+        plan = plan_image(spec, lock, name, base_image=base_image, ca_bundle=ca_bundle, resolve_digest=resolve_digest,
+                          refresh=refresh)
         result.plans[name] = plan
         dockerfile = dockerfile_name(spec, lock, name)
         if what in ("dockerfile", "all"):

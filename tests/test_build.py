@@ -152,6 +152,23 @@ def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env,
     assert labels["org.opencontainers.image.base.digest"] == digest
     assert run_mlenv("doctor", "--image", outcome["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
 
+    # upstream rebuilds the tag: the pin holds until the user asks for the new digest
+    container = docker_client.containers.create(base_image, ["true"])
+    try:
+        repository, tag = mirror.rsplit(":", 1)
+        container.commit(repository=repository, tag=tag, changes=["LABEL rebuilt=yes"])
+    finally:
+        container.remove()
+    for event in docker_client.images.push(mirror, stream=True, decode=True):
+        assert "error" not in event, event
+    new_digest = docker_client.images.get_registry_data(mirror).id
+    assert new_digest != digest
+    assert run_mlenv("gen", "dockerfile", cwd=root, env=docker_env).returncode == 0
+    assert f"@{digest}\n" in (root / "Dockerfile").read_text()
+    assert run_mlenv("gen", "dockerfile", "--refresh-base", cwd=root, env=docker_env).returncode == 0
+    assert f"ARG BASE_IMAGE={mirror}@{new_digest}\n" in (root / "Dockerfile").read_text()
+    assert f'digest = "{new_digest}"' in (root / "mlenv.lock").read_text()
+
 
 @pytest.mark.docker
 def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_wheel_url):
