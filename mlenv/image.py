@@ -621,7 +621,10 @@ def build_target(
     if not (root / ".dockerignore").exists():
         atomic_write(root / ".dockerignore", render.render_dockerignore(spec))
 
-    content_tag, moving_tag = plan.tags(stage, source_hash(root, dockerfile) if stage == "runtime" else None)
+    material = [text, json.dumps(sorted((build_args or {}).items()))]
+    if stage == "runtime":
+        material.append(source_hash(root, dockerfile))
+    content_tag, moving_tag = plan.tags(stage, *material)
     outcome = BuildOutcome(content_tag, moving_tag, stage, dockerfile_updated=updated)
     if not force and not no_cache:
         existing = local_image(content_tag)

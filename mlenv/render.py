@@ -138,12 +138,15 @@ class ImagePlan:
         name = self.image_name or self.project.lower()
         return f"{self.registry.rstrip('/')}/{name}" if self.registry else name
 
-    def tags(self, stage: str, source_hash: str | None = None) -> tuple[str, str]:
-        """(content tag, moving tag).  Runtime images carry the source too, so its hash joins the lock's."""
+    def tags(self, stage: str, *material: str) -> tuple[str, str]:
+        """(content tag, moving tag).
+
+        The content hash starts from the lock hash and takes in whatever else shapes the image
+        (``material``: the rendered Dockerfile, build arguments, the source of runtime images), so
+        a changed ``[image] system-packages`` or user never reuses an old image by its tag.
+        """
         suffix = "" if stage == "runtime" else f"-{stage}"
-        content = self.lock_hash
-        if stage == "runtime" and source_hash:
-            content = hashlib.sha256(f"{self.lock_hash}\n{source_hash}".encode()).hexdigest()[:12]
+        content = hashlib.sha256("\n".join([self.lock_hash, stage, *material]).encode()).hexdigest()[:12]
         return (f"{self.repository()}:{self.target}{suffix}-{content}", f"{self.repository()}:{self.target}{suffix}")
 
 

@@ -381,3 +381,24 @@ def test_a_pypi_project_builds_on_the_default_network(tmp_path, docker_env, dock
                              cwd=root, env=docker_env, timeout=600))
     assert docker_client.containers.run(result["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "1.17.0"
     assert run_mlenv("doctor", "--image", result["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
+
+
+def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_index):
+    from mlenv.lock import read_lock
+    from mlenv.render import plan_image, render_dockerfile
+    from mlenv.spec import load_spec
+
+    root = make_project(tmp_path / "p", local_index.url)
+    spec, lock = load_spec(root), read_lock(root)
+    plan = plan_image(spec, lock, "cpu")
+    text = render_dockerfile(plan)
+    tag, moving = plan.tags("dev", text)
+    assert tag.startswith("demo:cpu-dev-") and moving == "demo:cpu-dev"
+    assert plan.tags("dev", text) == (tag, moving)  # deterministic
+    (root / "mlenv.toml").write_text((root / "mlenv.toml").read_text() + '\n[image]\nsystem-packages = ["libgomp1"]\n')
+    other = plan_image(load_spec(root), lock, "cpu")
+    assert other.lock_hash == plan.lock_hash  # same packages ...
+    assert other.tags("dev", render_dockerfile(other))[0] != tag  # ... but another image
+    assert plan.tags("dev", text, "MLENV_REQUIREMENT=x")[0] != tag
+    assert plan.tags("runtime", text, "source-a")[0] != plan.tags("runtime", text, "source-b")[0]
+
