@@ -11,10 +11,10 @@ from mlenv.cli import app
 
 @app.command(no_args_is_help=False)
 def sweep(
-    notebook: Optional[str] = typer.Argument(None, help="The notebook (default: [sweep] notebook in mlenv.toml)."),
+    notebook: Optional[str] = typer.Argument(None, help="The notebook (default: \\[sweep] notebook in mlenv.toml)."),
     param: List[str] = typer.Option([], "--param", "-p", metavar="NAME=VALUES",
-                                    help="lr=0.1,0.01 | lr=loguniform:1e-4:1e-1 | uniform:A:B | int:A:B | choice:a,b"),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="A TOML file with the [sweep] keys."),
+                                    help="lr=0.1,0.01 | lr=loguniform:1e-4:1e-1 | uniform:LOW:HIGH | int:LOW:HIGH | choice:x,y"),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="A TOML file with the \\[sweep] keys."),
     zip_: bool = typer.Option(False, "--zip", help="Pair the i-th values of every parameter instead of a grid."),
     random: Optional[int] = typer.Option(None, "--random", metavar="N", help="Sample N runs from lists and ranges."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of --random (default 0: the same sample every time)."),

@@ -50,7 +50,7 @@ def _check_table(table: dict, text: str, path: Path, prefix: tuple) -> None:
 def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
     """``-f sweep.toml``: the [sweep] keys, at the top level or in a [sweep] table."""
     if path.is_dir() or not path.is_file():
-        raise UsageError(f"-f {path}: no such file", hint="pass a TOML file with the [sweep] keys")
+        raise UsageError(f"-f {path}: no such file", hint="pass a TOML file with the sweep settings (notebook, parameters, mode, ...)")
     text = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
@@ -113,7 +113,7 @@ def resolve_options(
         for key, value in settings.items():
             if key == "parameters":
                 for name, spec_value in value.items():
-                    axes[name] = parse_table_parameter(name, spec_value, f"[sweep.parameters] in {base}")
+                    axes[name] = parse_table_parameter(name, spec_value, f"sweep parameters in {base}")
             elif key in ("notebook", "output") and not str(value).startswith("s3://"):
                 merged[key] = str(base / value)
             else:
@@ -136,11 +136,11 @@ def resolve_options(
     if random_samples is not None:
         merged["mode"], merged["samples"] = "random", random_samples
     if merged.get("mode") == "random" and not merged.get("samples"):
-        raise UsageError("a random sweep needs a number of samples", hint="--random N, or samples = N in [sweep]")
+        raise UsageError("a random sweep needs a number of samples", hint="--random N, or samples = N in the sweep settings")
 
     path = notebook_path or (Path(merged["notebook"]) if merged.get("notebook") else None)
     if path is None:
-        raise UsageError("which notebook? none given and no [sweep] notebook in mlenv.toml",
+        raise UsageError("which notebook? none given, and mlenv.toml names no sweep notebook",
                          hint="mlenv sweep train.ipynb -p lr=0.1,0.01")
     if merged.get("jobs") is not None and merged["jobs"] < 1:
         raise UsageError("--jobs must be at least 1")

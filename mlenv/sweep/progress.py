@@ -6,6 +6,7 @@ import time
 
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -68,9 +69,9 @@ class SweepProgress:
             if not self.live_enabled:
                 mark = "✓" if outcome.status == COMPLETED else "✗"
                 took = f" ({outcome.duration:.1f} s)" if outcome.duration else ""
-                self.console.print(f"{mark} {outcome.run_id} {outcome.status}{took}", highlight=False)
+                self.console.print(f"{mark} {outcome.run_id} {outcome.status}{took}", highlight=False, markup=False)
             elif outcome.status != COMPLETED and self._live is not None:
-                self._live.console.print(f"[red]✗[/] {outcome.run_id} {outcome.status}", highlight=False)
+                self._live.console.print(f"[red]✗[/] {escape(outcome.run_id)} {outcome.status}", highlight=False)
 
     def render(self):
         elapsed = time.monotonic() - self.started_at

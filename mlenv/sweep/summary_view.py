@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from mlenv.sweep.results import Summary, _cell
@@ -19,17 +20,17 @@ def print_summary(summary: Summary, console) -> None:
     for name in summary.parameter_names:
         table.add_column(name, justify="right")
     for name in metrics:
-        table.add_column(name, justify="right", style="bold")
+        table.add_column(escape(name), justify="right", style="bold")
     table.add_column("s", justify="right")
     for record in summary.sorted_records():
         style = STATUS_STYLE.get(record.status, "red")
-        table.add_row(record.run_id, f"[{style}]{record.status}[/]",
-                      *(_cell(record.parameters.get(name)) for name in summary.parameter_names),
-                      *(_cell(record.metrics.get(name)) for name in metrics),
+        table.add_row(escape(record.run_id), f"[{style}]{record.status}[/]",
+                      *(escape(_cell(record.parameters.get(name))) for name in summary.parameter_names),
+                      *(escape(_cell(record.metrics.get(name))) for name in metrics),
                       "" if record.duration is None else f"{record.duration:.1f}")
     console.print(table)
     for record in summary.failed:
-        console.print(f"[red]✗ {record.run_id}[/] {record.status}: {record.error_text()}", highlight=False)
+        console.print(f"[red]✗ {escape(record.run_id)}[/] {record.status}: {escape(record.error_text())}", highlight=False)
 
 
 def print_plan(plan, json_out: bool = False) -> None:
@@ -44,4 +45,4 @@ def print_plan(plan, json_out: bool = False) -> None:
 
     for run in plan.runs:
         params = " ".join(f"{key}={_cell(value)}" for key, value in run.parameters.items())
-        out.print(f"{run.run_id}  {params}", highlight=False)
+        out.print(f"{run.run_id}  {params}", highlight=False, markup=False)
