@@ -159,10 +159,15 @@ def test_good_sweep_writes_outputs_results_and_report_then_resumes(tmp_path):
         assert executed["metadata"]["mlenv"]["status"] == "completed"
         assert executed["metadata"]["papermill"]["parameters"] == run["parameters"]
         assert run["duration"] > 0
+    # --jobs 2: runs overlap in time (papermill's own start/end times in the outputs)
+    spans = sorted((executed["metadata"]["papermill"]["start_time"], executed["metadata"]["papermill"]["end_time"])
+                   for executed in (json.loads((out / run["output"]).read_text()) for run in data["runs"]))
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("run_id,status,lr,epochs,accuracy,loss") and len(csv_lines) == 5
     assert (out / "report.html").read_text().count("<svg") == 4
     assert best["run_id"] in result.stdout
+    assert f"best by accuracy:desc: {best['run_id']}" in result.stdout
 
     again = run_mlenv("sweep", str(NOTEBOOKS / "good.ipynb"), "-p", "epochs=1,3", "-p", "lr=0.1,0.01",
                       "-o", str(out), "--resume", "--json")
@@ -254,6 +259,10 @@ def test_sweep_settings_from_files(tmp_path):
     runs = json.loads(sampled.stdout)
     assert len(runs) == 5 and all(1e-4 <= run["parameters"]["lr"] <= 1e-2 for run in runs)
     assert runs == json.loads(run_mlenv("sweep", "-f", "sweep.toml", "--dry-run", "--json", cwd=tmp_path).stdout)
+    # [sweep] of mlenv.toml describes its notebook only
+    other = run_mlenv("sweep", str(NOTEBOOKS / "trivial.ipynb"), "--dry-run", "--json", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert [run["parameters"] for run in json.loads(other.stdout)] == [{}]
     (tmp_path / "bad.toml").write_text('jobs = 2\nnotebok = "x.ipynb"\n')
     bad = run_mlenv("sweep", "-f", "bad.toml", cwd=tmp_path)
     assert bad.returncode == 3 and "bad.toml:2:1: unknown key 'notebok'" in bad.stderr and "did you mean 'notebook'" in bad.stderr

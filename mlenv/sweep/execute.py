@@ -230,7 +230,9 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
                 status = START_FAILED
             else:
                 index = _running_cell(nb)
-                status, error = DIED, {"ename": "DeadKernelError", "evalue": "the kernel died while running this cell"}
+                detail = _kernel_log_tail(manager_log)
+                status, error = DIED, {"ename": "DeadKernelError",
+                                       "evalue": "the kernel died while running this cell" + (f": {detail}" if detail else "")}
                 error.update(_cell_position(nb, index))
         except Exception as exc:  # a kernel that never answered, or papermill trouble
             if not _started_any_cell(nb):

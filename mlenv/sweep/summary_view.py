@@ -29,6 +29,13 @@ def print_summary(summary: Summary, console) -> None:
                       *(escape(_cell(record.metrics.get(name))) for name in metrics),
                       "" if record.duration is None else f"{record.duration:.1f}")
     console.print(table)
+    ordered = summary.sorted_records()
+    if summary.sort and ordered:
+        best = ordered[0]
+        value = best.metrics.get(summary.sort.metric, best.parameters.get(summary.sort.metric))
+        if value is not None:
+            console.print(f"best by {escape(str(summary.sort))}: [bold]{escape(best.run_id)}[/] "
+                          f"({escape(summary.sort.metric)} = {escape(_cell(value))})", highlight=False)
     for record in summary.failed:
         console.print(f"[red]✗ {escape(record.run_id)}[/] {record.status}: {escape(record.error_text())}", highlight=False)
 
