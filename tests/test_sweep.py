@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
-from tests.conftest import REPO, run_mlenv
+from tests.conftest import REPO, require, run_mlenv
 
 NOTEBOOKS = REPO / "tests" / "notebooks"
 
@@ -48,6 +49,22 @@ def test_grid_zip_random_and_stable_ids():
         assert 1e-4 <= run.parameters["lr"] <= 1e-1
         assert run.parameters["n"] in (1, 2, 3)
         assert run.parameters["opt"] in ("adam", "sgd")
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=12),
+                       st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=20), st.booleans()),
+                       max_size=6))
+def test_run_ids_are_safe_file_names_and_tell_parameters_apart(parameters):
+    from mlenv.sweep.space import run_id
+
+    identifier = run_id(parameters)
+    assert re.fullmatch(r"[A-Za-z0-9.=+_-]{1,69}", identifier), identifier
+    assert identifier == run_id(dict(reversed(list(parameters.items()))))
+    if parameters:
+        changed = dict(parameters)
+        key = next(iter(changed))
+        changed[key] = [changed[key]]
+        assert run_id(changed) != identifier
 
 
 @pytest.mark.parametrize("text, message", [
@@ -346,7 +363,10 @@ def test_resume_reruns_outputs_of_a_changed_notebook(tmp_path):
 
 
 def test_scrapbook_glue_values_are_metrics(tmp_path):
-    pytest.importorskip("scrapbook")
+    import importlib.util
+
+    require(importlib.util.find_spec("scrapbook") is not None and importlib.util.find_spec("six") is not None,
+            "scrapbook and six (pip install scrapbook six)")
     from mlenv.sweep.config import resolve_options
     from mlenv.sweep.core import run_sweep
 

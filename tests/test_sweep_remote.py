@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -97,7 +95,7 @@ def test_dask_cluster_gives_the_same_results_as_local(tmp_path, dask_cluster):
 
 
 def test_unreachable_cluster_is_a_clear_error(tmp_path):
-    pytest.importorskip("distributed")
+    require(shutil.which("dask") is not None, "dask distributed")
     result = run_mlenv("sweep", str(NOTEBOOKS / "trivial.ipynb"), "-o", str(tmp_path / "out"),
                        "--cluster", f"tcp://127.0.0.1:{free_port()}", env={"MLENV_DASK_CONNECT_TIMEOUT": "2"})
     assert result.returncode == 6, result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mlenv.errors import Interrupted, SpecError, UsageError, did_you_mean
