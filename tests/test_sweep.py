@@ -142,7 +142,7 @@ def test_sort_and_report_are_self_contained():
     from mlenv.sweep.results import RunRecord, Summary, parse_sort
 
     records = [RunRecord("a", {"lr": 0.1, "opt": "adam"}, "completed", {"acc": 0.5}),
-               RunRecord("b", {"lr": 0.001, "opt": "sgd"}, "completed", {"acc": 0.9}),
+               RunRecord("b", {"lr": 0.001, "opt": "<sgd>"}, "completed", {"acc": 0.9}),
                RunRecord("c", {"lr": 0.01, "opt": "adam"}, "failed", {}, error={"ename": "ValueError", "evalue": "x"})]
     summary = Summary("nb.ipynb", "python3", "grid", "out", ["lr", "opt"], records, parse_sort("acc:desc"))
     assert [record.run_id for record in summary.sorted_records()] == ["b", "a", "c"]
@@ -153,6 +153,7 @@ def test_sort_and_report_are_self_contained():
     assert page.count("<svg") == 2  # one metric x two parameters
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "(log)" in page  # lr spans two decades
+    assert "<sgd>" not in page and "&lt;sgd&gt;" in page  # user values are escaped, in tables and plots
     assert summary.to_csv().splitlines()[0] == "run_id,status,lr,opt,acc,duration_s,attempts,error,output"
 
 

@@ -148,10 +148,13 @@ class Summary:
         return buffer.getvalue()
 
     def to_html(self) -> str:
-        from jinja2 import Environment, FileSystemLoader, select_autoescape
+        from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-        env = Environment(loader=FileSystemLoader(str(_templates_dir())), autoescape=select_autoescape(["html", "j2"]),
-                          keep_trailing_newline=True)
+        from mlenv.render import templates_dir
+
+        # HTML: autoescaped, unlike the shared environment for Dockerfiles and JSON
+        env = Environment(loader=FileSystemLoader(str(templates_dir())), autoescape=True,
+                          undefined=StrictUndefined, keep_trailing_newline=True)
         plots = [
             {"metric": metric, "parameter": parameter, "svg": scatter_svg(self.records, parameter, metric)}
             for metric in self.metric_names if _numeric_metric(self.records, metric)
@@ -171,14 +174,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, sort_keys=True)
     return str(value)
-
-
-def _templates_dir() -> Path:
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "templates", package.parent / "templates"):
-        if (candidate / "report.html.j2").is_file():
-            return candidate
-    raise FileNotFoundError("templates/report.html.j2 is missing from this mlenv installation")
 
 
 def _number(value: Any) -> float | None:
