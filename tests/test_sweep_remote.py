@@ -94,12 +94,26 @@ def test_dask_cluster_gives_the_same_results_as_local(tmp_path, dask_cluster):
     assert sorted(run["resumed"] for run in runs) == [False, True, True, True]  # only the failed run again
 
 
-def test_unreachable_cluster_is_a_clear_error(tmp_path):
-    require(shutil.which("dask") is not None, "dask distributed")
-    result = run_mlenv("sweep", str(NOTEBOOKS / "trivial.ipynb"), "-o", str(tmp_path / "out"),
-                       "--cluster", f"tcp://127.0.0.1:{free_port()}", env={"MLENV_DASK_CONNECT_TIMEOUT": "2"})
+def test_unreachable_cluster_or_no_workers_is_a_clear_error(tmp_path):
+    dask = shutil.which("dask")
+    require(dask is not None, "dask distributed")
+    args = ["sweep", str(NOTEBOOKS / "trivial.ipynb"), "-o", str(tmp_path / "out")]
+    fast = {"MLENV_DASK_CONNECT_TIMEOUT": "2"}
+    result = run_mlenv(*args, "--cluster", f"tcp://127.0.0.1:{free_port()}", env=fast)
     assert result.returncode == 6, result.stderr
     assert "cannot reach the Dask scheduler" in result.stderr and "Traceback" not in result.stderr
+
+    port = free_port()
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        result = run_mlenv(*args, "--cluster", f"tcp://127.0.0.1:{port}", env=fast)
+    finally:
+        stop([scheduler])
+    assert result.returncode == 6, result.stderr
+    assert "has no workers" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 @pytest.fixture

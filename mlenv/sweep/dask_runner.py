@@ -57,9 +57,14 @@ class DaskRunner:
         if not tasks:
             return
         client = self._client()
+        futures: dict = {}
         try:
             if not client.scheduler_info().get("workers"):
-                client.wait_for_workers(1, timeout=self.connect_timeout)
+                try:
+                    client.wait_for_workers(1, timeout=self.connect_timeout)
+                except (TimeoutError, OSError):
+                    raise ToolMissingError(f"the Dask cluster at {self.address} has no workers",
+                                           hint=f"start some: `dask worker {self.address}` in the locked image") from None
             token = uuid.uuid4().hex[:8]
             for task in tasks:
                 task.prestart = False  # a long-lived worker must not keep an idle kernel around
@@ -99,7 +104,7 @@ class DaskRunner:
                     emit(("finished", outcome))
         except BaseException:
             with contextlib.suppress(Exception):
-                client.cancel(list(futures) if "futures" in locals() else [])
+                client.cancel(list(futures))  # runs already executing finish on their workers
             raise
         finally:
             with contextlib.suppress(Exception):
