@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -68,8 +69,12 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
 
     # a one-line code change: a new content tag, and only the source layer runs again
     (project / "app.py").write_text('print("hello again")\n')
-    changed = built(build(project, env=docker_env))
+    changed_run = build(project, env=docker_env)
+    changed = built(changed_run)
     assert changed["skipped"] is None and changed["tag"] != first["tag"]
+    # not a terminal: progress arrives as plain lines, one per finished step, with cache hits marked
+    assert re.search(r"^\s+cached\s+\[deps 2/2\] RUN", changed_run.stderr, re.M), changed_run.stderr
+    assert re.search(r"^\s+\d+\.\ds\s+\[runtime 3/3\] COPY \. /app", changed_run.stderr, re.M), changed_run.stderr
     assert changed["steps_run"] == ["[runtime 3/3] COPY . /app"], changed["steps_run"]
     assert any("uv pip sync" in step for step in changed["steps_cached"])
     assert docker_client.containers.run(changed["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "hello again"
