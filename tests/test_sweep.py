@@ -384,3 +384,16 @@ def test_a_killed_worker_process_does_not_hang_the_sweep(tmp_path):
     runs = {run["parameters"]["kill_worker"]: run for run in results(tmp_path)["runs"]}
     assert runs[False]["status"] == "completed"
     assert runs[True]["status"] == "error" and runs[True]["error"]["ename"] == "WorkerDied"
+
+
+def test_a_run_knows_its_id(tmp_path):
+    from mlenv.sweep.config import resolve_options
+    from mlenv.sweep.core import run_sweep
+
+    summary = run_sweep(resolve_options(str(NOTEBOOKS / "runid.ipynb"), [], output=str(tmp_path)), live=False).summary
+    [record] = summary.records
+    assert record.metrics == {"run": record.run_id}
+    # with parameters too, and errors still point at the user's cells
+    summary = run_sweep(resolve_options(str(NOTEBOOKS / "fails.ipynb"), ["x=2"], output=str(tmp_path / "p")),
+                        live=False).summary
+    assert summary.records[0].error["cell"] == 2

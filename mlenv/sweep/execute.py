@@ -144,7 +144,34 @@ def _prepare(task: RunTask):
     nb.metadata.setdefault("papermill", {})
     if task.parameters:
         nb = parameterize_notebook(nb, task.parameters, kernel_name=task.kernel)
+    _announce_run_id(nb, task.run_id)
     return nb
+
+
+RUN_ID_VARIABLE = "MLENV_SWEEP_RUN_ID"
+
+
+def _announce_run_id(nb, run_id: str) -> None:
+    """Tell the notebook its run id (``os.environ["MLENV_SWEEP_RUN_ID"]``), e.g. to name artifacts.
+
+    Kernels are started before their run is known (spares), so the id cannot ride in the kernel's
+    environment; it is set at the end of papermill's injected-parameters cell instead.
+    """
+    import nbformat
+
+    language = (nb.metadata.get("kernelspec") or {}).get("language") or \
+        (nb.metadata.get("language_info") or {}).get("name") or "python"
+    if language != "python":
+        return
+    line = f'__import__("os").environ[{RUN_ID_VARIABLE!r}] = {run_id!r}  # mlenv sweep'
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = cell.source.rstrip("\n") + "\n" + line + "\n"
+            return
+    cell = nbformat.v4.new_code_cell(source=line + "\n")
+    cell.metadata["tags"] = ["injected-parameters"]
+    position = next((index + 1 for index, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), 0)
+    nb.cells.insert(position, cell)
 
 
 def _running_cell(nb) -> int | None:
