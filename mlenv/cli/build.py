@@ -48,6 +48,8 @@ def build_command(
             raise UsageError("the spec has several linux targets", hint=f"pick one with --target ({', '.join(names)})")
         target = names[0]
 
+    from mlenv.errors import MlenvError
+
     display = _Display(console)
     try:
         outcome = build_target(
@@ -55,6 +57,11 @@ def build_command(
             base_image=base_image, ca_bundle_path=str(ca_bundle) if ca_bundle else None, network=network,
             build_args=args, no_cache=no_cache, on_update=display.update,
         )
+    except MlenvError as exc:
+        if console.debug_enabled():
+            raise
+        _print_error(console, exc)
+        raise typer.Exit(exc.exit_code) from None
     finally:
         display.close()
     report = outcome.report
@@ -76,6 +83,16 @@ def build_command(
     if outcome.pushed_digest:
         console.success(f"pushed {outcome.tag}@{outcome.pushed_digest}")
     console.out.print(outcome.tag)
+
+
+def _print_error(console, exc) -> None:
+    """Build errors quote BuildKit step names and logs ("[deps 2/2] RUN ...", "[/bin/sh -c ...]"):
+    print them as plain text, never as rich markup."""
+    from rich.text import Text
+
+    console.err.print(Text.assemble(("error:", "red"), " ", exc.message))
+    if exc.hint:
+        console.err.print(Text.assemble("  ", ("hint:", "cyan"), " ", exc.hint))
 
 
 class _Display:
