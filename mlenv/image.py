@@ -615,6 +615,9 @@ def build_target(
     dockerfile = root / render.dockerfile_name(spec, lock, target_name)
     text = render.render_dockerfile(plan)
     updated = not dockerfile.is_file() or dockerfile.read_text(encoding="utf-8") != text
+    if updated and not render.is_generated(dockerfile):
+        raise UsageError(f"{dockerfile.name} was not written by mlenv; `mlenv build` builds the generated one",
+                         hint="move it aside, or run `mlenv gen dockerfile --force` to replace it")
     if updated:
         # the Dockerfile follows the lock; an outdated one would build something else than the tag says
         atomic_write(dockerfile, text)

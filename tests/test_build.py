@@ -222,6 +222,12 @@ def test_bad_inputs_without_a_build(tmp_path, project, docker_env):
     result = build(project, "--target", "gpu", env=docker_env)
     assert result.returncode == 2 and "cpu" in result.stderr
 
+    (project / "Dockerfile").write_text("FROM scratch\n")  # the team's own: never overwritten by a build
+    result = build(project, env=docker_env)
+    assert result.returncode == 2 and "not written by mlenv" in result.stderr
+    assert (project / "Dockerfile").read_text() == "FROM scratch\n"
+    (project / "Dockerfile").unlink()
+
     result = build(project, env={**docker_env, "MLENV_DOCKER": "/usr/local/bin/docker"})
     if "buildx" not in result.stderr:  # a machine whose 28.x client has the plugin builds fine
         assert result.returncode == 0

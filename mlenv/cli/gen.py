@@ -22,10 +22,12 @@ _CHECK = typer.Option(False, "--check", help="Write nothing; exit 1 when a gener
 _RESOLVE = typer.Option(True, "--resolve-digest/--no-resolve-digest",
                         help="Pin the base image by its registry digest (needs a reachable engine and registry).")
 _REFRESH = typer.Option(False, "--refresh-base", help="Look the base image digest up again instead of reusing the one in mlenv.lock.")
+_FORCE = typer.Option(False, "--force", help="Replace a Dockerfile or devcontainer.json that mlenv did not write.")
 _SPEC = typer.Option(None, "--spec", help="Path to mlenv.toml (default: search upwards).")
 
 
-def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bool, refresh: bool, spec_path) -> None:
+def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bool, refresh: bool, force: bool,
+              spec_path) -> None:
     from mlenv import console
     from mlenv.errors import DriftError
     from mlenv.image import digest_resolver
@@ -41,7 +43,7 @@ def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bo
     result = generate(spec, lock, what, target=target, base_image=base_image,
                       ca_bundle=str(Path(ca_bundle).resolve()) if ca_bundle else None,
                       resolve_digest=digest_resolver() if resolve and not check else None, refresh=refresh and resolve,
-                      check=check)
+                      check=check, force=force)
     for generated in result.files:
         shown = generated.path.relative_to(spec.root) if generated.path.is_relative_to(spec.root) else generated.path
         console.out.print(f"  {generated.status:>9}  {shown}")
@@ -60,22 +62,24 @@ def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bo
 
 @gen_app.command("dockerfile")
 def gen_dockerfile(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, check: bool = _CHECK,
-                   resolve: bool = _RESOLVE, refresh: bool = _REFRESH, spec_path: Optional[Path] = _SPEC) -> None:
+                   resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE,
+                   spec_path: Optional[Path] = _SPEC) -> None:
     """Dockerfile with deps/dev/runtime stages (and .dockerignore unless one exists)."""
-    _generate("dockerfile", target, base_image, None, check, resolve, refresh, spec_path)
+    _generate("dockerfile", target, base_image, None, check, resolve, refresh, force, spec_path)
 
 
 @gen_app.command("devcontainer")
 def gen_devcontainer(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE,
                      ca_bundle: Optional[Path] = _CA, check: bool = _CHECK, resolve: bool = _RESOLVE,
-                     refresh: bool = _REFRESH, spec_path: Optional[Path] = _SPEC) -> None:
+                     refresh: bool = _REFRESH, force: bool = _FORCE,
+                     spec_path: Optional[Path] = _SPEC) -> None:
     """.devcontainer/devcontainer.json building the dev stage (one per target when there are several)."""
-    _generate("devcontainer", target, base_image, ca_bundle, check, resolve, refresh, spec_path)
+    _generate("devcontainer", target, base_image, ca_bundle, check, resolve, refresh, force, spec_path)
 
 
 @gen_app.command("all")
 def gen_all(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, ca_bundle: Optional[Path] = _CA,
-            check: bool = _CHECK, resolve: bool = _RESOLVE, refresh: bool = _REFRESH,
+            check: bool = _CHECK, resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE,
             spec_path: Optional[Path] = _SPEC) -> None:
     """Dockerfile, devcontainer and .dockerignore together."""
-    _generate("all", target, base_image, ca_bundle, check, resolve, refresh, spec_path)
+    _generate("all", target, base_image, ca_bundle, check, resolve, refresh, force, spec_path)
