@@ -413,3 +413,21 @@ def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_in
     assert plan.tags("dev", text, "MLENV_REQUIREMENT=x")[0] != tag
     assert plan.tags("runtime", text, "source-a")[0] != plan.tags("runtime", text, "source-b")[0]
 
+
+
+@pytest.mark.docker
+def test_run_python_api_for_doctor(docker_env, base_image, monkeypatch):
+    """The function `mlenv doctor --image` calls: python, else python3; a missing image is an MlenvError."""
+    from mlenv.errors import MlenvError
+    from mlenv.image import run_python
+
+    for key, value in docker_env.items():
+        monkeypatch.setenv(key, value)
+    # Debian's base has only python3: the fallback answers
+    assert run_python(base_image, "import sys; print(sys.version_info[:2])").strip() == "(3, 11)"
+    with pytest.raises(MlenvError) as error:
+        run_python("mlenv-test/no-such-image:1", "print(1)")
+    assert "no local image" in error.value.message
+    with pytest.raises(MlenvError) as error:
+        run_python(base_image, "import sys; sys.exit('probe failed')")
+    assert "probe failed" in error.value.message
