@@ -93,7 +93,7 @@ def run_python(image_ref: str, code: str) -> str:
     ``python`` is tried before ``python3``: an image's PATH decides which environment answers, as
     it would for the code the image runs.  Nothing is pulled: a missing image is an ``MlenvError``.
     """
-    from docker.errors import APIError, ContainerError, ImageNotFound
+    from docker.errors import APIError, ImageNotFound
 
     client = engine()
     try:
@@ -105,27 +105,29 @@ def run_python(image_ref: str, code: str) -> str:
         ) from None
     last_error = ""
     for interpreter in ("python", "python3"):
+        # create/start/remove by hand: `containers.run` leaves the container behind when start fails
+        container = _engine_call("creating a container", lambda: client.containers.create(
+            image_ref, [interpreter, "-c", code], entrypoint=[], network_mode="none"))
         try:
-            output = client.containers.run(
-                image_ref,
-                [interpreter, "-c", code],
-                entrypoint=[],
-                remove=True,
-                stdout=True,
-                stderr=False,
-                network_mode="none",
-            )
-            return output.decode("utf-8", "replace")
-        except ContainerError as exc:
-            stderr = (exc.stderr or b"").decode("utf-8", "replace").strip()
-            raise MlenvError(
-                f"{interpreter} in image {image_ref!r} exited {exc.exit_status}: {stderr.splitlines()[-1] if stderr else ''}".rstrip(": ")
-            ) from None
-        except APIError as exc:
-            last_error = str(exc.explanation or exc)
-            if "executable file not found" in last_error or "no such file" in last_error.lower():
-                continue
-            raise MlenvError(f"cannot run a container of {image_ref!r}: {last_error}") from None
+            try:
+                container.start()
+            except APIError as exc:
+                last_error = str(exc.explanation or exc)
+                if "executable file not found" in last_error or "no such file" in last_error.lower():
+                    continue
+                raise MlenvError(f"cannot run a container of {image_ref!r}: {last_error}") from None
+            status = container.wait().get("StatusCode", 1)
+            stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            if status != 0:
+                stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace").strip()
+                last_line = stderr.splitlines()[-1] if stderr else ""
+                raise MlenvError(f"{interpreter} in image {image_ref!r} exited {status}" + (f": {last_line}" if last_line else ""))
+            return stdout
+        finally:
+            try:
+                container.remove(force=True)
+            except APIError:
+                pass
     raise MlenvError(f"image {image_ref!r} has no python or python3 on its PATH", hint=last_error or None)
 
 

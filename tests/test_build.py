@@ -416,13 +416,14 @@ def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_in
 
 
 @pytest.mark.docker
-def test_run_python_api_for_doctor(docker_env, base_image, monkeypatch):
+def test_run_python_api_for_doctor(docker_env, base_image, docker_client, monkeypatch):
     """The function `mlenv doctor --image` calls: python, else python3; a missing image is an MlenvError."""
     from mlenv.errors import MlenvError
     from mlenv.image import run_python
 
     for key, value in docker_env.items():
         monkeypatch.setenv(key, value)
+    before = {c.id for c in docker_client.containers.list(all=True)}
     # Debian's base has only python3: the fallback answers
     assert run_python(base_image, "import sys; print(sys.version_info[:2])").strip() == "(3, 11)"
     with pytest.raises(MlenvError) as error:
@@ -431,3 +432,4 @@ def test_run_python_api_for_doctor(docker_env, base_image, monkeypatch):
     with pytest.raises(MlenvError) as error:
         run_python(base_image, "import sys; sys.exit('probe failed')")
     assert "probe failed" in error.value.message
+    assert {c.id for c in docker_client.containers.list(all=True)} == before  # throwaway means removed
