@@ -92,6 +92,20 @@ def docker_client(docker_engine):
 
     client = docker.DockerClient(base_url=docker_engine, timeout=300)
     yield client
+    # the images tests built (projects "demo"/"real", loopback-registry copies) would pile up in the
+    # engine's data root run after run; the base image and the build cache stay for speed
+    for image in client.images.list():
+        refs = image.tags + image.attrs.get("RepoDigests", [])
+        for ref in refs:
+            if ref.startswith(("demo:", "real:", "127.0.0.1:", "vsc-workspace-")):
+                try:
+                    client.images.remove(ref, force=True)
+                except docker.errors.APIError:
+                    pass
+    try:
+        client.images.prune(filters={"dangling": True})
+    except docker.errors.APIError:
+        pass
     client.close()
 
 
