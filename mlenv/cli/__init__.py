@@ -53,6 +53,8 @@ def main() -> None:
     except ImportError:
         from click import exceptions as click_exceptions
 
+    from rich.markup import escape
+
     from mlenv import console
     from mlenv.errors import MlenvError
 
@@ -63,9 +65,10 @@ def main() -> None:
     except MlenvError as exc:
         if console.debug_enabled():
             console.err.print_exception()
-        console.err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+        # messages quote user input and tool output: never let rich read them as markup
+        console.err.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            console.err.print(f"  [cyan]hint:[/] {exc.hint}")
+            console.err.print(f"  [cyan]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)
     except click_exceptions.ClickException as exc:
         exc.show()

@@ -17,7 +17,7 @@ from mlenv.hardware import catalog
 from mlenv.lock.inputs import Change, diff_inputs, input_hash, target_inputs
 from mlenv.lock.model import LOCK_FILE, Lock, LockedPackage, LockedTarget, lock_path, pylock_name, read_lock
 from mlenv.lock.pylock import render_pylock
-from mlenv.lock.resolve import ResolvedPackage, resolve_target
+from mlenv.lock.resolve import ResolvedPackage, resolve_target, uv_binary
 from mlenv.spec import Spec, Target
 
 __all__ = ["Change", "Lock", "LockResult", "check_lock", "lock_project", "read_lock"]
@@ -145,6 +145,9 @@ def lock_project(
             upgrade_packages=upgrade_packages,
         )
 
+    # uv.find_uv_bin() reads sysconfig, whose first use is not thread-safe: find uv before the threads
+    if to_resolve:
+        uv_binary()
     # uv runs in subprocesses, so threads give real parallelism across targets
     with ThreadPoolExecutor(max_workers=max(1, len(to_resolve))) as pool:
         results = dict(zip((t.name for t in to_resolve), pool.map(resolve, to_resolve)))

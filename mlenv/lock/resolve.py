@@ -207,7 +207,13 @@ def resolve_target(
         # Pass 2 starts from exactly pass 1's pins, so it re-derives the same resolution.
         pins = {canonicalize_name(entry["name"]): entry["version"] for entry in pylock.get("packages", [])}
         (work / "annotated.txt").write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
-        _run_uv([*common, "--emit-index-annotation", "--annotation-style", "line", "-o", "annotated.txt"], work, target.name)
+        annotate = [*common, "--emit-index-annotation", "--annotation-style", "line", "-o", "annotated.txt"]
+        # pass 1 just put every page and metadata file pass 2 needs in uv's cache: skip revalidating
+        # them (most of a warm resolve's time on indexes that send no cache headers)
+        try:
+            _run_uv([*annotate, "--offline"], work, target.name)
+        except ResolutionError:
+            _run_uv(annotate, work, target.name)
         versions, required_by, index_urls = _parse_annotated((work / "annotated.txt").read_text())
 
     if versions != pins:
