@@ -1,3 +1,3 @@
-from mlenv.cli import main
+from mlenv._entry import main
 
 main()

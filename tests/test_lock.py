@@ -218,3 +218,28 @@ def test_lock_against_the_real_default_index(tmp_path):
     assert six["index"] == "pypi"
     wheel = next(a for a in six["artifacts"] if a["url"].endswith(".whl"))
     assert wheel["sha256"] == "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274"
+
+
+def test_check_of_a_fresh_lock_needs_neither_typer_nor_the_spec_parser(tmp_path, local_index):
+    """The fast path CI hooks hit: answered from digests alone, from any subfolder."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, local_index.url)
+    lock(tmp_path)
+    sub = tmp_path / "src" / "pkg"
+    sub.mkdir(parents=True)
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['mlenv', 'lock', '--check']\n"
+        "try:\n    runpy.run_module('mlenv', run_name='__main__')\n"
+        "except SystemExit as exit:\n    code = exit.code\n"
+        "print('code', code, 'typer' in sys.modules, 'mlenv.spec' in sys.modules)\n"
+    )
+    run = lambda: subprocess.run([sys.executable, "-c", probe], cwd=sub, capture_output=True, text=True).stdout.split()
+    assert run() == ["code", "0", "False", "False"]
+
+    spec.write_text(spec.read_text() + "# a comment changes the digest, not the inputs\n")
+    assert run() == ["code", "0", "True", "True"]  # the full check decides, and finds it fresh
+    spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "devtool"]'))
+    assert run() == ["code", "1", "True", "True"]

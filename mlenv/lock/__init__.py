@@ -167,6 +167,7 @@ def lock_project(
     lock = Lock(
         created_by=f"mlenv {__version__}",
         compat_data=catalog.version(),
+        spec_sha256=sha256_file(spec.path),
         python_requires=spec.requires_python,
         python_version=spec.python,
         indexes={name: url for name, url in indexes.items() if name in used_indexes or name == default.name},

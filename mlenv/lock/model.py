@@ -128,6 +128,9 @@ class Lock:
     targets: dict[str, LockedTarget]
     packages: tuple[LockedPackage, ...]
     version: int = LOCK_FORMAT
+    # sha256 of the mlenv.toml bytes locked: lets `lock --check` prove freshness without parsing
+    # the spec (see mlenv/_entry.py); any mismatch falls back to the full, explaining check
+    spec_sha256: str = ""
 
     def target(self, name: str) -> LockedTarget:
         try:
@@ -160,7 +163,12 @@ class Lock:
         """Deterministic TOML: same lock, same bytes (sorted, no timestamps)."""
         packages = sorted(self.packages, key=lambda p: (p.name, p.version, p.index))
         data = {
-            "lock": {"version": self.version, "created-by": self.created_by, "compat-data": self.compat_data},
+            "lock": {
+                "version": self.version,
+                "created-by": self.created_by,
+                "compat-data": self.compat_data,
+                "spec-sha256": self.spec_sha256,
+            },
             "python": {"requires": self.python_requires, "version": self.python_version},
             "index": [{"name": name, "url": url} for name, url in sorted(self.indexes.items())],
             "target": [self.targets[name].to_toml() for name in sorted(self.targets)],
@@ -196,6 +204,7 @@ class Lock:
                 version=meta["version"],
                 created_by=meta["created-by"],
                 compat_data=meta["compat-data"],
+                spec_sha256=meta.get("spec-sha256", ""),
                 python_requires=data["python"]["requires"],
                 python_version=data["python"]["version"],
                 indexes={entry["name"]: entry["url"] for entry in data.get("index", [])},
