@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,13 +105,10 @@ def probe_interpreter(python: str | os.PathLike) -> Facts:
     if candidate.is_dir():  # a venv folder
         candidate = candidate / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
         python = str(candidate)
-    try:
-        result = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"cannot run the interpreter {python}: {exc}", hint="pass a Python executable or a venv folder to --python") from None
-    if result.returncode != 0:
-        raise UsageError(f"{python} failed to run: {result.stderr.strip()[-300:]}")
-    return Facts.from_probe_output(result.stdout, f"python {python}")
+    from mlenv.hardware.detect import run_python
+
+    output = run_python(python, PROBE)
+    return Facts.from_probe_output(output, f"python {python}")
 
 
 def probe_image(image: str) -> Facts:

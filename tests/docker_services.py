@@ -71,13 +71,9 @@ def docker_engine():
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         _wait(lambda: _engine_answers(DOCKER_HOST), 60, f"dockerd (log: {DOCKER_ROOT / 'log'})")
-    previous = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = DOCKER_HOST
-    yield DOCKER_HOST
-    if previous is None:
-        os.environ.pop("DOCKER_HOST", None)
-    else:
-        os.environ["DOCKER_HOST"] = previous
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DOCKER_HOST", DOCKER_HOST)
+        yield DOCKER_HOST
     if started is not None:
         started.send_signal(signal.SIGTERM)
         try:
@@ -113,13 +109,9 @@ def docker_client(docker_engine):
 def build_cli(docker_engine):
     """A BuildKit-capable docker CLI for `mlenv build` (exported as MLENV_DOCKER)."""
     require(os.path.exists(BUILD_DOCKER), f"{BUILD_DOCKER} (Debian's docker.io client, BuildKit built in)")
-    previous = os.environ.get("MLENV_DOCKER")
-    os.environ["MLENV_DOCKER"] = BUILD_DOCKER
-    yield BUILD_DOCKER
-    if previous is None:
-        os.environ.pop("MLENV_DOCKER", None)
-    else:
-        os.environ["MLENV_DOCKER"] = previous
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLENV_DOCKER", BUILD_DOCKER)
+        yield BUILD_DOCKER
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,7 @@ def python_version(interpreter: str | os.PathLike | None = None) -> str:
     """``major.minor.micro`` of ``interpreter`` (default: the running one)."""
     if interpreter is None:
         return "{}.{}.{}".format(*sys.version_info[:3])
-    output = _run_python(interpreter, "import sys; print('%d.%d.%d' % sys.version_info[:3])")
+    output = run_python(interpreter, "import sys; print('%d.%d.%d' % sys.version_info[:3])")
     return output.strip()
 
 
@@ -303,7 +303,7 @@ def torch_build(interpreter: str | os.PathLike | None = None) -> TorchBuild | No
             return None
     else:
         try:
-            version = json.loads(_run_python(interpreter, _TORCH_PROBE))
+            version = json.loads(run_python(interpreter, _TORCH_PROBE))
         except (ValueError, OSError):
             return None
         if not version:
@@ -315,7 +315,8 @@ def torch_build(interpreter: str | os.PathLike | None = None) -> TorchBuild | No
     return TorchBuild(version=version, cuda=cuda_from_local_version(local))
 
 
-def _run_python(interpreter: str | os.PathLike, code: str) -> str:
+def run_python(interpreter: str | os.PathLike, code: str) -> str:
+    """Run ``code`` under another interpreter and return its stdout (one error type for every failure)."""
     from mlenv.errors import ToolMissingError
 
     try:
