@@ -172,11 +172,18 @@ def _positive_int(value: Any) -> str | None:
     return None
 
 
-_DURATION = re.compile(r"^\d+(s|m|h|d)$")
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int | None:
+    """Seconds in a duration such as "30m", "2h" or "1d"; None when ``text`` is not one."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)] if match else None
 
 
 def _duration(value: Any) -> str | None:
-    if not isinstance(value, str) or not _DURATION.match(value):
+    if parse_duration(value) is None:
         return 'expected a duration such as "30m", "2h" or "1d"'
     return None
 
@@ -210,6 +217,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "provider": _one_of("docker", "ssh", "aws"),
         "target": STR,
         "idle": _duration,
+        "idle-connected": _duration,
         "max-lifetime": _duration,
         "host": STR,
         "user": STR,
