@@ -1,27 +1,35 @@
-"""The user-facing error hierarchy.
+"""The user-facing error hierarchy and the exit codes.
 
 Every failure a user can cause or fix is an ``MlenvError``: one message that says what went wrong,
 an optional ``hint`` that says what to do, and an exit code per kind.  The CLI prints these without a
 traceback (unless ``--debug``); anything else escaping a command is a bug and is shown in full.
-
-Exit codes (documented in the README):
-    0  success
-    1  a check found drift (doctor, lock --check, a failed sweep run)
-    2  bad command-line usage
-    3  the spec (mlenv.toml) or another input file is invalid
-    4  the lock is missing, stale or corrupt
-    5  dependency resolution failed
-    6  a required tool or service is missing or unreachable (uv, docker, engine, ssh)
-    7  an image build failed
-    8  a notebook sweep could not run
-    130 interrupted (Ctrl-C)
+The codes are ``ExitCode``; the README's table is checked against it by the tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What a script can tell from mlenv's exit status alone."""
+
+    OK = 0
+    DRIFT = 1  # a check ran and found drift (doctor, lock --check, gen --check), or a sweep run failed
+    USAGE = 2  # bad command-line usage (unknown option, unknown target)
+    INVALID_INPUT = 3  # mlenv.toml or another input file is invalid
+    LOCK = 4  # the lock is missing, stale or corrupt
+    RESOLUTION = 5  # dependency resolution found no solution
+    UNAVAILABLE = 6  # a required tool or service is missing or unreachable: mlenv could not look
+    BUILD = 7  # an image build failed
+    SWEEP = 8  # a notebook sweep could not run
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM
+
 
 class MlenvError(Exception):
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.DRIFT
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -31,21 +39,25 @@ class MlenvError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
+    def to_json(self) -> dict:
+        """The ``{"error": ...}`` object ``--json`` prints on stdout when a command fails."""
+        return {"error": {"code": int(self.exit_code), "message": self.message, "hint": self.hint}}
+
 
 class DriftError(MlenvError):
     """A check ran fine and found the environment (or lock) out of date."""
 
-    exit_code = 1
+    exit_code = ExitCode.DRIFT
 
 
 class UsageError(MlenvError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class SpecError(MlenvError):
     """Invalid user input file; carries ``path:line:col`` when known."""
 
-    exit_code = 3
+    exit_code = ExitCode.INVALID_INPUT
 
     def __init__(
         self,
@@ -69,32 +81,34 @@ class SpecError(MlenvError):
 
 
 class LockError(MlenvError):
-    exit_code = 4
+    exit_code = ExitCode.LOCK
 
 
 class ResolutionError(MlenvError):
-    exit_code = 5
+    exit_code = ExitCode.RESOLUTION
 
 
 class ToolMissingError(MlenvError):
     """A program or service mlenv drives is not installed or not reachable."""
 
-    exit_code = 6
+    exit_code = ExitCode.UNAVAILABLE
 
 
 class BuildError(MlenvError):
-    exit_code = 7
+    exit_code = ExitCode.BUILD
 
 
 class SweepError(MlenvError):
-    exit_code = 8
+    exit_code = ExitCode.SWEEP
 
 
 class Interrupted(MlenvError):
-    exit_code = 130
+    """Raised after Ctrl-C (or SIGTERM) once what was complete has been kept; the CLI picks 130/143."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
-def did_you_mean(word: str, choices) -> str | None:
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelt key or value, or None when nothing is close."""
     import difflib
 

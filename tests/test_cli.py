@@ -55,3 +55,111 @@ def test_doctor_json_is_parseable_when_clean_or_not(tmp_path, local_index):
     result = run_mlenv("doctor", "--target", "cpu", "--python", sys.executable, "--json", cwd=tmp_path)
     report = json.loads(result.stdout)
     assert result.returncode == 1 and report["clean"] is False
+
+
+def _commands(group=None, path=()):
+    """Every leaf command of the real CLI as (argv path, click command)."""
+    from typer.main import get_command
+
+    from mlenv.cli import app
+
+    group = group or get_command(app)
+    for name, command in getattr(group, "commands", {}).items():
+        if getattr(command, "commands", None):
+            yield from _commands(command, path + (name,))
+        else:
+            yield path + (name,), command
+
+
+def test_exit_code_table_in_readme_is_the_enum():
+    import re
+
+    from mlenv.errors import ExitCode
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
+    assert documented == {int(code) for code in ExitCode}
+
+
+def test_every_json_command_prints_one_json_object_on_failure(tmp_path):
+    with_json = [path for path, command in _commands()
+                 if any("--json" in getattr(param, "opts", ()) for param in command.params)]
+    assert ("lock",) in with_json and ("doctor",) in with_json and ("build",) in with_json
+    for path in with_json:
+        # no mlenv.toml anywhere: each command fails (or, if it needs none, still prints JSON)
+        result = run_mlenv(*path, "--json", cwd=tmp_path, env={"MLENV_HOME": str(tmp_path / "home")}, timeout=120)
+        data = json.loads(result.stdout)  # exactly one JSON document
+        if result.returncode:
+            assert data["error"]["code"] == result.returncode, path
+            assert data["error"]["message"] and "hint" in data["error"], path
+    missing = run_mlenv("lock", "--json", cwd=tmp_path)
+    assert json.loads(missing.stdout)["error"] == {
+        "code": 3, "message": f"no mlenv.toml in {tmp_path.resolve()} or any parent folder",
+        "hint": "run `mlenv init` to create one"}
+    bad_option = run_mlenv("lock", "--json", "--no-such-option", cwd=tmp_path)
+    assert bad_option.returncode == 2 and json.loads(bad_option.stdout)["error"]["code"] == 2
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path):
+    for args in (("lock", "--debug"), ("--debug", "lock"), ("gen", "all", "--debug")):
+        result = run_mlenv(*args, cwd=tmp_path)
+        assert result.returncode == 3, args
+        assert "Traceback" in result.stderr and "no mlenv.toml" in result.stderr, args
+    assert "Traceback" not in run_mlenv("lock", cwd=tmp_path).stderr
+
+
+def test_user_text_is_printed_literally_not_as_emoji_or_markup(tmp_path):
+    (tmp_path / "mlenv.toml").write_text(
+        '[project]\nname = "x"\npython = "3.11"\n'
+        '[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\ngpu = "h100:-1:[bold]x[/bold]"\n')
+    result = run_mlenv("lock", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "'h100:-1:[bold]x[/bold]'" in result.stderr
+    assert "\N{THUMBS DOWN SIGN}" not in result.stderr
+
+
+def _start_blocked_doctor(folder, local_index):
+    """`mlenv doctor` waiting on an interpreter that never answers, ready for a signal."""
+    import os
+    import time
+
+    from tests.test_lock import write_spec
+
+    write_spec(folder, local_index.url)
+    assert run_mlenv("lock", cwd=folder).returncode == 0
+    slow = folder / "slowpython"
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "MLENV_DEBUG"}
+    process = subprocess.Popen([sys.executable, "-m", "mlenv", "doctor", "--target", "cpu", "--python", str(slow)],
+                               cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the probe runs (the sleep is mlenv's child)
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout
+        if children.strip():
+            return process
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("doctor never started its probe")
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, local_index):
+    import signal
+
+    process = _start_blocked_doctor(tmp_path, local_index)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.strip() == "error: interrupted"
+
+
+def test_sigterm_exits_143(tmp_path, local_index):
+    import signal
+
+    process = _start_blocked_doctor(tmp_path, local_index)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143
+    assert stderr.strip() == "error: terminated (SIGTERM)"

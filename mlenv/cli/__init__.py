@@ -1,18 +1,39 @@
 """The command-line shell: parses arguments, calls the domain packages, prints.
 
+A new command is one module that registers itself below and reads everything through the
+``Application`` in ``ctx.obj`` (``--spec``, ``--json`` and ``--debug`` are added for you)::
+
+    from mlenv.cli import app, application
+
+    @app.command("boxes", json=True)        # json=True adds --json; spec=False drops --spec
+    def boxes_command(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+        \"\"\"One line of help.\"\"\"
+        mlenv = application(ctx)              # .spec and .lock load on first use
+        result = do_the_work(mlenv.spec, mlenv.lock, warn=mlenv.warn)   # domain code takes callbacks
+        if mlenv.json:
+            return mlenv.print_json(result.to_json())   # failures print {"error": ...} by themselves
+        mlenv.success(f"done: {result.name}")          # text is printed literally (no markup)
+
+Errors are ``mlenv.errors.MlenvError`` subclasses: ``main`` prints them (or their JSON) and exits with
+their ``ExitCode``.  Sub-groups use ``mlenv.cli.Typer`` so their commands get the common options.
 Only typer and rich are imported at startup; every command imports what it needs when it runs, so
 `mlenv --help` stays fast.  Domain code never imports from here.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import typer
 
 from mlenv import __version__
+from mlenv.cli.application import Application, Command, JsonCommand, Typer, application
 
-app = typer.Typer(
+__all__ = ["Application", "Command", "JsonCommand", "Typer", "app", "application", "main"]
+
+app = Typer(
     name="mlenv",
     help="One spec, one lock, and every place your ML code runs built from it and proven by it.",
     no_args_is_help=True,
@@ -30,12 +51,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also MLENV_DEBUG=1)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    from mlenv import console
-
-    console.set_debug(debug)
+    if debug:
+        application(ctx).debug = True
 
 
 def _register() -> None:
@@ -46,34 +67,76 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+# --- signals -----------------------------------------------------------------------------------------
+
+_terminated = False
+_MAIN_PID = os.getpid()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM runs the same cleanup as Ctrl-C (what completed is kept), then exits 143."""
+    global _terminated
+    if os.getpid() != _MAIN_PID:  # a forked worker inherited this handler: die as it would have
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _terminated = True
+    raise KeyboardInterrupt
+
+
+def _interruption(exc=None):
+    """The error to report after Ctrl-C or SIGTERM (exit 130 or 143)."""
+    from mlenv.errors import ExitCode, Interrupted
+
+    exc = exc or Interrupted("interrupted")
+    if _terminated:
+        exc.exit_code = ExitCode.TERMINATED
+        exc.message = exc.message.replace("interrupted", "terminated (SIGTERM)", 1)
+    return exc
+
+
+def main(args: list[str] | None = None) -> None:
     """Console-script entry point: maps errors to one message and a documented exit code."""
     try:  # recent typer vendors click; older releases use the click package
         from typer._click import exceptions as click_exceptions
     except ImportError:
         from click import exceptions as click_exceptions
 
-    from rich.markup import escape
-
     from mlenv import console
-    from mlenv.errors import MlenvError
+    from mlenv.errors import ExitCode, Interrupted, MlenvError
+
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    argv = sys.argv[1:] if args is None else list(args)
+    wants_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    mlenv = Application()
+
+    def fail(exc: MlenvError) -> None:
+        if mlenv.json or wants_json:
+            console.print_json(exc.to_json())
+        console.error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
 
     try:
         # standalone_mode=False: click returns typer.Exit codes instead of exiting, and lets our
         # errors through to be printed here
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False, obj=mlenv)
+    except Interrupted as exc:
+        if console.debug_enabled():
+            console.err.print_exception()
+        fail(_interruption(exc))
     except MlenvError as exc:
         if console.debug_enabled():
             console.err.print_exception()
-        # messages quote user input and tool output: never let rich read them as markup
-        console.err.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
-        if exc.hint:
-            console.err.print(f"  [cyan]hint:[/] {escape(exc.hint)}", highlight=False)
-        sys.exit(exc.exit_code)
+        fail(exc)
     except click_exceptions.ClickException as exc:
+        if wants_json:
+            console.print_json({"error": {"code": exc.exit_code, "message": exc.format_message(), "hint": None}})
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        console.err.print("[red]interrupted[/]")
-        sys.exit(130)
+        fail(_interruption())
+    if code == ExitCode.INTERRUPTED:  # typer turned a KeyboardInterrupt outside a command into Exit(130)
+        fail(_interruption())
     sys.exit(code if isinstance(code, int) else 0)

@@ -7,11 +7,12 @@ from typing import Optional
 
 import typer
 
-from mlenv.cli import app
+from mlenv.cli import app, application
 
 
-@app.command("build")
+@app.command("build", json=True)
 def build_command(
+    ctx: typer.Context,
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: the only linux target)."),
     stage: str = typer.Option("runtime", "--stage", help="Dockerfile stage: runtime (slim, with the code) or dev."),
     push: bool = typer.Option(False, "--push", help="Push both tags to the registry named in \\[image] registry (ECR logins via boto3)."),
@@ -23,16 +24,11 @@ def build_command(
                                              "(default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT)."),
     network: Optional[str] = typer.Option(None, "--network", help="Network for RUN steps (e.g. host, to reach a loopback index)."),
     build_arg: list[str] = typer.Option([], "--build-arg", help="KEY=VALUE build argument (repeatable), e.g. MLENV_REQUIREMENT."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help="Path to mlenv.toml (default: search upwards)."),
 ) -> None:
     """Build the image of a lock target (skipped when its content tag exists; --force rebuilds)."""
-    from mlenv import console
     from mlenv.errors import UsageError
     from mlenv.image import build_target
-    from mlenv.lock import read_lock
     from mlenv.render import image_targets
-    from mlenv.spec import load_spec
 
     args = {}
     for item in build_arg:
@@ -40,33 +36,26 @@ def build_command(
         if not sep or not key:
             raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
         args[key] = value
-    spec = load_spec(spec_path)
-    lock = read_lock(spec.root)
+    mlenv = application(ctx)
+    spec, lock = mlenv.spec, mlenv.lock
     if target is None:
         names = image_targets(spec, lock, None)
         if len(names) > 1:
             raise UsageError("the spec has several linux targets", hint=f"pick one with --target ({', '.join(names)})")
         target = names[0]
 
-    from mlenv.errors import MlenvError
-
-    display = _Display(console)
+    display = _Display(mlenv.err)
     try:
         outcome = build_target(
             spec, lock, target, stage=stage, push_image=push, force=force, allow_stale=allow_stale,
             base_image=base_image, ca_bundle_path=str(ca_bundle) if ca_bundle else None, network=network,
             build_args=args, no_cache=no_cache, on_update=display.update,
         )
-    except MlenvError as exc:
-        if console.debug_enabled():
-            raise
-        _print_error(console, exc)
-        raise typer.Exit(exc.exit_code) from None
     finally:
         display.close()
     report = outcome.report
-    if json_output:
-        console.print_json({
+    if mlenv.json:
+        mlenv.print_json({
             "target": target, "stage": outcome.stage, "tag": outcome.tag, "moving_tag": outcome.moving_tag,
             "image_id": outcome.image_id, "skipped": outcome.skipped, "pushed_digest": outcome.pushed_digest,
             "elapsed_s": round(report.elapsed, 2) if report else 0.0,
@@ -74,41 +63,31 @@ def build_command(
         })
         return
     if outcome.dockerfile_updated:
-        console.status("Dockerfile regenerated from mlenv.lock")
+        mlenv.status("Dockerfile regenerated from mlenv.lock")
     if outcome.skipped:
-        console.success(f"{outcome.tag} {outcome.skipped}; build skipped (--force rebuilds)")
+        mlenv.success(f"{outcome.tag} {outcome.skipped}; build skipped (--force rebuilds)")
     else:
-        console.success(f"built {outcome.tag} in {report.elapsed:.1f}s "
+        mlenv.success(f"built {outcome.tag} in {report.elapsed:.1f}s "
                         f"({len(report.ran())} steps run, {len(report.cached())} cached)")
     if outcome.pushed_digest:
-        console.success(f"pushed {outcome.tag}@{outcome.pushed_digest}")
-    console.out.print(outcome.tag)
-
-
-def _print_error(console, exc) -> None:
-    """Build errors quote BuildKit step names and logs ("[deps 2/2] RUN ...", "[/bin/sh -c ...]"):
-    print them as plain text, never as rich markup."""
-    from rich.text import Text
-
-    console.err.print(Text.assemble(("error:", "red"), " ", exc.message))
-    if exc.hint:
-        console.err.print(Text.assemble("  ", ("hint:", "cyan"), " ", exc.hint))
+        mlenv.success(f"pushed {outcome.tag}@{outcome.pushed_digest}")
+    mlenv.out.print(outcome.tag, markup=False)
 
 
 class _Display:
     """Build progress: a live line on a terminal (step, elapsed, cache hits), plain lines otherwise."""
 
-    def __init__(self, console) -> None:
+    def __init__(self, err) -> None:
         import time
 
-        self.console = console
+        self.err = err
         self.started = time.monotonic()
         self.finished: set[str] = set()
         self.live = None
-        if console.err.is_terminal:
+        if err.is_terminal:
             from rich.status import Status
 
-            self.live = Status("starting the build", console=console.err)
+            self.live = Status("starting the build", console=err)
             self.live.start()
 
     def update(self, report, step) -> None:
@@ -119,15 +98,18 @@ class _Display:
         elapsed = time.monotonic() - self.started
         cached = len(report.cached())
         if self.live is not None:
-            self.live.update(f"{elapsed:5.1f}s  {step.name[:90]}  [dim]({cached} cached)[/]")
+            from rich.text import Text
+
+            # step names look like markup ("[deps 2/2] RUN ..."): always plain text
+            self.live.update(Text.assemble(f"{elapsed:5.1f}s  {step.name[:90]}  ", (f"({cached} cached)", "dim")))
         if step.done and step.key not in self.finished:
             self.finished.add(step.key)
             how = "cached" if step.cached else (f"{step.seconds:.1f}s" if step.seconds is not None else "done")
             line = f"  {how:>7}  {step.name[:110]}"
             if self.live is not None:
-                self.console.err.print(line, markup=False, highlight=False)
+                self.err.print(line, markup=False, highlight=False)
             else:
-                print(line, file=self.console.err.file, flush=True)
+                print(line, file=self.err.file, flush=True)
 
     def close(self) -> None:
         if self.live is not None:

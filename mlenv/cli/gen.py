@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from mlenv.cli import app
+from mlenv.cli import Typer, app, application
 
-gen_app = typer.Typer(
+gen_app = Typer(
     help="Generate a Dockerfile, .devcontainer/devcontainer.json and .dockerignore from mlenv.lock.",
     no_args_is_help=True,
 )
@@ -23,63 +23,55 @@ _RESOLVE = typer.Option(True, "--resolve-digest/--no-resolve-digest",
                         help="Pin the base image by its registry digest (needs a reachable engine and registry).")
 _REFRESH = typer.Option(False, "--refresh-base", help="Look the base image digest up again instead of reusing the one in mlenv.lock.")
 _FORCE = typer.Option(False, "--force", help="Replace a Dockerfile or devcontainer.json that mlenv did not write.")
-_SPEC = typer.Option(None, "--spec", help="Path to mlenv.toml (default: search upwards).")
 
 
-def _generate(what: str, target, base_image, ca_bundle, check: bool, resolve: bool, refresh: bool, force: bool,
-              spec_path) -> None:
-    from mlenv import console
+def _generate(ctx: typer.Context, what: str, target, base_image, ca_bundle, check: bool, resolve: bool,
+              refresh: bool, force: bool) -> None:
     from mlenv.errors import DriftError
     from mlenv.image import digest_resolver
-    from mlenv.lock import check_lock, read_lock
+    from mlenv.lock import check_lock
     from mlenv.render import generate
-    from mlenv.spec import load_spec
 
-    spec = load_spec(spec_path)
-    lock = read_lock(spec.root)
+    mlenv = application(ctx)
+    spec, lock = mlenv.spec, mlenv.lock
     stale = check_lock(spec, lock)
     if stale:
-        console.warn(f"mlenv.lock is stale ({stale[0].detail}); files follow the lock as it is — run `mlenv lock`")
+        mlenv.warn(f"mlenv.lock is stale ({stale[0].detail}); files follow the lock as it is — run `mlenv lock`")
     result = generate(spec, lock, what, target=target, base_image=base_image,
                       ca_bundle=str(Path(ca_bundle).resolve()) if ca_bundle else None,
                       resolve_digest=digest_resolver() if resolve and not check else None, refresh=refresh and resolve,
                       check=check, force=force)
     for generated in result.files:
         shown = generated.path.relative_to(spec.root) if generated.path.is_relative_to(spec.root) else generated.path
-        console.out.print(f"  {generated.status:>9}  {shown}")
-    from rich.markup import escape
-
+        mlenv.out.print(f"  {generated.status:>9}  {shown}", markup=False)
     for note in result.notes:
-        console.warn(escape(note))
+        mlenv.warn(note)
     for plan in result.plans.values():
         pin = f"@{plan.base_digest[:19]}…" if plan.base_digest else " (tag only: no registry digest)"
-        console.status(f"{plan.target}: base {plan.base_ref}{pin}")
+        mlenv.status(f"{plan.target}: base {plan.base_ref}{pin}")
     if check:
         if result.stale():
             raise DriftError(f"{len(result.stale())} generated file(s) out of date", hint=f"run `mlenv gen {what}`")
-        console.success("generated files are up to date")
+        mlenv.success("generated files are up to date")
 
 
 @gen_app.command("dockerfile")
-def gen_dockerfile(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, check: bool = _CHECK,
-                   resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE,
-                   spec_path: Optional[Path] = _SPEC) -> None:
+def gen_dockerfile(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, check: bool = _CHECK,
+                   resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE) -> None:
     """Dockerfile with deps/dev/runtime stages (and .dockerignore unless one exists)."""
-    _generate("dockerfile", target, base_image, None, check, resolve, refresh, force, spec_path)
+    _generate(ctx, "dockerfile", target, base_image, None, check, resolve, refresh, force)
 
 
 @gen_app.command("devcontainer")
-def gen_devcontainer(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE,
+def gen_devcontainer(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE,
                      ca_bundle: Optional[Path] = _CA, check: bool = _CHECK, resolve: bool = _RESOLVE,
-                     refresh: bool = _REFRESH, force: bool = _FORCE,
-                     spec_path: Optional[Path] = _SPEC) -> None:
+                     refresh: bool = _REFRESH, force: bool = _FORCE) -> None:
     """.devcontainer/devcontainer.json building the dev stage (one per target when there are several)."""
-    _generate("devcontainer", target, base_image, ca_bundle, check, resolve, refresh, force, spec_path)
+    _generate(ctx, "devcontainer", target, base_image, ca_bundle, check, resolve, refresh, force)
 
 
 @gen_app.command("all")
-def gen_all(target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, ca_bundle: Optional[Path] = _CA,
-            check: bool = _CHECK, resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE,
-            spec_path: Optional[Path] = _SPEC) -> None:
+def gen_all(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, ca_bundle: Optional[Path] = _CA,
+            check: bool = _CHECK, resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE) -> None:
     """Dockerfile, devcontainer and .dockerignore together."""
-    _generate("all", target, base_image, ca_bundle, check, resolve, refresh, force, spec_path)
+    _generate(ctx, "all", target, base_image, ca_bundle, check, resolve, refresh, force)

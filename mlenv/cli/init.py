@@ -7,11 +7,12 @@ from typing import List, Optional
 
 import typer
 
-from mlenv.cli import app
+from mlenv.cli import app, application
 
 
-@app.command("init")
+@app.command("init", spec=False)
 def init_command(
+    ctx: typer.Context,
     path: Path = typer.Option(Path("."), "--path", help="Folder to initialise (default: the current one)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Accept the proposal without asking."),
     force: bool = typer.Option(False, "--force", help="Replace an existing mlenv.toml."),
@@ -28,8 +29,9 @@ def init_command(
     """Create mlenv.toml from requirements*.txt, pyproject.toml, environment.yml and this machine."""
     import sys
 
-    from mlenv import console
     from mlenv.init import check_writable, plan_init, write_plan
+
+    mlenv = application(ctx)
 
     if not dry_run:
         check_writable(path, force)
@@ -40,15 +42,15 @@ def init_command(
         new_python = typer.prompt("Python version", default=plan.python)
         if new_name != plan.name or new_python != plan.python:
             plan = plan_init(path, name=new_name, python=new_python, targets=target or None)
-    _print_summary(plan, console.err if dry_run else console.out)
+    _print_summary(plan, mlenv.err if dry_run else mlenv.out)
     if dry_run:
-        console.out.print(plan.text, markup=False, highlight=False, end="")
+        mlenv.out.print(plan.text, markup=False, highlight=False, end="")
         return
     if interactive and not typer.confirm(f"Write {plan.path}?", default=True):
-        console.err.print("nothing written")
+        mlenv.err.print("nothing written")
         raise typer.Exit(1)
     write_plan(plan, force=force)
-    console.success(f"wrote {plan.path}; next: review it, then run `mlenv lock`")
+    mlenv.success(f"wrote {plan.path}; next: review it, then run `mlenv lock`")
 
 
 def _print_summary(plan, sink) -> None:

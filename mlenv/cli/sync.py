@@ -7,35 +7,32 @@ from typing import Optional
 
 import typer
 
-from mlenv.cli import app
+from mlenv.cli import app, application
 
 
 @app.command("sync")
 def sync_command(
+    ctx: typer.Context,
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target to install (default: picked from this machine)."),
     venv: Path = typer.Option(Path(".venv"), "--venv", help="Virtualenv folder, relative to the project."),
     group: list[str] = typer.Option([], "--group", "-g", help="Install only these dependency groups (default: all)."),
     no_groups: bool = typer.Option(False, "--no-groups", help="Install the main dependencies only."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Install even if mlenv.lock is out of date."),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help="Path to mlenv.toml (default: search upwards)."),
 ) -> None:
     """Create or update a venv to exactly the lock for the local target (hash-checked)."""
-    from mlenv import console
     from mlenv.doctor import diagnose, pick_target, probe_interpreter
     from mlenv.hardware import detect
-    from mlenv.lock import read_lock
-    from mlenv.spec import load_spec
     from mlenv.sync import sync
 
-    spec = load_spec(spec_path)
-    lock = read_lock(spec.root)
+    mlenv = application(ctx)
+    spec, lock = mlenv.spec, mlenv.lock
     gpu_probe = detect.probe_gpus()
     locked = lock.target(target) if target else pick_target(lock, detect.platform_name(), has_gpu=bool(gpu_probe.gpus))
     groups = () if no_groups else (tuple(group) or None)
     folder = venv if venv.is_absolute() else spec.root / venv
     interpreter = sync(spec, lock, locked, venv=folder, groups=groups, allow_stale=allow_stale)
     report = diagnose(lock, locked, probe_interpreter(interpreter), groups=tuple(group), gpu_probe=gpu_probe)
-    console.success(f"{folder} matches target {locked.name} ({len(lock.packages_for(locked.name, groups))} packages)")
+    mlenv.success(f"{folder} matches target {locked.name} ({len(lock.packages_for(locked.name, groups))} packages)")
     for finding in report.findings:
         if finding.severity != "info":
-            console.warn(finding.message)
+            mlenv.warn(finding.message)
