@@ -1,0 +1,177 @@
+"""Connect to dev boxes over SSH: pinned host keys, mlenv's ssh config, sessions, IDE links, keys.
+
+What the box providers call:
+    register(box, assume_yes=...)  after up/start: pins the host key, writes the ``mlenv-NAME`` entry
+    forget(name)                   after down: removes the entry and the pinned key
+    wait_for_ssh(box, timeout)     until sshd answers (backoff; exit 6 on timeout)
+    endpoint(box)                  where/how mlenv itself logs in (used by ``SSHExecutor``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlenv.connect import hostkeys, registry, session, sshconfig
+from mlenv.connect.hostkeys import HostKeyChanged, HostKeyUnknown, alias
+from mlenv.connect.keys import LocalKey, PublicKey, local_key, parse_public_key
+from mlenv.errors import MlenvError
+
+__all__ = ["register", "forget", "wait_for_ssh", "endpoint", "plan", "pin_host_key", "Registration",
+           "HostKeyChanged", "HostKeyUnknown", "LocalKey", "local_key", "alias"]
+
+Confirm = Callable[[str], bool]
+Warn = Callable[[str], None]
+
+
+class HostKeyNotConfirmed(MlenvError):
+    exit_code = 2
+
+    def __init__(self, name: str, key: PublicKey) -> None:
+        super().__init__(f"the host key of box {name!r} ({key.type} {key.fingerprint}) was not confirmed; "
+                         "nothing was pinned",
+                         hint=f"check the fingerprint on the box's console, then `mlenv keys pin {name} --yes`")
+
+
+@dataclass
+class Registration:
+    alias: str
+    record: registry.Record
+    host_keys: list[PublicKey]
+    pinned_by: str  # "provider" (trusted channel) | "confirmed" | "already pinned"
+    include: sshconfig.IncludeResult
+    warnings: list[str] = field(default_factory=list)
+
+
+def _trusted_keys(box: Any) -> list[PublicKey]:
+    return [parse_public_key(line) for line in (getattr(box, "host_keys", None) or [])]
+
+
+def _record(box: Any, *, start_on_connect: bool | None) -> registry.Record:
+    previous = registry.get(box.name) if isinstance(getattr(box, "name", None), str) else None
+    identity = previous.identity if previous and Path(previous.identity).is_file() else None
+    extra = getattr(box, "extra", None) or {}
+    return registry.Record(
+        name=box.name,
+        provider=getattr(box, "provider", "") or "unknown",
+        host=box.ssh_host,
+        port=int(box.ssh_port or 22),
+        user=box.ssh_user or "root",
+        identity=identity or str(local_key().private_path),
+        start_on_connect=(previous.start_on_connect if previous else False) if start_on_connect is None
+        else start_on_connect,
+        workdir=extra.get("workdir") if isinstance(extra.get("workdir"), str) else None,
+    )
+
+
+def endpoint(box: Any) -> tuple[session.Endpoint, list[PublicKey]]:
+    """Where mlenv logs in to ``box`` and the keys it may trust before any pin: the registered
+    entry (its key, current address) when there is one, else the box's own fields and this
+    machine's key."""
+    record = _record(box, start_on_connect=None)
+    return record.endpoint, _trusted_keys(box)
+
+
+def open_session(box: Any, *, timeout: float = 20) -> session.Session:
+    where, trusted = endpoint(box)
+    return session.Session(where, trusted_keys=trusted, timeout=timeout)
+
+
+def wait_for_ssh(box: Any, timeout: float = 300, *, progress: Callable[[str], None] | None = None) -> float:
+    return session.wait_for_ssh(box.ssh_host, int(box.ssh_port or 22), timeout=timeout, name=box.name,
+                                progress=progress)
+
+
+def _pin(name: str, host: str, port: int, *, trusted: list[PublicKey], assume_yes: bool,
+         confirm: Confirm | None, warn: Warn, timeout: float) -> tuple[list[PublicKey], str]:
+    pinned = hostkeys.pinned(name)
+    if trusted:
+        if pinned and not any(key.same_key(other) for key in pinned for other in trusted):
+            warn(f"box {name!r} has new host keys (learned from its provider, a trusted channel): re-pinned")
+        if not pinned or {k.line(comment=False) for k in pinned} != {k.line(comment=False) for k in trusted}:
+            hostkeys.pin(name, trusted)
+            return trusted, "provider"
+        return pinned, "already pinned"
+    session.wait_for_ssh(host, port, timeout=timeout, name=name)
+    offered = session.scan_host_key(host, port)
+    if pinned:
+        hostkeys.check(name, offered)  # HostKeyChanged: a hard error, never silently re-pinned
+        return pinned, "already pinned"
+    question = (f"Box {name!r} ({host}:{port}) is new to this machine. Its host key fingerprint is\n"
+                f"    {offered.type} {offered.fingerprint}\n"
+                "Compare it with the box's console (or its provider) before trusting it. Pin it?")
+    if not (assume_yes or (confirm is not None and confirm(question))):
+        raise HostKeyNotConfirmed(name, offered)
+    hostkeys.pin(name, [offered])
+    return [offered], "confirmed"
+
+
+def register(box: Any, *, assume_yes: bool = False, confirm: Confirm | None = None, warn: Warn | None = None,
+             start_on_connect: bool | None = None, timeout: float = 300) -> Registration:
+    """Pin ``box``'s host key and write (or update: new address after start) its ``mlenv-NAME``
+    entry, and make sure ``~/.ssh/config`` includes mlenv's config.
+
+    Host keys from the provider (``box.host_keys``, a trusted channel) are pinned before any
+    connection; otherwise the fingerprint is shown through ``confirm`` (``assume_yes`` skips the
+    question, for scripts).  A key different from the pinned one raises ``HostKeyChanged``."""
+    warn = warn or (lambda message: None)
+    record = _record(box, start_on_connect=start_on_connect)
+    keys, pinned_by = _pin(record.name, record.host, record.port, trusted=_trusted_keys(box),
+                           assume_yes=assume_yes, confirm=confirm, warn=warn, timeout=timeout)
+    records = registry.load()
+    records[record.name] = record
+    registry.save(records)
+    sshconfig.write(records)
+    include = sshconfig.ensure_include()
+    warnings = sshconfig.overrides(record.name)
+    if include.status == "manual":
+        warnings.insert(0, include.manual_message)
+    for message in warnings:
+        warn(message)
+    return Registration(alias(record.name), record, keys, pinned_by, include, warnings)
+
+
+def plan(box: Any) -> list[str]:
+    """What ``register`` would write, for ``--dry-run``: the ssh config block and the Include diff."""
+    record = _record(box, start_on_connect=None)
+    lines = [f"ssh config {registry.paths.ssh_config()}:"]
+    lines += ["    " + line for line in sshconfig.render_block(record).splitlines()]
+    include = sshconfig.ensure_include(dry_run=True)
+    if include.status == "manual":
+        lines.append(include.manual_message)
+    elif include.diff:
+        lines += include.diff.rstrip("\n").splitlines()
+    return lines
+
+
+def pin_host_key(name: str, *, assume_yes: bool = False, confirm: Confirm | None = None,
+                 timeout: float = 60) -> PublicKey:
+    """Re-pin a registered box's host key after the user checked it (the way out of ``HostKeyChanged``)."""
+    record = registry.get(name)
+    if record is None:
+        raise MlenvError(f"no box {name!r} is registered on this machine", hint="`mlenv ls` lists your boxes")
+    session.wait_for_ssh(record.host, record.port, timeout=timeout, name=name)
+    offered = session.scan_host_key(record.host, record.port)
+    old = hostkeys.pinned(name)
+    if any(key.same_key(offered) for key in old):
+        return offered
+    was = ", ".join(key.fingerprint for key in old) or "nothing"
+    question = (f"Box {name!r} ({record.host}:{record.port}) now offers the host key\n"
+                f"    {offered.type} {offered.fingerprint}\n(pinned so far: {was}). Pin the new key?")
+    if not (assume_yes or (confirm is not None and confirm(question))):
+        raise HostKeyNotConfirmed(name, offered)
+    hostkeys.pin(name, [offered])
+    return offered
+
+
+def forget(name: str) -> bool:
+    """Remove box ``name``'s ssh entry and pinned keys (after ``down``); False when it had none."""
+    records = registry.load()
+    had = records.pop(name, None) is not None
+    hostkeys.unpin(name)
+    if had:
+        registry.save(records)
+        sshconfig.write(records)
+    return had

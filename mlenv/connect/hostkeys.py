@@ -1,0 +1,84 @@
+"""Pinned host keys: mlenv's own known_hosts, one entry per box under its ``mlenv-NAME`` alias.
+
+Keys are stored under the alias (ssh's ``HostKeyAlias``), not under ``[ip]:port``: a box that comes
+back on a new address after stop/start keeps its pinned key, and a different key at any address is
+refused.  ``forget`` (on ``down``) removes the entries, so a new box of the same name is pinned anew.
+"""
+
+from __future__ import annotations
+
+from mlenv.connect import paths
+from mlenv.connect.keys import PublicKey, parse_public_key
+from mlenv.errors import MlenvError, ToolMissingError
+from mlenv.fsutil import atomic_write
+
+ALIAS_PREFIX = "mlenv-"
+
+
+def alias(name: str) -> str:
+    return ALIAS_PREFIX + name
+
+
+class HostKeyChanged(ToolMissingError):
+    """The box offered a host key other than the pinned one: mlenv refuses to connect (exit 6)."""
+
+    def __init__(self, name: str, offered: PublicKey, pinned: list[PublicKey]) -> None:
+        pinned_text = ", ".join(f"{key.type} {key.fingerprint}" for key in pinned)
+        super().__init__(
+            f"the host key of box {name!r} changed: it offered {offered.type} {offered.fingerprint}, "
+            f"but mlenv pinned {pinned_text}. Nothing was sent to the box. Either the box was re-created "
+            "outside mlenv (or its host keys regenerated), or someone is intercepting the connection.",
+            hint=f"if you re-created the box yourself, check the new fingerprint on its console, then re-pin it "
+                 f"with `mlenv keys pin {name}`; otherwise do not connect",
+        )
+        self.offered = offered
+
+
+class HostKeyUnknown(ToolMissingError):
+    """No key is pinned for the box and none came through a trusted channel."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no host key is pinned for box {name!r}, so mlenv will not connect to it",
+                         hint=f"pin it with `mlenv keys pin {name}` (shows the fingerprint to confirm)")
+
+
+def _read() -> list[str]:
+    try:
+        return paths.known_hosts().read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def pinned(name: str) -> list[PublicKey]:
+    """The keys pinned for box ``name`` (empty when none)."""
+    found = []
+    for line in _read():
+        host, _, rest = line.partition(" ")
+        if host == alias(name) and rest:
+            try:
+                found.append(parse_public_key(rest))
+            except MlenvError:
+                continue  # a damaged line pins nothing; `pin` rewrites it
+    return found
+
+
+def pin(name: str, keys: list[PublicKey]) -> None:
+    """Make ``keys`` the only pinned keys of box ``name``."""
+    lines = [line for line in _read() if line.partition(" ")[0] != alias(name)]
+    lines += [f"{alias(name)} {key.line(comment=False)}" for key in keys]
+    paths.ensure_private_dir(paths.mlenv_ssh_dir())
+    atomic_write(paths.known_hosts(), "".join(line + "\n" for line in lines), mode=0o600)
+
+
+def unpin(name: str) -> None:
+    if paths.known_hosts().exists() and pinned(name):
+        pin(name, [])
+
+
+def check(name: str, offered: PublicKey) -> None:
+    """Raise ``HostKeyChanged`` unless ``offered`` is one of the pinned keys (``HostKeyUnknown`` if none)."""
+    keys = pinned(name)
+    if not keys:
+        raise HostKeyUnknown(name)
+    if not any(key.same_key(offered) for key in keys):
+        raise HostKeyChanged(name, offered, keys)

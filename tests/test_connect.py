@@ -1,0 +1,326 @@
+"""connect (#11): pinned host keys, mlenv's ssh config, paramiko sessions, forwards, IDE links, keys.
+
+Real parts: an OpenSSH server on loopback (started here, as ENVIRONMENT.md shows) and the real
+OpenSSH client reading the config mlenv writes.  HOME and MLENV_HOME point at a temporary folder in
+every test, so the real ~/.ssh is never read or written.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require, run_mlenv
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    port: int
+    base: Path
+    user: str  # an ordinary account whose ~/.ssh/authorized_keys mlenv manages
+    home: Path
+    host_public: str  # "ssh-ed25519 AAAA..." of the server's host key
+    root_keys: Path  # authorized keys of root (kept out of /root/.ssh)
+
+    @property
+    def user_keys(self) -> Path:
+        return self.home / ".ssh" / "authorized_keys"
+
+    def authorize_root(self, line: str) -> None:
+        with open(self.root_keys, "a") as handle:
+            handle.write(line + "\n")
+
+    def authorize_user(self, line: str) -> None:
+        self.user_keys.parent.mkdir(exist_ok=True)
+        with open(self.user_keys, "a") as handle:
+            handle.write(line + "\n")
+        shutil.chown(self.user_keys, self.user)
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    """A real sshd on 127.0.0.1 with a throwaway user account (removed afterwards)."""
+    require(Path(SSHD).exists() and shutil.which("ssh") is not None, "OpenSSH (apt-get install openssh-server)")
+    require(os.geteuid() == 0, "root, to start sshd and add a throwaway user")
+    base = Path(tempfile.mkdtemp(prefix="mlenv-connect-"))
+    base.chmod(0o755)
+    user = "mlc" + secrets.token_hex(4)
+    home = base / "home"
+    subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/sh", user], check=True)
+    subprocess.run(["usermod", "-p", "*", user], check=True)  # no password, but not "locked" for sshd
+    Path("/run/sshd").mkdir(exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "hostkey")], check=True)
+    port = _free_port()
+    (base / "root_keys").touch(mode=0o600)
+    (base / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/hostkey\nPidFile {base}/sshd.pid\n"
+        "AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nLogLevel VERBOSE\n"
+        f"Match User root\n    AuthorizedKeysFile {base}/root_keys\n")
+    subprocess.run([SSHD, "-f", str(base / "sshd_config"), "-E", str(base / "sshd.log")], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    host_public = " ".join((base / "hostkey.pub").read_text().split()[:2])
+    try:
+        yield Server(port, base, user, home, host_public, base / "root_keys")
+    finally:
+        pid = (base / "sshd.pid").read_text().strip() if (base / "sshd.pid").exists() else ""
+        if pid:
+            os.kill(int(pid), 15)
+        subprocess.run(["pkill", "-u", user], check=False)  # sessions the tests left (a jupyter server)
+        subprocess.run(["userdel", "-r", "-f", user], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fake home (HOME) and mlenv data folder (MLENV_HOME): the real ~/.ssh is never touched."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLENV_HOME", str(tmp_path / "data"))
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+def _box(server: Server, name: str = "t1", *, user: str = "root", trusted: bool = True):
+    from mlenv.boxes.model import Box
+
+    return Box(name=name, provider="ssh", state="running", ssh_host="127.0.0.1", ssh_port=server.port,
+               ssh_user=user, host_keys=[server.host_public] if trusted else [])
+
+
+def _ssh(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The real OpenSSH client with the user's config file (HOME is fake; ssh reads ~ from passwd)."""
+    return subprocess.run(["ssh", "-F", str(home / ".ssh" / "config"), "-o", "BatchMode=yes", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- keys ---------------------------------------------------------------------------------------------
+
+def test_local_key_is_an_openssh_ed25519_key_named_after_the_machine(home):
+    from mlenv.connect.keys import local_key, machine_key_name
+
+    key = local_key()
+    assert stat.S_IMODE(key.private_path.stat().st_mode) == 0o600
+    assert key.private_path.is_relative_to(Path(os.environ["MLENV_HOME"]))
+    assert key.name == machine_key_name() and key.public_line.endswith(f" mlenv:{key.name}")
+    # the real ssh-keygen reads the private file and derives the same public key
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key.private_path)], capture_output=True, text=True,
+                             check=True).stdout.split()[:2]
+    assert derived == key.public_line.split()[:2] and derived[0] == "ssh-ed25519"
+    assert local_key() == key  # created once, then reused
+    assert machine_key_name("Alice's MacBook.local") == "alice-s-macbook"
+
+
+# --- ssh config + host keys, checked by the real OpenSSH client ---------------------------------------
+
+def test_registered_box_works_with_the_users_own_ssh_and_strict_checking(home, sshd):
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+
+    sshd.authorize_root(local_key().public_line)
+    result = connect.register(_box(sshd), assume_yes=False)
+    assert result.pinned_by == "provider" and result.include.status == "added"
+    options = dict(line.split(" ", 1) for line in _ssh(home, "-G", "mlenv-t1").stdout.splitlines() if " " in line)
+    assert options["hostname"] == "127.0.0.1" and options["port"] == str(sshd.port) and options["user"] == "root"
+    assert options["stricthostkeychecking"] == "true"
+    assert options["userknownhostsfile"] == str(home / ".ssh" / "mlenv" / "known_hosts")
+    assert options["identityfile"] == str(local_key().private_path)
+    assert options["identitiesonly"] == "yes" and options["hostkeyalias"] == "mlenv-t1"
+    assert options["serveraliveinterval"] == "30"
+    done = _ssh(home, "mlenv-t1", "echo", "hello-from-box")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello-from-box"
+
+
+def test_changed_host_key_is_refused_by_ssh_and_by_mlenv(home, sshd):
+    from mlenv import connect
+    from mlenv.connect import hostkeys, session
+    from mlenv.connect.keys import generate, local_key
+
+    sshd.authorize_root(local_key().public_line)
+    connect.register(_box(sshd), assume_yes=True)
+    impostor = generate("impostor").public  # the box "was re-created": another host key is pinned
+    hostkeys.pin("t1", [impostor])
+    refused = _ssh(home, "mlenv-t1", "true")
+    assert refused.returncode == 255 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    with pytest.raises(hostkeys.HostKeyChanged) as raised:
+        session.Session(connect.endpoint(_box(sshd, trusted=False))[0])
+    assert raised.value.exit_code == 6 and "mlenv keys pin t1" in raised.value.hint
+    with pytest.raises(hostkeys.HostKeyChanged):  # registering again never re-pins silently
+        connect.register(_box(sshd, trusted=False), assume_yes=True)
+    assert hostkeys.pinned("t1") == [impostor]
+    # the way out the message names, as a user runs it
+    repinned = run_mlenv("keys", "pin", "t1", "--yes")
+    assert repinned.returncode == 0, repinned.stderr
+    assert _ssh(home, "mlenv-t1", "true").returncode == 0
+
+
+def test_unknown_host_key_is_pinned_only_after_confirmation(home, sshd):
+    from mlenv import connect
+    from mlenv.connect import hostkeys
+
+    shown = []
+    with pytest.raises(connect.HostKeyNotConfirmed):
+        connect.register(_box(sshd, trusted=False), confirm=lambda question: shown.append(question) or False)
+    assert hostkeys.pinned("t1") == []
+    expected = subprocess.run(["ssh-keygen", "-lf", str(sshd.base / "hostkey.pub")], capture_output=True,
+                              text=True, check=True).stdout.split()[1]
+    assert expected in shown[0]  # the fingerprint ssh-keygen prints for the server's key
+    registered = connect.register(_box(sshd, trusted=False), confirm=lambda question: True)
+    assert registered.pinned_by == "confirmed"
+    assert [key.line() for key in hostkeys.pinned("t1")] == [sshd.host_public]
+
+
+def test_include_line_keeps_the_users_config_byte_for_byte(home, sshd):
+    from mlenv import connect
+    from mlenv.connect import sshconfig
+
+    user_config = home / ".ssh" / "config"
+    user_config.parent.mkdir(mode=0o700)
+    original = b"# my config\r\nHost work\n\tHostName 10.0.0.1 # tabs, CRLF, no final newline\n  User me"
+    user_config.write_bytes(original)
+    user_config.chmod(0o640)
+    plan = sshconfig.ensure_include(dry_run=True)
+    assert plan.status == "would-add" and "+Include " in plan.diff and user_config.read_bytes() == original
+    connect.register(_box(sshd), assume_yes=True)
+    data = user_config.read_bytes()
+    include = f"Include {home}/.ssh/mlenv/config\n".encode()
+    assert data == include + original
+    assert stat.S_IMODE(user_config.stat().st_mode) == 0o640
+    connect.register(_box(sshd, "t2"), assume_yes=True)  # idempotent: still one line
+    assert user_config.read_bytes() == include + original
+    assert _ssh(home, "-G", "work").stdout.count("hostname 10.0.0.1") == 1  # the user's host still resolves
+
+
+def test_read_only_or_symlinked_config_gets_the_line_to_add_by_hand(home, sshd):
+    from mlenv import connect
+
+    user_config = home / ".ssh" / "config"
+    user_config.parent.mkdir(mode=0o700)
+    user_config.write_text("Host *\n    ForwardAgent no\n")
+    user_config.chmod(0o444)
+    warnings = []
+    result = connect.register(_box(sshd), assume_yes=True, warn=warnings.append)
+    assert result.include.status == "manual" and "read-only" in warnings[0]
+    assert f"Include {home}/.ssh/mlenv/config" in warnings[0]
+    assert user_config.read_text() == "Host *\n    ForwardAgent no\n"
+    user_config.chmod(0o600)
+    user_config.rename(home / "dotfiles-config")
+    user_config.symlink_to(home / "dotfiles-config")
+    result = connect.register(_box(sshd), assume_yes=True)
+    assert result.include.status == "manual" and "symlink" in result.include.reason
+    assert user_config.is_symlink()
+
+
+def test_user_blocks_that_override_mlenv_are_warned_about(home, sshd):
+    from mlenv import connect
+
+    user_config = home / ".ssh" / "config"
+    user_config.parent.mkdir(mode=0o700)
+    user_config.write_text("Host * !mlenv-*\n    ProxyJump ignored\n\nHost *\n    ProxyJump bastion\n")
+    warnings = []
+    connect.register(_box(sshd), assume_yes=True, warn=warnings.append)
+    assert len(warnings) == 1 and "ProxyJump" in warnings[0] and ":5" in warnings[0]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("name", "t1\n    ProxyCommand touch /tmp/pwned"),
+    ("ssh_host", "127.0.0.1 -oProxyCommand=x"),
+    ("ssh_host", "127.0.0.1\nProxyCommand x"),
+    ("ssh_user", "root\n    ProxyCommand x"),
+    ("ssh_user", "root other"),
+])
+def test_hostile_values_never_reach_the_ssh_config(home, sshd, field, value):
+    from mlenv import connect
+    from mlenv.errors import MlenvError
+
+    box = _box(sshd)
+    setattr(box, field, value)
+    with pytest.raises(MlenvError):
+        connect.register(box, assume_yes=True)
+    assert not (home / ".ssh" / "mlenv" / "config").exists()
+
+
+def test_forget_removes_the_entry_and_the_pin(home, sshd):
+    from mlenv import connect
+    from mlenv.connect import hostkeys
+
+    connect.register(_box(sshd), assume_yes=True)
+    connect.register(_box(sshd, "t2"), assume_yes=True)
+    assert connect.forget("t1") is True
+    config = (home / ".ssh" / "mlenv" / "config").read_text()
+    assert "Host mlenv-t1\n" not in config and "Host mlenv-t2\n" in config
+    assert hostkeys.pinned("t1") == [] and hostkeys.pinned("t2")
+    assert connect.forget("t1") is False
+
+
+# --- paramiko sessions -----------------------------------------------------------------------------
+
+def test_session_streams_output_and_returns_the_remote_exit_code(home, sshd):
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+
+    sshd.authorize_root(local_key().public_line)
+    chunks = []
+    with connect.open_session(_box(sshd)) as ssh:
+        code = ssh.run("echo out; echo err >&2; exit 7", stdout=chunks.append, stderr=chunks.append)
+        assert code == 7 and b"".join(chunks).split() == [b"out", b"err"] or sorted(b"".join(chunks).split()) == [
+            b"err", b"out"]
+        code, out, _ = ssh.capture("cat; echo \"$GREETING\"", input=b"piped\n", env={"GREETING": "hi there"})
+        assert code == 0 and out == b"piped\nhi there\n"
+
+
+def test_wait_for_ssh_times_out_with_a_clear_error():
+    from mlenv.connect.session import wait_for_ssh
+    from mlenv.errors import ToolMissingError
+
+    started = time.monotonic()
+    with pytest.raises(ToolMissingError) as raised:
+        wait_for_ssh("127.0.0.1", _free_port(), timeout=1.5, name="gone")
+    assert time.monotonic() - started < 8
+    assert raised.value.exit_code == 6 and "'gone' did not answer SSH" in raised.value.message
+
+
+def test_port_forward_fetches_a_page_from_the_box_side(home, sshd, tmp_path):
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+
+    sshd.authorize_root(local_key().public_line)
+    (tmp_path / "index.html").write_text("served on the box")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with connect.open_session(_box(sshd)) as ssh, ssh.forward(server.server_address[1]) as tunnel:
+            assert tunnel.local_port != server.server_address[1]
+            for _ in range(2):  # two connections through the same tunnel
+                with urllib.request.urlopen(f"http://127.0.0.1:{tunnel.local_port}/index.html", timeout=10) as page:
+                    assert page.read() == b"served on the box"
+    finally:
+        server.shutdown()
