@@ -117,7 +117,7 @@ def _box(server: Server, name: str = "t1", *, user: str = "root", trusted: bool 
 def _ssh(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """The real OpenSSH client with the user's config file (HOME is fake; ssh reads ~ from passwd)."""
     return subprocess.run(["ssh", "-F", str(home / ".ssh" / "config"), "-o", "BatchMode=yes", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # --- keys ---------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_changed_host_key_is_refused_by_ssh_and_by_mlenv(home, sshd):
     assert raised.value.exit_code == 6 and "mlenv keys pin t1" in raised.value.hint
     with pytest.raises(hostkeys.HostKeyChanged):  # registering again never re-pins silently
         connect.register(_box(sshd, trusted=False), assume_yes=True)
-    assert hostkeys.pinned("t1") == [impostor]
+    assert [key.line(comment=False) for key in hostkeys.pinned("t1")] == [impostor.line(comment=False)]
     # the way out the message names, as a user runs it
     repinned = run_mlenv("keys", "pin", "t1", "--yes")
     assert repinned.returncode == 0, repinned.stderr
@@ -246,7 +246,18 @@ def test_user_blocks_that_override_mlenv_are_warned_about(home, sshd):
     user_config.write_text("Host * !mlenv-*\n    ProxyJump ignored\n\nHost *\n    ProxyJump bastion\n")
     warnings = []
     connect.register(_box(sshd), assume_yes=True, warn=warnings.append)
-    assert len(warnings) == 1 and "ProxyJump" in warnings[0] and ":5" in warnings[0]
+    assert len(warnings) == 1 and "ProxyJump" in warnings[0] and "config:6 (in `Host *` at line 5)" in warnings[0]
+    # a block *before* the Include line wins for options mlenv sets too (ssh keeps the first value)
+    include = user_config.read_text().splitlines()[0]
+    user_config.write_text(f"Match all\n    User someone\n{include}\n")
+    assert sshconfig_overrides("t1") and "move the Include line to the top" in sshconfig_overrides("t1")[0]
+    assert _ssh(home, "-G", "mlenv-t1").stdout.count("user someone") == 1  # what the warning is about
+
+
+def sshconfig_overrides(name):
+    from mlenv.connect.sshconfig import overrides
+
+    return overrides(name)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -287,11 +298,10 @@ def test_session_streams_output_and_returns_the_remote_exit_code(home, sshd):
     from mlenv.connect.keys import local_key
 
     sshd.authorize_root(local_key().public_line)
-    chunks = []
+    out, err = [], []
     with connect.open_session(_box(sshd)) as ssh:
-        code = ssh.run("echo out; echo err >&2; exit 7", stdout=chunks.append, stderr=chunks.append)
-        assert code == 7 and b"".join(chunks).split() == [b"out", b"err"] or sorted(b"".join(chunks).split()) == [
-            b"err", b"out"]
+        code = ssh.run("echo out; echo err >&2; exit 7", stdout=out.append, stderr=err.append)
+        assert (code, b"".join(out), b"".join(err)) == (7, b"out\n", b"err\n")
         code, out, _ = ssh.capture("cat; echo \"$GREETING\"", input=b"piped\n", env={"GREETING": "hi there"})
         assert code == 0 and out == b"piped\nhi there\n"
 
@@ -313,7 +323,7 @@ def test_port_forward_fetches_a_page_from_the_box_side(home, sshd, tmp_path):
 
     sshd.authorize_root(local_key().public_line)
     (tmp_path / "index.html").write_text("served on the box")
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -19,8 +19,20 @@ from mlenv.connect.hostkeys import HostKeyChanged, HostKeyUnknown, alias
 from mlenv.connect.keys import LocalKey, PublicKey, local_key, parse_public_key
 from mlenv.errors import MlenvError
 
-__all__ = ["register", "forget", "wait_for_ssh", "endpoint", "plan", "pin_host_key", "Registration",
-           "HostKeyChanged", "HostKeyUnknown", "LocalKey", "local_key", "alias"]
+__all__ = [
+    "HostKeyChanged",
+    "HostKeyUnknown",
+    "LocalKey",
+    "Registration",
+    "alias",
+    "endpoint",
+    "forget",
+    "local_key",
+    "pin_host_key",
+    "plan",
+    "register",
+    "wait_for_ssh",
+]
 
 Confirm = Callable[[str], bool]
 Warn = Callable[[str], None]

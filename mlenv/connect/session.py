@@ -10,6 +10,7 @@ imported inside the functions so ``mlenv --help`` does not pay for it.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shlex
 import socket
@@ -18,12 +19,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from mlenv.connect import hostkeys
 from mlenv.connect.keys import PublicKey
 from mlenv.errors import MlenvError, ToolMissingError
 
 Sink = Callable[[bytes], None]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class Session:
         transport.set_keepalive(30)
         self.transport = transport
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -158,10 +161,13 @@ class Session:
     def run(self, command: str, *, input: bytes | None = None, env: Mapping[str, str] | None = None,
             stdout: Sink | None = None, stderr: Sink | None = None, timeout: float | None = None) -> int:
         """Run ``command`` (a shell line) on the box; output is passed to ``stdout``/``stderr`` as it
-        arrives; returns the remote exit code.  ``env`` is set with ``env K=V`` (sshd's AcceptEnv
-        usually drops variables sent the SSH way)."""
+        arrives; returns the remote exit code.  ``env`` is exported by the remote shell first (sshd's
+        AcceptEnv usually drops variables sent the SSH way)."""
         if env:
-            command = "env " + " ".join(shlex.quote(f"{key}={value}") for key, value in env.items()) + " " + command
+            bad = [key for key in env if not _ENV_NAME.fullmatch(key)]
+            if bad:
+                raise MlenvError(f"invalid environment variable name {bad[0]!r}")
+            command = "export " + " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items()) + "; " + command
         channel = self.transport.open_session(timeout=30)
         try:
             channel.exec_command(command)
@@ -257,7 +263,7 @@ class LocalForward:
                 continue
             threading.Thread(target=_pump, args=(client, channel), daemon=True).start()
 
-    def __enter__(self) -> LocalForward:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
