@@ -24,6 +24,9 @@ def _provably_fresh() -> int | None:
     """Number of targets when the lock is provably fresh, else None (let the full check decide)."""
     import tomllib
 
+    from mlenv.fsutil import content_digest
+    from mlenv.validate import NAME
+
     start = Path.cwd()
     for folder in (start, *start.parents):
         spec = folder / "mlenv.toml"
@@ -35,9 +38,15 @@ def _provably_fresh() -> int | None:
         lock = tomllib.loads((folder / "mlenv.lock").read_text(encoding="utf-8"))
         catalog = tomllib.loads((Path(__file__).parent / "hardware" / "data" / "catalog.toml").read_text())
         meta = lock["lock"]
+        # a hand-edited lock (wrong types, edited pins) goes to the full check, which calls it corrupt
+        unsigned = {**lock, "lock": {key: value for key, value in meta.items() if key != "content-sha256"}}
+        if meta.get("version") != 1 or meta.get("content-sha256") != content_digest(unsigned):
+            return None
         if meta.get("spec-sha256") != _digest(spec) or meta.get("compat-data") != catalog["version"]:
             return None
         for target in lock["target"]:
+            if target["pylock"]["path"] != f"pylock.{target['name']}.toml" or not NAME.fullmatch(target["name"]):
+                return None
             if _digest(folder / target["pylock"]["path"]) != target["pylock"]["sha256"]:
                 return None
         return len(lock["target"])

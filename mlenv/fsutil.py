@@ -41,3 +41,13 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_digest(data) -> str:
+    """sha256 of parsed TOML/JSON data in a canonical form (sorted keys, no whitespace): the same
+    records give the same digest however the file was formatted.  Standard library only, because the
+    `lock --check` fast path (mlenv/_entry.py) computes it without loading the rest of mlenv."""
+    import json
+
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from mlenv import validate
 from mlenv.errors import SpecError, did_you_mean
 from mlenv.hardware import catalog
 from mlenv.tomlpos import locate
@@ -255,7 +256,6 @@ TOP_LEVEL = ("project", "dependency-groups", "index", "sources", "targets", *SEC
 PROJECT_KEYS = ("name", "python", "dependencies")
 INDEX_KEYS = ("name", "url", "explicit", "default")
 TARGET_KEYS = ("platform", "cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min", "sources")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PYTHON = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
 _CUDA_INDEX = re.compile(r"/cu(\d{2,3})(?:/|$)")
 
@@ -284,9 +284,12 @@ class _Validator:
         self.check(value, _string_list, where)
         for position, item in enumerate(value):
             try:
-                Requirement(item)
+                url = Requirement(item).url
             except InvalidRequirement as exc:
-                raise self.fail(where, f"invalid requirement {item!r}: {exc}") from None
+                raise self.fail(where, validate.redact_text(f"invalid requirement {item!r}: {exc}")) from None
+            if url and validate.url_secret(url):
+                raise self.fail(where, f"{validate.redact_text(item)!r} has a credential in its URL, and "
+                                "mlenv.toml is committed", validate.CREDENTIAL_HINT)
         return tuple(value)
 
 
@@ -309,7 +312,7 @@ def parse_spec(text: str, path: Path) -> Spec:
         raise v.fail(("project",), "missing [project] table", 'add [project] with name = "..." and python = "3.11"')
     v.keys(project, PROJECT_KEYS, ("project",), "[project]")
     name = project.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if validate.name(name):
         raise v.fail(("project", "name"), "project.name must be a name such as \"my-project\"")
     python = project.get("python")
     if python is None:
@@ -326,8 +329,9 @@ def parse_spec(text: str, path: Path) -> Spec:
     v.check(groups_table, TABLE, ("dependency-groups",))
     groups: dict[str, tuple[str, ...]] = {}
     for group, requirements in groups_table.items():
-        if not _NAME.match(group) or group == "main":
-            raise v.fail(("dependency-groups", group), f"invalid group name {group!r}")
+        if validate.name(group) or group == "main":
+            raise v.fail(("dependency-groups", group), f"invalid group name {group!r}",
+                         "use letters, digits, '.', '-' and '_' (and not \"main\")")
         groups[group] = v.requirements(requirements, ("dependency-groups", group))
 
     index_list = data.get("index", [])
@@ -344,8 +348,14 @@ def parse_spec(text: str, path: Path) -> Spec:
         for key in ("explicit", "default"):
             if key in table:
                 v.check(table[key], BOOL, where + (key,))
+        if validate.name(table["name"]):
+            raise v.fail(where + ("name",), f"[[index]] {validate.name(table['name'])}")
         if not re.match(r"^(https?|file)://", table["url"]):
-            raise v.fail(where + ("url",), f"index url must start with http://, https:// or file://, got {table['url']!r}")
+            raise v.fail(where + ("url",), "index url must start with http://, https:// or file://, "
+                         f"got {validate.redact_url(table['url'])!r}")
+        if validate.url_secret(table["url"]):
+            raise v.fail(where + ("url",), f"index {table['name']!r} has a credential in its URL, and mlenv.toml "
+                         "is committed", validate.CREDENTIAL_HINT)
         if any(index.name == table["name"] for index in indexes):
             raise v.fail(where + ("name",), f"duplicate index name {table['name']!r}")
         indexes.append(Index(table["name"], table["url"].rstrip("/"), table.get("explicit", False), table.get("default", False)))
@@ -376,7 +386,7 @@ def parse_spec(text: str, path: Path) -> Spec:
     targets: dict[str, Target] = {}
     for target_name, table in targets_table.items():
         where = ("targets", target_name)
-        if not _NAME.match(target_name) or "." in target_name:
+        if validate.name(target_name) or "." in target_name:
             raise v.fail(where, f"invalid target name {target_name!r}", "use letters, digits, - and _")
         v.check(table, TABLE, where)
         v.keys(table, TARGET_KEYS, where, f"[targets.{target_name}]")

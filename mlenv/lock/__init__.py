@@ -97,10 +97,10 @@ def _previous_lock(root: Path) -> Lock | None:
         return None
     try:
         return read_lock(root)
-    except LockError:
+    except LockError as exc:
         from mlenv import console
 
-        console.warn(f"{LOCK_FILE} is unreadable; re-locking every target from scratch")
+        console.warn(f"{exc.message}; re-locking every target from scratch")
         return None
 
 

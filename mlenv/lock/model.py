@@ -15,15 +15,68 @@ from typing import Any
 
 import tomli_w
 
+from mlenv import validate
 from mlenv.errors import LockError
+from mlenv.fsutil import content_digest
 
 LOCK_FILE = "mlenv.lock"
 LOCK_FORMAT = 1
 MAIN_GROUP = "main"  # the project's own dependencies, as opposed to named dependency groups
 
 
+REPAIR_HINT = "re-run `mlenv lock` (or restore mlenv.lock and the pylock files from version control)"
+
+
 def pylock_name(target: str) -> str:
+    """The pylock file of a target; the name was validated where it was read (spec or lock)."""
+    problem = validate.name(target)
+    if problem:
+        raise LockError(f"refusing to build a file name from target {target!r}: {problem}", hint=REPAIR_HINT)
     return f"pylock.{target}.toml"
+
+
+class _Reader:
+    """Typed access to parsed lock TOML: every wrong type or missing field is one ``LockError`` naming
+    the field, because a lock `doctor` cannot read must fail `lock --check` and `sync` the same way."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def corrupt(self, where: str, problem: str) -> LockError:
+        return LockError(f"{self.source} is corrupt: {where}: {problem}", hint=REPAIR_HINT)
+
+    def get(self, table: Any, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+        if not isinstance(table, dict):
+            raise self.corrupt(where, f"expected a table, got {type(table).__name__}")
+        if key not in table:
+            if default is ...:
+                raise self.corrupt(f"{where}.{key}", "missing")
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise self.corrupt(f"{where}.{key}", f"expected {expected}, got {type(value).__name__} {value!r}")
+        return value
+
+    def strings(self, table: Any, key: str, where: str, default: Any = ...) -> list[str]:
+        values = self.get(table, key, list, where, default)
+        if not all(isinstance(item, str) for item in values):
+            raise self.corrupt(f"{where}.{key}", "expected a list of strings")
+        return values
+
+    def tables(self, data: dict, key: str) -> list[dict]:
+        entries = self.get(data, key, list, "", [])
+        for position, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise self.corrupt(f"{key}[{position}]", f"expected a table, got {type(entry).__name__}")
+        return entries
+
+    def name(self, value: str, where: str) -> str:
+        problem = validate.name(value)
+        if problem:
+            raise self.corrupt(where, problem)
+        return value
 
 
 @dataclass(frozen=True)
@@ -99,22 +152,31 @@ class LockedTarget:
         return data
 
     @classmethod
-    def from_toml(cls, data: dict[str, Any]) -> "LockedTarget":
+    def from_toml(cls, data: dict[str, Any], reader: "_Reader | None" = None, where: str = "target") -> "LockedTarget":
+        r = reader or _Reader(LOCK_FILE)
+        optional_str = (str, type(None))
+        image = r.get(data, "image", dict, where, {})
+        if not all(isinstance(value, str) for value in image.values()):
+            raise r.corrupt(f"{where}.image", "expected a table of strings")
+        sm_range = tuple(r.strings(data, "sm-range", where, []))
+        gpu_count = r.get(data, "gpu-count", int, where, 0)
+        if gpu_count < 0:
+            raise r.corrupt(f"{where}.gpu-count", f"expected a count, got {gpu_count}")
         return cls(
-            name=data["name"],
-            platform=data["platform"],
-            python_platform=data["python-platform"],
-            accelerator=data["accelerator"],
-            input_hash=data["input-hash"],
-            inputs=data.get("inputs", {}),
-            pylock_sha256=data["pylock"]["sha256"],
-            cuda=data.get("cuda"),
-            gpu=data.get("gpu"),
-            gpu_count=data.get("gpu-count", 0),
-            driver_min=data.get("driver-min"),
-            driver_min_compat=data.get("driver-min-compat"),
-            sm_range=tuple(data.get("sm-range", ())),
-            image=dict(data.get("image", {})),
+            name=r.name(r.get(data, "name", str, where), f"{where}.name"),
+            platform=r.get(data, "platform", str, where),
+            python_platform=r.get(data, "python-platform", str, where),
+            accelerator=r.get(data, "accelerator", str, where),
+            input_hash=r.get(data, "input-hash", str, where),
+            inputs=r.get(data, "inputs", dict, where, {}),
+            pylock_sha256=r.get(r.get(data, "pylock", dict, where), "sha256", str, f"{where}.pylock"),
+            cuda=r.get(data, "cuda", optional_str, where, None),
+            gpu=r.get(data, "gpu", optional_str, where, None),
+            gpu_count=gpu_count,
+            driver_min=r.get(data, "driver-min", optional_str, where, None),
+            driver_min_compat=r.get(data, "driver-min-compat", optional_str, where, None),
+            sm_range=sm_range,
+            image=dict(image),
         )
 
 
@@ -187,49 +249,76 @@ class Lock:
                 for package in packages
             ],
         }
+        # a digest of everything else: a hand edit (a version, a sha256, a target field) is caught by
+        # every reader, including the stdlib-only `lock --check` fast path in mlenv/_entry.py
+        data["lock"]["content-sha256"] = content_digest(data)
         header = "# Written by mlenv from mlenv.toml: do not edit by hand; run `mlenv lock` instead.\n"
         return header + tomli_w.dumps(data, multiline_strings=False)
 
     @classmethod
     def loads(cls, text: str, *, source: str = LOCK_FILE) -> "Lock":
+        """Parse and check a lock.  Names become file names, so each is validated here, where it is
+        read; the content digest proves nobody edited the records since mlenv wrote them."""
+        r = _Reader(source)
         try:
             data = tomllib.loads(text)
-            meta = data["lock"]
-            if meta["version"] != LOCK_FORMAT:
-                raise LockError(
-                    f"{source} has format version {meta['version']}, this mlenv reads {LOCK_FORMAT}",
-                    hint="upgrade mlenv, or re-create the lock with `mlenv lock`",
-                )
-            return cls(
-                version=meta["version"],
-                created_by=meta["created-by"],
-                compat_data=meta["compat-data"],
-                spec_sha256=meta.get("spec-sha256", ""),
-                python_requires=data["python"]["requires"],
-                python_version=data["python"]["version"],
-                indexes={entry["name"]: entry["url"] for entry in data.get("index", [])},
-                targets={entry["name"]: LockedTarget.from_toml(entry) for entry in data.get("target", [])},
-                packages=tuple(
-                    LockedPackage(
-                        name=entry["name"],
-                        version=entry["version"],
-                        index=entry["index"],
-                        targets=tuple(entry["targets"]),
-                        groups=tuple(entry["groups"]),
-                        artifacts=tuple(
-                            Artifact(url=a["url"], sha256=a["sha256"], size=a.get("size")) for a in entry["artifacts"]
-                        ),
-                    )
-                    for entry in data.get("package", [])
-                ),
-            )
-        except LockError:
-            raise
-        except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
-            raise LockError(
-                f"{source} is corrupt ({type(exc).__name__}: {exc})",
-                hint="restore it from version control, or re-create it with `mlenv lock`",
-            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise LockError(f"{source} is corrupt (not TOML: {exc})", hint=REPAIR_HINT) from None
+        meta = r.get(data, "lock", dict, "")
+        version = r.get(meta, "version", (int, str), "lock")
+        if version != LOCK_FORMAT:
+            if isinstance(version, int) and version > LOCK_FORMAT:
+                raise LockError(f"{source} has format version {version}, this mlenv reads {LOCK_FORMAT}",
+                                hint="upgrade mlenv, or re-create the lock with `mlenv lock`")
+            raise r.corrupt("lock.version", f"expected {LOCK_FORMAT}, got {version!r}")
+        recorded = r.get(meta, "content-sha256", str, "lock")
+        unsigned = {**data, "lock": {key: value for key, value in meta.items() if key != "content-sha256"}}
+        if content_digest(unsigned) != recorded:
+            raise LockError(f"{source} is corrupt: it was edited by hand (its records no longer match the digest "
+                            "mlenv wrote)",
+                            hint=REPAIR_HINT)
+
+        python = r.get(data, "python", dict, "")
+        indexes: dict[str, str] = {}
+        for position, entry in enumerate(r.tables(data, "index")):
+            where = f"index[{position}]"
+            indexes[r.name(r.get(entry, "name", str, where), f"{where}.name")] = r.get(entry, "url", str, where)
+        targets: dict[str, LockedTarget] = {}
+        for position, entry in enumerate(r.tables(data, "target")):
+            target = LockedTarget.from_toml(entry, r, f"target[{position}]")
+            targets[target.name] = target
+        packages = []
+        for position, entry in enumerate(r.tables(data, "package")):
+            where = f"package[{position}]"
+            package_targets = r.strings(entry, "targets", where)
+            unknown = set(package_targets) - targets.keys()
+            if unknown:
+                raise r.corrupt(f"{where}.targets", f"names targets the lock does not have: {sorted(unknown)}")
+            artifacts = []
+            for number, artifact in enumerate(r.get(entry, "artifacts", list, where)):
+                here = f"{where}.artifacts[{number}]"
+                size = r.get(artifact, "size", (int, type(None)), here, None)
+                artifacts.append(Artifact(url=r.get(artifact, "url", str, here),
+                                          sha256=r.get(artifact, "sha256", str, here), size=size))
+            packages.append(LockedPackage(
+                name=r.name(r.get(entry, "name", str, where), f"{where}.name"),
+                version=r.get(entry, "version", str, where),
+                index=r.name(r.get(entry, "index", str, where), f"{where}.index"),
+                targets=tuple(package_targets),
+                groups=tuple(r.name(group, f"{where}.groups") for group in r.strings(entry, "groups", where)),
+                artifacts=tuple(artifacts),
+            ))
+        return cls(
+            version=version,
+            created_by=r.get(meta, "created-by", str, "lock"),
+            compat_data=r.get(meta, "compat-data", str, "lock"),
+            spec_sha256=r.get(meta, "spec-sha256", str, "lock", ""),
+            python_requires=r.get(python, "requires", str, "python"),
+            python_version=r.get(python, "version", str, "python"),
+            indexes=indexes,
+            targets=targets,
+            packages=tuple(packages),
+        )
 
 
 def lock_path(spec_root: Path) -> Path:
@@ -240,8 +329,16 @@ def read_lock(spec_root: Path) -> Lock:
     """Read the lock beside a spec; a missing lock is a ``LockError`` that says how to make one."""
     path = lock_path(spec_root)
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise LockError(f"{path} is not a file", hint=f"remove it, then run `mlenv lock`")
         raise LockError(f"no {LOCK_FILE} in {spec_root}", hint="run `mlenv lock` first")
-    return Lock.loads(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LockError(f"{path} is corrupt (not UTF-8 text)", hint=REPAIR_HINT) from None
+    except OSError as exc:
+        raise LockError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from None
+    return Lock.loads(text, source=str(path))
 
 
 def write_lock(spec_root: Path, lock: Lock) -> None:
