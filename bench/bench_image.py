@@ -70,7 +70,8 @@ def _run(cmd, *, cwd=None, env=None) -> tuple[float, subprocess.CompletedProcess
 def _preflight(env: dict):
     os.environ.update({k: v for k, v in env.items() if k == "DOCKER_HOST"})
     from mlenv.errors import MlenvError
-    from mlenv.image import engine, find_builder
+    from mlenv.image.buildkit import find_builder
+    from mlenv.image.engine import connect as engine
 
     try:
         client = engine()

@@ -11,12 +11,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from mlenv.errors import MlenvError, ToolMissingError, UsageError
 from mlenv.lock.model import Lock, LockedTarget
+
+if TYPE_CHECKING:
+    from mlenv.execute import Executor
 
 # Runs under any Python 3.8+ with the standard library only; prints one JSON object.
 PROBE = r"""
@@ -99,22 +103,22 @@ class Report:
 # --- collecting facts ---------------------------------------------------------------------------
 
 
+def probe(executor: Executor, *, python: str | None = None) -> Facts:
+    """Run ``PROBE`` wherever ``executor`` runs (``python`` there, else python/python3 on its PATH)."""
+    from mlenv.execute import run_python
+
+    return Facts.from_probe_output(run_python(executor, PROBE, python=python), executor.where)
+
+
 def probe_interpreter(python: str | os.PathLike) -> Facts:
+    """Facts of a local interpreter, or of the venv folder it names."""
+    from mlenv.execute import LocalExecutor
+
     python = str(python)
     candidate = Path(python)
     if candidate.is_dir():  # a venv folder
-        candidate = candidate / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-        python = str(candidate)
-    from mlenv.hardware.detect import run_python
-
-    output = run_python(python, PROBE)
-    return Facts.from_probe_output(output, f"python {python}")
-
-
-def probe_image(image: str) -> Facts:
-    from mlenv.image import run_python
-
-    return Facts.from_probe_output(run_python(image, PROBE), f"image {image}")
+        python = str(candidate / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+    return probe(LocalExecutor(where=f"python {python}"), python=python)
 
 
 def default_interpreter(project_root: Path) -> str:
@@ -260,17 +264,25 @@ def run_doctor(
     target_name: str | None = None,
     python: str | None = None,
     image: str | None = None,
+    executor: Executor | None = None,
     groups: tuple[str, ...] = (),
     stale: list | None = None,
 ) -> Report:
-    """Probe the chosen environment and compare it with the chosen lock target."""
+    """Probe the chosen environment and compare it with the chosen lock target.
+
+    ``executor`` is any other place (a box, a running container): its Python is probed where it
+    runs; GPU checks need that place's own ``nvidia-smi`` and are reported as not checked.
+    """
+    from mlenv.execute import ImageExecutor
     from mlenv.hardware import detect
 
-    if python and image:
-        raise UsageError("choose either --python or --image")
+    if sum(bool(choice) for choice in (python, image, executor)) > 1:
+        raise UsageError("choose one of --python, --image and --box")
     gpu_probe = None
     if image:
-        facts = probe_image(image)
+        executor = ImageExecutor(image)
+    if executor is not None:
+        facts = probe(executor)
         target = lock.target(target_name) if target_name else pick_target(lock, detect.platform_name(facts.system, facts.machine), has_gpu=False)
         return diagnose(lock, target, facts, groups=groups, check_hardware=False, stale=stale)
     facts = probe_interpreter(python or default_interpreter(project_root))

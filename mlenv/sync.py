@@ -6,27 +6,25 @@ checked, and packages the lock does not list are removed, so after a sync ``mlen
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 from mlenv.errors import LockError, ToolMissingError
+from mlenv.execute import Executor, LocalExecutor
 from mlenv.lock import check_lock
 from mlenv.lock.model import Lock, LockedTarget
 from mlenv.lock.resolve import uv_binary
 from mlenv.spec import Spec
 
 
-def _uv(args: list[str], what: str) -> None:
-    env = {**os.environ, "NO_COLOR": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    result = subprocess.run([uv_binary(), *args], capture_output=True, text=True, env=env)
+def _uv(executor: Executor, uv: str, args: list[str], what: str) -> None:
+    # VIRTUAL_ENV of the caller's shell must not redirect uv to another environment
+    result = executor.run([uv, *args], env={"NO_COLOR": "1", "VIRTUAL_ENV": ""})
     if result.returncode != 0:
-        detail = " ".join(line.strip() for line in result.stderr.strip().splitlines()[-4:])
+        detail = " ".join(line.strip() for line in result.error_text.strip().splitlines()[-4:])
         raise ToolMissingError(f"{what} failed: {detail}")
 
 
-def ensure_venv(venv: Path, python: str) -> Path:
+def ensure_venv(venv: Path, python: str, *, executor: Executor | None = None, uv: str | None = None) -> Path:
     """Create ``venv`` with the locked Python, or recreate it when it runs another Python."""
     interpreter = venv / "bin" / "python"
     config = venv / "pyvenv.cfg"
@@ -36,14 +34,18 @@ def ensure_venv(venv: Path, python: str) -> Path:
         if current == python or current.startswith(python + "."):
             return interpreter
     # uv must not download a Python: the locked one has to be on this machine (or in the image)
-    _uv(["venv", "--quiet", "--clear", "--python", python, "--python-preference", "only-system", str(venv)],
+    _uv(executor or LocalExecutor(), uv or uv_binary(), ["venv", "--quiet", "--clear", "--python", python, "--python-preference", "only-system", str(venv)],
         f"creating {venv} with Python {python} (is Python {python} installed?)")
     return interpreter
 
 
 def sync(spec: Spec, lock: Lock, target: LockedTarget, *, venv: Path, groups: tuple[str, ...] | None = None,
          allow_stale: bool = False) -> Path:
-    """Install ``target`` into ``venv``; ``groups=None`` installs every dependency group."""
+    """Install ``target`` into ``venv``; ``groups=None`` installs every dependency group.
+
+    uv runs through the execution seam (this machine here); a dev box without an image runs the
+    same two uv commands through its own executor.
+    """
     if not allow_stale:
         changes = [c for c in check_lock(spec, lock) if c.target in (target.name, "*")]
         if changes:
@@ -55,10 +57,11 @@ def sync(spec: Spec, lock: Lock, target: LockedTarget, *, venv: Path, groups: tu
     pylock = spec.root / target.pylock_path
     if not pylock.is_file():
         raise LockError(f"{target.pylock_path} is missing", hint="run `mlenv lock`")
-    interpreter = ensure_venv(venv, lock.python_version)
+    executor, uv = LocalExecutor(), uv_binary()
+    interpreter = ensure_venv(venv, lock.python_version, executor=executor, uv=uv)
     selected = sorted({g for p in lock.packages_for(target.name) for g in p.groups} - {"main"}) if groups is None else groups
     args = ["pip", "sync", "--quiet", "--python", str(interpreter), str(pylock)]
     for group in selected:
         args += ["--group", group]
-    _uv(args, f"installing {target.pylock_path} into {venv}")
+    _uv(executor, uv, args, f"installing {target.pylock_path} into {venv}")
     return interpreter

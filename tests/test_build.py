@@ -274,7 +274,7 @@ PLAIN_LOG = """\
 
 
 def test_plain_progress_is_parsed():
-    from mlenv.image import BuildReport, parse_plain
+    from mlenv.image.buildkit import BuildReport, parse_plain
 
     report = BuildReport()
     for line in PLAIN_LOG.splitlines():
@@ -290,7 +290,7 @@ def test_rawjson_progress_is_parsed():
     """buildx --progress=rawjson: one BuildKit SolveStatus per line, logs base64-encoded."""
     import base64
 
-    from mlenv.image import BuildReport, parse_rawjson
+    from mlenv.image.buildkit import BuildReport, parse_rawjson
 
     lines = [
         {"vertexes": [{"digest": "sha256:a", "name": "[deps 2/2] RUN uv pip sync", "started": "2026-11-22T06:00:00Z",
@@ -312,7 +312,7 @@ def test_rawjson_progress_is_parsed():
 
 def test_no_buildkit_cli_is_one_clear_message(tmp_path, monkeypatch):
     from mlenv.errors import ToolMissingError
-    from mlenv.image import find_builder
+    from mlenv.image.buildkit import find_builder
 
     fake = tmp_path / "docker"  # a docker CLI from 23 on without the buildx plugin
     fake.write_text('#!/bin/sh\n[ "$1" = version ] && echo 28.2.2 && exit 0\nexit 1\n')
@@ -351,7 +351,7 @@ def test_ecr_login_through_boto3(tmp_path, monkeypatch):
         for key, value in {"AWS_ENDPOINT_URL_ECR": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                            "AWS_SECRET_ACCESS_KEY": "testing"}.items():
             monkeypatch.setenv(key, value)
-        from mlenv.image import ecr_login, is_ecr, registry_host
+        from mlenv.image.registry import ecr_login, is_ecr, registry_host
 
         host = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
         assert registry_host(f"{host}/demo") == host and is_ecr(host) and not is_ecr("127.0.0.1:5000")
@@ -362,7 +362,7 @@ def test_ecr_login_through_boto3(tmp_path, monkeypatch):
         process.wait(timeout=30)
 
     from mlenv.errors import MlenvError
-    from mlenv.image import ecr_login
+    from mlenv.image.registry import ecr_login
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -396,7 +396,8 @@ def test_a_pypi_project_builds_on_the_default_network(tmp_path, docker_env, dock
 
 def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_index):
     from mlenv.lock import read_lock
-    from mlenv.render import plan_image, render_dockerfile
+    from mlenv.image.plan import plan_image
+    from mlenv.render import render_dockerfile
     from mlenv.spec import load_spec
 
     root = make_project(tmp_path / "p", local_index.url)
@@ -412,24 +413,3 @@ def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_in
     assert other.tags("dev", render_dockerfile(other))[0] != tag  # ... but another image
     assert plan.tags("dev", text, "MLENV_REQUIREMENT=x")[0] != tag
     assert plan.tags("runtime", text, "source-a")[0] != plan.tags("runtime", text, "source-b")[0]
-
-
-
-@pytest.mark.docker
-def test_run_python_api_for_doctor(docker_env, base_image, docker_client, monkeypatch):
-    """The function `mlenv doctor --image` calls: python, else python3; a missing image is an MlenvError."""
-    from mlenv.errors import MlenvError
-    from mlenv.image import run_python
-
-    for key, value in docker_env.items():
-        monkeypatch.setenv(key, value)
-    before = {c.id for c in docker_client.containers.list(all=True)}
-    # Debian's base has only python3: the fallback answers
-    assert run_python(base_image, "import sys; print(sys.version_info[:2])").strip() == "(3, 11)"
-    with pytest.raises(MlenvError) as error:
-        run_python("mlenv-test/no-such-image:1", "print(1)")
-    assert "no local image" in error.value.message
-    with pytest.raises(MlenvError) as error:
-        run_python(base_image, "import sys; sys.exit('probe failed')")
-    assert "probe failed" in error.value.message
-    assert {c.id for c in docker_client.containers.list(all=True)} == before  # throwaway means removed

@@ -27,8 +27,8 @@ def build_command(
 ) -> None:
     """Build the image of a lock target (skipped when its content tag exists; --force rebuilds)."""
     from mlenv.errors import UsageError
-    from mlenv.image import build_target
-    from mlenv.render import image_targets
+    from mlenv.image.build import build_target
+    from mlenv.image.plan import image_targets
 
     args = {}
     for item in build_arg:

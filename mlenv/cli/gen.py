@@ -28,9 +28,9 @@ _FORCE = typer.Option(False, "--force", help="Replace a Dockerfile or devcontain
 def _generate(ctx: typer.Context, what: str, target, base_image, ca_bundle, check: bool, resolve: bool,
               refresh: bool, force: bool) -> None:
     from mlenv.errors import DriftError
-    from mlenv.image import digest_resolver
+    from mlenv.gen import generate
+    from mlenv.image.registry import digest_resolver
     from mlenv.lock import check_lock
-    from mlenv.render import generate
 
     mlenv = application(ctx)
     spec, lock = mlenv.spec, mlenv.lock
@@ -39,7 +39,7 @@ def _generate(ctx: typer.Context, what: str, target, base_image, ca_bundle, chec
         mlenv.warn(f"mlenv.lock is stale ({stale[0].detail}); files follow the lock as it is — run `mlenv lock`")
     result = generate(spec, lock, what, target=target, base_image=base_image,
                       ca_bundle=str(Path(ca_bundle).resolve()) if ca_bundle else None,
-                      resolve_digest=digest_resolver() if resolve and not check else None, refresh=refresh and resolve,
+                      resolve_digest=digest_resolver(mlenv.status) if resolve and not check else None, refresh=refresh and resolve,
                       check=check, force=force)
     for generated in result.files:
         shown = generated.path.relative_to(spec.root) if generated.path.is_relative_to(spec.root) else generated.path

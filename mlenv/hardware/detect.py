@@ -316,19 +316,11 @@ def torch_build(interpreter: str | os.PathLike | None = None) -> TorchBuild | No
 
 
 def run_python(interpreter: str | os.PathLike, code: str) -> str:
-    """Run ``code`` under another interpreter and return its stdout (one error type for every failure)."""
-    from mlenv.errors import ToolMissingError
+    """Run ``code`` under another interpreter on this machine and return its stdout."""
+    from mlenv.execute import LocalExecutor
+    from mlenv.execute import run_python as run_there
 
-    try:
-        result = subprocess.run([os.fspath(interpreter), "-c", code],
-                                capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolMissingError(f"cannot run Python interpreter {interpreter}: {exc}",
-                               hint="pass the path of a working python executable") from None
-    if result.returncode != 0:
-        raise ToolMissingError(f"Python interpreter {interpreter} failed: {_first_line(result.stderr)}",
-                               hint="pass the path of a working python executable")
-    return result.stdout
+    return run_there(LocalExecutor(), code, python=os.fspath(interpreter), timeout=60)
 
 
 # --- everything -----------------------------------------------------------------------------------
