@@ -270,8 +270,8 @@ def run_doctor(
 ) -> Report:
     """Probe the chosen environment and compare it with the chosen lock target.
 
-    ``executor`` is any other place (a box, a running container): its Python is probed where it
-    runs; GPU checks need that place's own ``nvidia-smi`` and are reported as not checked.
+    ``executor`` is any other place (a box, a running container): its Python, GPUs and driver are
+    probed where it runs.  An image has no hardware: its GPU checks are reported as not checked.
     """
     from mlenv.execute import ImageExecutor
     from mlenv.hardware import detect
@@ -283,8 +283,11 @@ def run_doctor(
         executor = ImageExecutor(image)
     if executor is not None:
         facts = probe(executor)
-        target = lock.target(target_name) if target_name else pick_target(lock, detect.platform_name(facts.system, facts.machine), has_gpu=False)
-        return diagnose(lock, target, facts, groups=groups, check_hardware=False, stale=stale)
+        # an image has no hardware; a box or a running container has its own GPUs and driver
+        gpu_probe = None if image else detect.probe_gpus_on(executor)
+        has_gpu = bool(gpu_probe and gpu_probe.gpus)
+        target = lock.target(target_name) if target_name else pick_target(lock, detect.platform_name(facts.system, facts.machine), has_gpu=has_gpu)
+        return diagnose(lock, target, facts, groups=groups, gpu_probe=gpu_probe, check_hardware=not image, stale=stale)
     facts = probe_interpreter(python or default_interpreter(project_root))
     if target_name:
         target = lock.target(target_name)

@@ -105,3 +105,24 @@ def test_doctor_on_a_missing_image_says_it_could_not_look(tmp_path, local_index,
     unreachable = run_mlenv("doctor", "--image", "demo:cpu", "--target", "cpu", cwd=project,
                             env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert unreachable.returncode == 6 and "cannot reach the Docker Engine" in unreachable.stderr
+
+
+@pytest.mark.docker
+def test_gpus_are_probed_where_the_environment_runs(running_container):
+    """`doctor --box` reads the box's GPUs: its nvidia-smi (here a recorded A10G answer), not ours."""
+    from pathlib import Path
+
+    from mlenv.hardware.detect import probe_gpus_on
+
+    executor = ContainerExecutor(running_container)
+    assert probe_gpus_on(executor).gpus == []  # no nvidia-smi in the container: no GPU, no error
+    recorded = (Path(__file__).parent / "data" / "nvidia" / "a10g" / "full.out").read_bytes()
+    write_file(executor, "/opt/fake-smi/answer", recorded)
+    write_file(executor, "/usr/local/bin/nvidia-smi", b"#!/bin/sh\ncat /opt/fake-smi/answer\n", mode=0o755)
+    probe = probe_gpus_on(executor)
+    assert [(gpu.model, gpu.compute_cap) for gpu in probe.gpus] == [("a10g", "8.6")]
+    assert probe.driver == "535.183.01"
+    write_file(executor, "/usr/local/bin/nvidia-smi", b"#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n", mode=0o755)
+    broken = probe_gpus_on(executor)
+    assert broken.gpus == [] and broken.error == "NVIDIA-SMI has failed"
+    executor.run(["rm", "/usr/local/bin/nvidia-smi"]).check("removing the fake nvidia-smi")

@@ -29,10 +29,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
 from mlenv.hardware import catalog
+
+if TYPE_CHECKING:
+    from mlenv.execute import Executor
 
 PROC_VERSION = "/proc/driver/nvidia/version"
 SYS_VERSION = "/sys/module/nvidia/version"
@@ -199,21 +203,50 @@ def probe_gpus(*, env: dict[str, str] | None = None, proc_path: str | os.PathLik
     gpus: list[GpuInfo] = []
     error = None
     if smi:
-        fields = 4
-        code, output = _run_smi(smi, SMI_QUERY, env)
-        if code != 0 and "compute_cap" in output:
-            fields = 3
-            code, output = _run_smi(smi, SMI_QUERY_OLD, env)
-        if code == 0:
-            gpus = parse_smi_csv(output, fields)
-            if not gpus:
-                error = "nvidia-smi lists no GPU"
-        else:
-            error = _first_line(output)
+        gpus, error = _gpus_from_smi(lambda query: _run_smi(smi, query, env))
     driver = next((gpu.driver for gpu in gpus if gpu.driver), None)
     if driver is None:
         driver = driver_from_files(proc_path=proc_path, sys_path=sys_path)
     return GpuProbe(gpus=gpus, driver=driver, error=error)
+
+
+def probe_gpus_on(executor: Executor) -> GpuProbe:
+    """``probe_gpus`` somewhere else (a dev box): its nvidia-smi, its driver files.
+
+    A place that cannot be asked at all is reported as the probe's ``error`` (no GPU seen), the
+    same way a broken local nvidia-smi is.
+    """
+    from mlenv.errors import MlenvError
+
+    def smi(query: str) -> tuple[int, str]:
+        try:
+            done = executor.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], timeout=SMI_TIMEOUT)
+        except MlenvError as exc:
+            return -1, exc.message
+        return done.returncode, done.text if done.text.strip() else done.error_text
+
+    gpus, error = _gpus_from_smi(smi) if executor.run(["sh", "-c", "command -v nvidia-smi"]).returncode == 0 \
+        else ([], None)
+    driver = next((gpu.driver for gpu in gpus if gpu.driver), None)
+    if driver is None:
+        split = "--mlenv-next-file--"
+        files = executor.run(["sh", "-c", f"cat {PROC_VERSION}; echo {split}; cat {SYS_VERSION}"])
+        proc_text, _, sys_text = files.text.partition(split)
+        driver = _driver_from_texts(proc_text, sys_text)
+    return GpuProbe(gpus=gpus, driver=driver, error=error)
+
+
+def _gpus_from_smi(smi) -> tuple[list[GpuInfo], str | None]:
+    """Query GPUs through ``smi(query) -> (exit code, output)``, falling back to the old query."""
+    fields = 4
+    code, output = smi(SMI_QUERY)
+    if code != 0 and "compute_cap" in output:
+        fields = 3
+        code, output = smi(SMI_QUERY_OLD)
+    if code != 0:
+        return [], _first_line(output)
+    gpus = parse_smi_csv(output, fields)
+    return gpus, None if gpus else "nvidia-smi lists no GPU"
 
 
 def detect_gpus(**kwargs) -> list[GpuInfo]:
@@ -226,19 +259,21 @@ def driver_from_files(*, proc_path: str | os.PathLike | None = None,
     """The loaded kernel module's version, read from /proc or /sys (works without nvidia-smi)."""
     proc = Path(proc_path or os.environ.get("MLENV_NVIDIA_PROC_VERSION") or PROC_VERSION)
     sys_file = Path(sys_path or os.environ.get("MLENV_NVIDIA_SYS_VERSION") or SYS_VERSION)
-    try:
-        match = _DRIVER_IN_PROC.search(proc.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-    except OSError:
-        pass
-    try:
-        text = sys_file.read_text(errors="replace").strip()
-        if _DRIVER.match(text):
-            return text
-    except OSError:
-        pass
-    return None
+
+    def text(path: Path) -> str:
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    return _driver_from_texts(text(proc), text(sys_file))
+
+
+def _driver_from_texts(proc_text: str, sys_text: str) -> str | None:
+    match = _DRIVER_IN_PROC.search(proc_text)
+    if match:
+        return match.group(1)
+    return sys_text.strip() if _DRIVER.match(sys_text.strip()) else None
 
 
 def driver_version(**kwargs) -> str | None:
