@@ -367,7 +367,7 @@ class AWSProvider:
         profile = self.devbox.get("instance-profile")
         if registry:
             image_ref = self._registry_image(spec, lock, target.name)
-            from mlenv.image import is_ecr, registry_host, split_ref
+            from mlenv.image.registry import is_ecr, registry_host, split_ref
 
             if is_ecr(registry_host(split_ref(image_ref)[0])) and not profile:
                 notes.append("note: the box logs in to ECR through its instance role: set [devbox] instance-profile "
@@ -388,7 +388,7 @@ class AWSProvider:
 
     def _registry_image(self, spec, lock, target_name: str) -> str:
         """The dev image `mlenv build --push` put in [image] registry, pinned by its digest."""
-        from mlenv.image import registry_digest
+        from mlenv.image.registry import registry_digest
 
         if lock is None:
             raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`, then `mlenv build --push`")

@@ -98,7 +98,7 @@ def render(data: UserData) -> str:
         raise UsageError(f"cannot write the box's user-data: {problems[0]}")
     keys = [check_public_key(key) for key in data.authorized_keys]
 
-    from mlenv.image import is_ecr, registry_host, split_ref
+    from mlenv.image.registry import is_ecr, registry_host, split_ref
 
     ecr_host = None
     if data.image_ref:
