@@ -109,6 +109,11 @@ class Spec:
     devbox: dict[str, Any] = field(default_factory=dict)
     ci: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)
+    # sets of dependency groups that are alternatives (installed one at a time, locked apart)
+    exclusive_groups: tuple[tuple[str, ...], ...] = ()
+    sha256: str = ""  # digest of the exact bytes this spec was parsed from (set by load_spec)
+    # files `mlenv init` imported -> their sha256 then ([imported] files): lock warns when one moved on
+    imported: dict[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -264,8 +269,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
     },
 }
 
-TOP_LEVEL = ("project", "dependency-groups", "index", "sources", "targets", *SECTIONS)
-PROJECT_KEYS = ("name", "python", "dependencies")
+TOP_LEVEL = ("project", "dependency-groups", "index", "sources", "targets", "imported", *SECTIONS)
+PROJECT_KEYS = ("name", "python", "dependencies", "exclusive-groups")
 INDEX_KEYS = ("name", "url", "explicit", "default")
 TARGET_KEYS = ("platform", "cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min", "sources")
 _PYTHON = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
@@ -345,6 +350,24 @@ def parse_spec(text: str, path: Path) -> Spec:
             raise v.fail(("dependency-groups", group), f"invalid group name {group!r}",
                          "use letters, digits, '.', '-' and '_' (and not \"main\")")
         groups[group] = v.requirements(requirements, ("dependency-groups", group))
+
+    exclusive = project.get("exclusive-groups", [])
+    if not isinstance(exclusive, list) or not all(isinstance(item, list) for item in exclusive):
+        raise v.fail(("project", "exclusive-groups"), 'project.exclusive-groups must be a list of lists of group '
+                     'names, e.g. [["tpu", "cuda"]]')
+    seen_exclusive: set[str] = set()
+    for position, alternatives in enumerate(exclusive):
+        v.check(alternatives, _string_list, ("project", "exclusive-groups", position))
+        if len(alternatives) < 2:
+            raise v.fail(("project", "exclusive-groups"), f"exclusive-groups {alternatives!r}: name two or more groups")
+        for group in alternatives:
+            if group not in groups:
+                raise v.fail(("project", "exclusive-groups"), f"exclusive-groups names unknown group {group!r}",
+                             did_you_mean(group, groups) or f"groups: {', '.join(groups) or 'none'}")
+            if group in seen_exclusive:
+                raise v.fail(("project", "exclusive-groups"), f"group {group!r} is in two exclusive sets")
+            seen_exclusive.add(group)
+    exclusive_groups = tuple(tuple(item) for item in exclusive)
 
     index_list = data.get("index", [])
     if not isinstance(index_list, list):
@@ -468,6 +491,18 @@ def parse_spec(text: str, path: Path) -> Spec:
             sources=target_sources,
         )
 
+    imported_table = data.get("imported", {})
+    v.check(imported_table, TABLE, ("imported",))
+    v.keys(imported_table, ("files",), ("imported",), "[imported]")
+    imported_files = imported_table.get("files", {})
+    v.check(imported_files, TABLE, ("imported", "files"))
+    for relative, digest in imported_files.items():
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts or "\n" in relative or not parts:
+            raise v.fail(("imported", "files", relative), f"imported file {relative!r} must be a path inside the project")
+        if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise v.fail(("imported", "files", relative), f"imported file {relative!r}: expected \"sha256:<64 hex>\"")
+
     sections: dict[str, dict] = {}
     for section, checks in SECTIONS.items():
         table = data.get(section, {})
@@ -489,6 +524,8 @@ def parse_spec(text: str, path: Path) -> Spec:
         indexes=tuple(indexes),
         sources=sources,
         targets=targets,
+        exclusive_groups=exclusive_groups,
+        imported=dict(imported_files),
         **sections,
     )
 
@@ -513,8 +550,13 @@ def load_spec(path: Path | str | None = None) -> Spec:
             spec_path = spec_path / SPEC_FILE
         if not spec_path.is_file():
             raise SpecError(f"{spec_path} does not exist", hint="run `mlenv init` to create one")
+    # read once: the digest recorded in the lock must be of the bytes that were resolved
+    data = spec_path.read_bytes()
     try:
-        text = spec_path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError("not UTF-8 text", path=str(spec_path)) from None
-    return parse_spec(text, spec_path.resolve())
+    import hashlib
+    from dataclasses import replace
+
+    return replace(parse_spec(text, spec_path.resolve()), sha256=hashlib.sha256(data).hexdigest())

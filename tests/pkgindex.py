@@ -4,7 +4,9 @@
         local_index.add("tinylib", "1.0", requires=["tinydep>=1"])
         local_index.url   # http://127.0.0.1:PORT/simple
 
-``index_server`` starts further, independent indexes (e.g. one serving ``+cpu``/``+cu124`` builds).
+``index_server`` starts further, independent indexes.  ``torch_index`` is one laid out like the
+PyTorch indexes (``/whl/cpu``, ``/whl/cu124``, ``/whl/cu128``: tiny torch-family wheels with local
+versions) beside a PyPI-like ``/simple`` holding plain torch and ``nvidia-*-cu12``/``-cu13`` runtimes.
 Pages are generated per request, so packages added later (a new release) show up on the next lock;
 responses say ``no-cache`` so uv revalidates instead of trusting a stale listing.
 """
@@ -77,6 +79,9 @@ class _IndexHandler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         root = Path(self.directory)
         parts = [p for p in self.path.split("?")[0].split("/") if p]
+        if parts[:1] == ["whl"] and len(parts) >= 2 and (root / f"whl-{parts[1]}").is_dir():
+            # a PyTorch-style index: /whl/<build>/<project>/ served from the folder whl-<build>
+            root, parts = root / f"whl-{parts[1]}", ["simple", *parts[2:]]
         if parts[:1] == ["simple"]:
             wheels = sorted(root.glob("*.whl"))
             if len(parts) == 1:
@@ -89,7 +94,9 @@ class _IndexHandler(SimpleHTTPRequestHandler):
                     if _normalize(wheel.name.split("-")[0]) != project:
                         continue
                     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-                    links.append(f'<a href="/files/{html.escape(wheel.name)}#sha256={digest}">{html.escape(wheel.name)}</a>')
+                    prefix = "" if root == Path(self.directory) else f"{root.name}/"
+                    links.append(f'<a href="/files/{html.escape(prefix + wheel.name)}#sha256={digest}">'
+                                 f'{html.escape(wheel.name)}</a>')
                 if not links:
                     self.send_error(404)
                     return
@@ -101,8 +108,8 @@ class _IndexHandler(SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(payload)
             return
-        if parts[:1] == ["files"] and len(parts) == 2:
-            self.path = "/" + parts[1]
+        if parts[:1] == ["files"] and len(parts) in (2, 3):
+            self.path = "/" + "/".join(parts[1:])
             super().do_GET()
             return
         self.send_error(404)
@@ -123,8 +130,14 @@ class LocalIndex:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/simple"
 
-    def add(self, name: str, version: str, **kwargs) -> Path:
-        return build_wheel(self.folder, name, version, **kwargs)
+    def add(self, name: str, version: str, *, build: str | None = None, **kwargs) -> Path:
+        """A wheel on ``/simple``, or with ``build="cu124"`` on the PyTorch-style ``/whl/cu124``."""
+        folder = self.folder / f"whl-{build}" if build else self.folder
+        return build_wheel(folder, name, version, **kwargs)
+
+    def build_url(self, build: str) -> str:
+        """URL of a PyTorch-style index on this server (``.../whl/cu124``), as a mirror would serve it."""
+        return f"http://127.0.0.1:{self.port}/whl/{build}"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -154,4 +167,36 @@ def local_index(index_server) -> LocalIndex:
     index.add("tinydep", "1.1")
     index.add("tinylib", "1.0", requires=["tinydep>=1.0"])
     index.add("devtool", "0.5")
+    return index
+
+
+# What the PyTorch indexes and PyPI publish, in miniature: torch 2.5.1 exists as +cpu and +cu124,
+# torch 2.7.0 as +cu128; PyPI's plain torch 2.5.1 is a CUDA 12.4 build (like the real one) and its
+# torch 2.9.0 a CUDA 13 build.  Each CUDA build requires its runtime wheels by exact version.
+TORCH_RUNTIMES = {"cu124": "12.4.127", "cu128": "12.8.90"}
+
+
+@pytest.fixture
+def torch_index(local_index) -> LocalIndex:
+    """``local_index`` plus tiny torch-family wheels: ``/simple`` is PyPI, ``build_url(b)`` the PyTorch
+    index of build ``b`` (cpu, cu124, cu128)."""
+    index = local_index
+    for build, runtime in TORCH_RUNTIMES.items():
+        index.add("nvidia-cuda-runtime-cu12", runtime)
+        index.add("nvidia-cublas-cu12", runtime.replace(".127", ".5.8").replace(".90", ".4.1"))
+    index.add("nvidia-cuda-runtime", "13.0.96")
+    index.add("nvidia-cublas", "13.1.0.3")
+    index.add("nvidia-nccl-cu13", "2.27.7")
+    linux = "; sys_platform == 'linux'"  # as on the real wheels: no CUDA runtime on macOS
+    cu124 = [f"nvidia-cuda-runtime-cu12==12.4.127{linux}", f"nvidia-cublas-cu12==12.4.5.8{linux}"]
+    index.add("torch", "2.5.1", requires=cu124)
+    index.add("torch", "2.9.0", requires=[f"nvidia-cuda-runtime==13.0.96{linux}", f"nvidia-cublas==13.1.0.3{linux}",
+                                          f"nvidia-nccl-cu13==2.27.7{linux}"])
+    index.add("torchvision", "0.20.1", requires=["torch==2.5.1"])
+    index.add("torch", "2.5.1+cpu", build="cpu")
+    index.add("torchvision", "0.20.1+cpu", build="cpu", requires=["torch==2.5.1"])
+    index.add("torch", "2.5.1+cu124", build="cu124", requires=cu124)
+    index.add("torchvision", "0.20.1+cu124", build="cu124", requires=["torch==2.5.1"])
+    index.add("torch", "2.7.0+cu128", build="cu128",
+              requires=["nvidia-cuda-runtime-cu12==12.8.90", "nvidia-cublas-cu12==12.8.4.1"])
     return index

@@ -186,10 +186,11 @@ def test_failed_resolution_names_the_target_and_keeps_the_previous_lock(tmp_path
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
-def test_unreachable_index_is_a_resolution_error(tmp_path):
+def test_unreachable_index_is_exit_6_naming_the_url(tmp_path):
     write_spec(tmp_path, "http://127.0.0.1:9/simple")
-    result = lock(tmp_path, expect=5)
-    assert "could not lock target 'cpu'" in result.stderr
+    result = lock(tmp_path, expect=6)
+    assert "could not lock target 'cpu': cannot reach http://127.0.0.1:9/simple" in result.stderr
+    assert "Connection refused" in result.stderr and "[[index]]" in result.stderr
     assert not (tmp_path / "mlenv.lock").exists()
 
 
@@ -243,3 +244,79 @@ def test_check_of_a_fresh_lock_needs_neither_typer_nor_the_spec_parser(tmp_path,
     assert run() == ["code", "0", "True", "True"]  # the full check decides, and finds it fresh
     spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "devtool"]'))
     assert run() == ["code", "1", "True", "True"]
+
+
+# --- accelerator builds: routing to the right torch index, CUDA checked after resolving ----------------
+
+def torch_spec(folder: Path, index, *, dependencies=("torch==2.5.1", "torchvision"), targets: str, extra: str = "",
+               mirrors=("cpu", "cu124")) -> Path:
+    """A spec whose PyTorch indexes are mirrors on the test server, declared as the README says."""
+    mirror = "".join(f'[[index]]\nname = "pytorch-{b}"\nurl = "{index.build_url(b)}"\nexplicit = true\n\n'
+                     for b in mirrors)
+    return write_spec(folder, index.url, dependencies=dependencies, extra=mirror + extra, targets=targets)
+
+
+CPU_GPU_MAC = (
+    '[targets.cpu]\nplatform = "linux/x86_64"\n\n'
+    '[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n\n'
+    '[targets.mac]\nplatform = "macos/arm64"\n'
+)
+
+
+def test_each_target_gets_the_torch_build_of_its_accelerator(tmp_path, torch_index):
+    torch_spec(tmp_path, torch_index, targets=CPU_GPU_MAC)
+    result = lock(tmp_path)
+    assert "warning" not in result.stderr
+
+    cpu, gpu, mac = (versions(tmp_path, t) for t in ("cpu", "gpu", "mac"))
+    assert (cpu["torch"], cpu["torchvision"]) == ("2.5.1+cpu", "0.20.1+cpu")
+    assert not any(name.startswith("nvidia-") for name in cpu), "a CPU target must not download CUDA wheels"
+    assert (gpu["torch"], gpu["torchvision"]) == ("2.5.1+cu124", "0.20.1+cu124")
+    assert gpu["nvidia-cuda-runtime-cu12"] == "12.4.127"
+    assert mac["torch"] == "2.5.1" and not any(name.startswith("nvidia-") for name in mac)
+
+    data = read(tmp_path, "mlenv.lock")
+    torch = {p["version"]: p["index"] for p in data["package"] if p["name"] == "torch"}
+    assert torch == {"2.5.1+cpu": "pytorch-cpu", "2.5.1+cu124": "pytorch-cu124", "2.5.1": "local"}
+    gpu_target = next(t for t in data["target"] if t["name"] == "gpu")
+    assert gpu_target["driver-min"] == "550.54.14"
+    assert gpu_target["inputs"]["sources"] == {"torch": "pytorch-cu124", "torchvision": "pytorch-cu124"}
+    lock(tmp_path, "--check")
+
+
+def test_a_pinned_source_wins_and_a_cuda_13_build_fails_the_cuda_12_target(tmp_path, torch_index):
+    # torch pinned to the default index on purpose: PyPI's newest torch is a CUDA 13 build
+    torch_spec(tmp_path, torch_index, dependencies=("torch",), extra='[sources]\ntorch = "local"\n',
+               targets='[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n')
+    result = lock(tmp_path, expect=5)
+    assert "could not lock target 'gpu'" in result.stderr
+    assert "nvidia-cuda-runtime 13.0.96 is a CUDA 13 build; target 'gpu' declares CUDA 12.4" in result.stderr
+    assert "nvidia-nccl-cu13 2.27.7 is a CUDA 13 build" in result.stderr
+    assert not (tmp_path / "mlenv.lock").exists()
+
+
+def test_the_driver_floor_is_what_the_resolved_wheels_need(tmp_path, torch_index):
+    torch_index.add("nvidia-cuda-nvrtc-cu12", "12.8.93")
+    torch_index.add("fastkernels", "1.0", requires=["nvidia-cuda-nvrtc-cu12>=12.8"])
+    torch_spec(tmp_path, torch_index, dependencies=("torch==2.5.1", "fastkernels"),
+               targets='[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n')
+    result = lock(tmp_path)
+    assert "nvidia-cuda-nvrtc-cu12 12.8.93 needs the CUDA 12.8 runtime: driver floor raised to 570.26" in result.stderr
+    gpu = read(tmp_path, "mlenv.lock")["target"][0]
+    assert (gpu["cuda"], gpu["driver-min"]) == ("12.4", "570.26")
+
+
+def test_an_unpublished_torch_and_cuda_pair_is_refused_before_the_network(tmp_path, torch_index):
+    torch_spec(tmp_path, torch_index, dependencies=("torch==2.5.1",), mirrors=("cu128",),
+               targets='[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.8"\n')
+    torch_index.close()  # the answer must not need the index
+    result = lock(tmp_path, expect=5)
+    assert "torch 2.5.1 (dependencies) was never published for CUDA 12.8 (cu128)" in result.stderr
+    assert 'set cuda = "12.4" on target \'gpu\'' in result.stderr
+
+
+def test_an_unreachable_pytorch_index_names_the_url_and_how_to_mirror_it(tmp_path, torch_index):
+    write_spec(tmp_path, torch_index.url, dependencies=("torch==2.5.1",))  # no mirror: PyTorch's own index
+    result = lock(tmp_path, expect=6)
+    assert "cannot reach https://download.pytorch.org/whl/cpu" in result.stderr
+    assert 'name = "pytorch-cpu"' in result.stderr and "/whl/cpu" in result.stderr

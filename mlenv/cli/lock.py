@@ -18,9 +18,13 @@ def lock_command(
     from mlenv.errors import DriftError, UsageError
     from mlenv.lock import check_lock, lock_project
 
+    from mlenv.lock.sources import moved_sources
+
     mlenv = application(ctx)
     spec = mlenv.spec
     if check:
+        for message in moved_sources(spec):
+            mlenv.warn(message)
         if upgrade or upgrade_package:
             raise UsageError("--check cannot be combined with --upgrade")
         changes = check_lock(spec, mlenv.lock)
@@ -39,7 +43,9 @@ def lock_command(
         mlenv.success(f"mlenv.lock is up to date ({len(spec.targets)} targets)")
         return
 
-    result = lock_project(spec, upgrade=upgrade, upgrade_packages=tuple(upgrade_package))
+    trace = (lambda text: mlenv.err.print(text, markup=False, highlight=False)) if mlenv.debug else None
+    result = lock_project(spec, upgrade=upgrade, upgrade_packages=tuple(upgrade_package), warn=mlenv.warn,
+                          trace=trace)
     if mlenv.json:
         mlenv.print_json({
             "resolved": result.resolved,

@@ -89,3 +89,53 @@ def gpu_model_for_smi_name(smi_name: str) -> GpuModel | None:
         if pattern in lowered:
             return gpu_model(name)
     return None
+
+
+def driver_for_cuda(version_: str) -> str | None:
+    """Minimum Linux driver for a CUDA runtime minor ("12.8" -> "570.26"); None when unknown."""
+    return _data()["driver-for-cuda"].get(version_)
+
+
+def known_runtime_cudas() -> list[str]:
+    return sorted(_data()["driver-for-cuda"], key=Version)
+
+
+def torch_packages() -> frozenset[str]:
+    """Canonical names of the packages PyTorch publishes per-accelerator builds of."""
+    return frozenset(_data()["torch"]["packages"])
+
+
+def torch_release_line(version_: str) -> str | None:
+    """``2.5.1`` / ``2.5.1+cu124`` -> ``2.5``; None for a version that is not X.Y[...]."""
+    try:
+        release = Version(version_).release
+    except ValueError:
+        return None
+    return f"{release[0]}.{release[1]}" if len(release) >= 2 else None
+
+
+def torch_builds(version_: str) -> tuple[str, ...] | None:
+    """CUDA builds (``cu124``...) PyTorch published of a torch release; None when the line is unknown."""
+    line = torch_release_line(version_)
+    builds = _data()["torch"]["builds"].get(line) if line else None
+    return tuple(builds) if builds is not None else None
+
+
+def cuda_with_torch(cuda: str, torch_version: str) -> str | None:
+    """The catalog CUDA version nearest to ``cuda`` that has builds of ``torch_version`` (same CUDA when
+    it has them; the newer one on ties).  ``cuda`` itself when the torch line is unknown; None when no
+    CUDA mlenv knows has builds of that torch."""
+    builds = torch_builds(torch_version)
+    if builds is None:
+        return cuda
+    candidates = [v for v in cuda_versions() if _data()["cuda"][v]["torch-index"] in builds]
+    if not candidates:
+        return None
+    wanted = Version(cuda)
+    return min(candidates, key=lambda v: (abs(Version(v).major * 100 + Version(v).minor
+                                             - wanted.major * 100 - wanted.minor), -Version(v).minor))
+
+
+def module_providers() -> dict[str, tuple[str, ...]]:
+    """Top-level module -> the distributions that install it (only sets of two or more)."""
+    return {module: tuple(names) for module, names in _data()["modules"].items()}

@@ -9,16 +9,22 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from mlenv import __version__
-from mlenv.errors import LockError
+from mlenv.errors import LockError, MlenvError, ResolutionError, ToolMissingError
 from mlenv.fsutil import atomic_write, sha256_bytes, sha256_file
 from mlenv.hardware import catalog
 from mlenv.lock.inputs import Change, diff_inputs, input_hash, target_inputs
 from mlenv.lock.model import LOCK_FILE, Lock, LockedPackage, LockedTarget, lock_path, pylock_name, read_lock
+from mlenv.lock.builds import BuildFacts, check_builds, check_published, module_clashes
+from mlenv.lock.model import MAIN_GROUP
 from mlenv.lock.pylock import render_pylock
-from mlenv.lock.resolve import ResolvedPackage, resolve_target, uv_binary
+from mlenv.lock.resolve import ResolvedPackage, reject_vcs, resolve_target, uv_binary
+from mlenv.lock.sources import moved_sources
 from mlenv.spec import Spec, Target
+
+Warn = Callable[[str], None]
 
 __all__ = ["Change", "Lock", "LockResult", "check_lock", "lock_project", "read_lock"]
 
@@ -55,7 +61,8 @@ def check_lock(spec: Spec, lock: Lock) -> list[Change]:
     return changes
 
 
-def _locked_target(spec: Spec, target: Target, pylock_sha256: str, previous: LockedTarget | None) -> LockedTarget:
+def _locked_target(spec: Spec, target: Target, pylock_sha256: str, previous: LockedTarget | None,
+                   facts: BuildFacts | None = None) -> LockedTarget:
     inputs = target_inputs(spec, target)
     cuda = catalog.cuda_release(target.cuda) if target.cuda else None
     return LockedTarget(
@@ -69,7 +76,8 @@ def _locked_target(spec: Spec, target: Target, pylock_sha256: str, previous: Loc
         cuda=target.cuda,
         gpu=target.gpu,
         gpu_count=target.gpu_count,
-        driver_min=cuda.driver_min if cuda else None,
+        # the floor the resolved wheels need (never below the declared toolkit's)
+        driver_min=(facts.driver_min if facts and facts.driver_min else cuda.driver_min) if cuda else None,
         driver_min_compat=cuda.driver_min_compat if cuda else None,
         sm_range=cuda.sm_range if cuda else (),
         # the image record belongs to `mlenv gen`/`build`; keep it while the packages are unchanged
@@ -92,16 +100,93 @@ def _merge(packages: dict[tuple[str, str, str], LockedPackage], target: str, fou
     )
 
 
-def _previous_lock(root: Path) -> Lock | None:
+def _previous_lock(root: Path, warn: Warn) -> Lock | None:
     if not lock_path(root).is_file():
         return None
     try:
         return read_lock(root)
     except LockError as exc:
-        from mlenv import console
-
-        console.warn(f"{exc.message}; re-locking every target from scratch")
+        warn(f"{exc.message}; re-locking every target from scratch")
         return None
+
+
+def exclusive_sets(inputs_or_spec) -> list[tuple[str, ...]]:
+    """The exclusive group sets of a spec, or of a locked target's inputs."""
+    if isinstance(inputs_or_spec, Spec):
+        return [tuple(item) for item in inputs_or_spec.exclusive_groups]
+    return [tuple(item) for item in inputs_or_spec.get("exclusive-groups", [])]
+
+
+def install_groups(lock: Lock, target: LockedTarget, groups: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The groups to install: the ones asked for (None: every group that is not an alternative), refusing
+    unknown names and two alternatives of one exclusive set."""
+    from mlenv.errors import UsageError, did_you_mean
+
+    known = sorted({g for p in lock.packages_for(target.name) for g in p.groups} | set(target.inputs.get("groups", {}))
+                   - {"main"})
+    sets = exclusive_sets(target.inputs)
+    alternatives = {g for item in sets for g in item}
+    if groups is None:
+        return tuple(g for g in known if g not in alternatives)
+    for group in groups:
+        if group not in known:
+            raise UsageError(f"target {target.name!r} has no dependency group {group!r}",
+                             hint=did_you_mean(group, known) or f"groups: {', '.join(known) or 'none'}")
+    for item in sets:
+        chosen = [g for g in groups if g in item]
+        if len(chosen) > 1:
+            raise UsageError(f"groups {' and '.join(repr(g) for g in chosen)} are alternatives and cannot be installed "
+                             "together", hint=f"pick one of {', '.join(item)} (mlenv.toml: project.exclusive-groups)")
+    return tuple(groups)
+
+
+class TargetFailed(Exception):
+    """One target could not be locked; collected so that every failing target is reported."""
+
+    def __init__(self, target: str, error: MlenvError) -> None:
+        super().__init__(target)
+        self.target, self.error = target, error
+
+
+def _resolve_with_alternatives(spec: Spec, target: Target, resolve) -> tuple[list[ResolvedPackage], BuildFacts]:
+    """Main + shared groups once, then each exclusive group on top of those pins, merged with markers."""
+    check_published(spec, target)
+    alternatives = [g for item in spec.exclusive_groups for g in item]
+    shared = tuple(g for g in spec.groups if g not in alternatives)
+    base = resolve(target, shared, None, target.name)
+    merged = {p.name: p for p in base}
+    sets = [(None, base)]
+    for group in alternatives:
+        label = f"{target.name} + group {group}"
+        extra = resolve(target, (*shared, group), base, label)
+        sets.append((group, extra))
+        for package in extra:
+            known = merged.get(package.name)
+            if known is None:
+                merged[package.name] = replace(package, groups=(group,))
+            elif known.version != package.version:
+                raise ResolutionError(
+                    f"could not lock target {target.name!r}: group {group!r} needs {package.name} {package.version}, "
+                    f"but the main dependencies lock {package.name} {known.version}",
+                    hint=f"an alternative installs on top of the main pins: constrain {package.name} in dependencies "
+                         f"so both agree, or move it into each alternative group")
+            elif group in package.groups and group not in known.groups and MAIN_GROUP not in known.groups:
+                merged[package.name] = replace(known, groups=tuple(sorted({*known.groups, group})))
+    problems: list[str] = []
+    facts = check_builds(target, list(merged.values()))
+    problems += facts.problems
+    for group, packages in sets:
+        names = {p.name for p in base} | {p.name for p in packages}
+        for module, providers in module_clashes(names):
+            within = f" with group {group!r}" if group else ""
+            problems.append(f"{' and '.join(providers)} both install the module {module!r}{within}: keep one "
+                            "(or make them exclusive groups)")
+    if problems:
+        raise ResolutionError(f"could not lock target {target.name!r}:\n" + "\n".join(f"  {p}" for p in problems),
+                              hint="the lock states facts that were checked; fix the requirements or the target")
+    return sorted(merged.values(), key=lambda p: p.name), facts
+
+
 
 
 def lock_project(
@@ -110,14 +195,21 @@ def lock_project(
     upgrade: bool = False,
     upgrade_packages: tuple[str, ...] = (),
     write: bool = True,
+    warn: Warn | None = None,
+    trace=None,
 ) -> LockResult:
     """Resolve the targets whose inputs changed (all with ``upgrade``) and write the lock files.
 
     Nothing is written unless every target resolves: a failure leaves the previous lock intact.
+    ``warn`` receives what the user should know (uv's warnings, raised driver floors, moved sources);
+    ``trace`` uv's full output (for --debug).
     """
+    warn = warn or (lambda message: None)
     root = spec.root
-    previous = _previous_lock(root)
+    previous = _previous_lock(root, warn)
     fresh_data = previous is not None and previous.compat_data == catalog.version()
+    for message in moved_sources(spec):
+        warn(message)
 
     to_resolve: list[Target] = []
     reused: list[str] = []
@@ -135,22 +227,52 @@ def lock_project(
             reused.append(name)
         else:
             to_resolve.append(target)
+    if to_resolve:
+        reject_vcs(spec)
 
-    def resolve(target: Target) -> list[ResolvedPackage]:
+    # targets whose resolution inputs are identical (same platform, Python, sources: a CPU target and a
+    # bigger CPU target) are resolved once; uv runs in subprocesses, so threads give real parallelism
+    from mlenv.lock.builds import torch_routing
+    from mlenv.lock.resolve import _resolution_project
+
+    def resolution_key(target: Target) -> tuple:
+        routing = torch_routing(spec, target)
+        return (target.python_platform, _resolution_project(spec, target, routing, tuple(spec.groups)), target.cuda)
+
+    def resolve_one(target: Target, groups, base, label):
+        previous_pylock = root / pylock_name(target.name)
         return resolve_target(
-            spec,
-            target,
-            previous_pylock=root / pylock_name(target.name),
-            upgrade=upgrade,
-            upgrade_packages=upgrade_packages,
+            spec, target, groups=groups, previous_pylock=previous_pylock if base is None else None,
+            upgrade=upgrade, upgrade_packages=upgrade_packages, warn=warn, trace=trace, label=label,
+            preferences=base,
         )
 
+    def resolve(target: Target):
+        try:
+            return _resolve_with_alternatives(spec, target, resolve_one)
+        except MlenvError as exc:
+            return TargetFailed(target.name, exc)
+
+    leaders: dict[tuple, Target] = {}
+    follower_of: dict[str, str] = {}
+    for target in to_resolve:
+        leader = leaders.setdefault(resolution_key(target), target)
+        follower_of[target.name] = leader.name
+    unique = [t for t in to_resolve if follower_of[t.name] == t.name]
     # uv.find_uv_bin() reads sysconfig, whose first use is not thread-safe: find uv before the threads
-    if to_resolve:
+    if unique:
         uv_binary()
-    # uv runs in subprocesses, so threads give real parallelism across targets
-    with ThreadPoolExecutor(max_workers=max(1, len(to_resolve))) as pool:
-        results = dict(zip((t.name for t in to_resolve), pool.map(resolve, to_resolve)))
+    with ThreadPoolExecutor(max_workers=max(1, len(unique))) as pool:
+        by_leader = dict(zip((t.name for t in unique), pool.map(resolve, unique)))
+    failures = [outcome for outcome in by_leader.values() if isinstance(outcome, TargetFailed)]
+    if failures:
+        raise _combined(failures)
+    results = {name: by_leader[leader][0] for name, leader in follower_of.items()}
+    facts = {name: by_leader[leader][1] for name, leader in follower_of.items()}
+    for name in sorted(facts):
+        if name == follower_of[name]:
+            for message in facts[name].warnings:
+                warn(message)
 
     packages: dict[tuple[str, str, str], LockedPackage] = {}
     if previous:
@@ -163,11 +285,15 @@ def lock_project(
 
     default = spec.default_index()
     indexes = {default.name: default.url, **{index.name: index.url for index in spec.indexes}}
+    for target in spec.targets.values():
+        routed = torch_routing(spec, target).index
+        if routed is not None:
+            indexes.setdefault(routed.name, routed.url)
     used_indexes = {package.index for package in packages.values()}
     lock = Lock(
         created_by=f"mlenv {__version__}",
         compat_data=catalog.version(),
-        spec_sha256=sha256_file(spec.path),
+        spec_sha256=spec.sha256 or sha256_file(spec.path),
         python_requires=spec.requires_python,
         python_version=spec.python,
         indexes={name: url for name, url in indexes.items() if name in used_indexes or name == default.name},
@@ -183,10 +309,10 @@ def lock_project(
             targets[name] = old
             continue
         # the pylock depends only on packages and target facts, never on its own hash
-        draft = _locked_target(spec, target, "", old)
+        draft = _locked_target(spec, target, "", old, facts[name])
         text = render_pylock(draft, results[name], requires_python=spec.requires_python, index_urls=indexes)
         pylocks[name] = text
-        targets[name] = _locked_target(spec, target, sha256_bytes(text.encode()), old)
+        targets[name] = _locked_target(spec, target, sha256_bytes(text.encode()), old, facts[name])
     lock = replace(lock, targets=targets)
 
     result = LockResult(lock=lock, resolved=sorted(results), reused=sorted(reused))
@@ -202,6 +328,17 @@ def lock_project(
         if not lock_path(root).is_file() or lock_path(root).read_text() != new_text:
             atomic_write(lock_path(root), new_text)
     return result
+
+
+def _combined(failures: list[TargetFailed]) -> MlenvError:
+    """One error for every failing target; exit 6 when an index was unreachable, else the first's code."""
+    if len(failures) == 1:
+        return failures[0].error
+    errors = [f.error for f in failures]
+    kind = next((type(e) for e in errors if isinstance(e, ToolMissingError)), type(errors[0]))
+    hints = list(dict.fromkeys(e.hint for e in errors if e.hint))
+    error = kind("\n".join(e.message for e in errors), hint=" / ".join(hints) or None)
+    return error
 
 
 def _updates(previous: Lock | None, lock: Lock, results: dict) -> list[tuple[str, str, str | None, str | None]]:

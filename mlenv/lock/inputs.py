@@ -22,14 +22,20 @@ def _normalize_requirements(requirements) -> list[str]:
 
 
 def target_inputs(spec: Spec, target: Target) -> dict[str, Any]:
-    sources = spec.sources_for(target)
+    from mlenv.lock.builds import torch_routing
+
+    routing = torch_routing(spec, target)
+    # the sources uv is given: the spec's, plus the torch packages sent to the target's build index
+    sources = {**spec.sources_for(target), **routing.sources()}
     default = spec.default_index()
     # only indexes that can influence this target's resolution
     used = {default.name: default.url}
     for index in spec.indexes:
         if not index.explicit or index.name in sources.values():
             used[index.name] = index.url
-    return {
+    if routing.index is not None:
+        used[routing.index.name] = routing.index.url
+    inputs: dict[str, Any] = {
         "python": spec.python,
         "dependencies": _normalize_requirements(spec.dependencies),
         "groups": {name: _normalize_requirements(reqs) for name, reqs in sorted(spec.groups.items())},
@@ -38,6 +44,9 @@ def target_inputs(spec: Spec, target: Target) -> dict[str, Any]:
         "sources": dict(sorted(sources.items())),
         "hardware": target.hardware(),
     }
+    if spec.exclusive_groups:  # only when used, so older locks stay fresh
+        inputs["exclusive-groups"] = [sorted(item) for item in spec.exclusive_groups]
+    return inputs
 
 
 def input_hash(inputs: dict[str, Any]) -> str:

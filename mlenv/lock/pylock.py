@@ -32,7 +32,8 @@ def render_pylock(target: LockedTarget, packages, *, requires_python: str, index
         entry: dict = {"name": package.name, "version": package.version}
         if MAIN_GROUP not in package.groups:
             entry["marker"] = " or ".join(f"'{group}' in dependency_groups" for group in sorted(package.groups))
-        entry["index"] = index_urls.get(package.index, package.index)
+        if package.index != "url":  # a direct-URL dependency comes from its URL, not an index
+            entry["index"] = index_urls.get(package.index, package.index)
         wheels = [_artifact(a) for a in sorted(package.artifacts, key=lambda a: a.url) if a.is_wheel]
         sdists = [_artifact(a) for a in package.artifacts if not a.is_wheel]
         if sdists:

@@ -27,7 +27,10 @@ from pathlib import Path
 import tomli_w
 from packaging.utils import canonicalize_name
 
-from mlenv.errors import ResolutionError, ToolMissingError
+from urllib.parse import urlsplit
+
+from mlenv.errors import MlenvError, ResolutionError, SpecError, ToolMissingError
+from mlenv.lock.builds import PYTORCH_WHL, Routing, torch_routing
 from mlenv.lock.model import MAIN_GROUP, Artifact
 from mlenv.spec import Spec, Target
 
@@ -55,20 +58,25 @@ def uv_binary() -> str:
         raise ToolMissingError("uv is not installed", hint="pip install uv (mlenv depends on it)") from None
 
 
-def _resolution_project(spec: Spec, target: Target) -> str:
-    sources = spec.sources_for(target)
+def _resolution_project(spec: Spec, target: Target, routing: Routing, groups: tuple[str, ...]) -> str:
+    sources = {**spec.sources_for(target), **routing.sources()}
+    dependencies = [*spec.dependencies, *routing.added.get(MAIN_GROUP, ())]
     project = {
         "project": {
             "name": ROOT_PROJECT,
             "version": "0",
             "requires-python": spec.requires_python,
-            "dependencies": list(spec.dependencies),
+            "dependencies": dependencies,
         },
     }
-    if spec.groups:
-        project["dependency-groups"] = {name: list(reqs) for name, reqs in spec.groups.items()}
+    chosen = {name: [*spec.groups[name], *routing.added.get(name, ())] for name in groups}
+    if chosen:
+        project["dependency-groups"] = chosen
+    declared = list(spec.indexes)
+    if routing.index is not None and routing.index not in declared:
+        declared.append(routing.index)
     indexes = []
-    for index in spec.indexes:
+    for index in declared:
         entry = {"name": index.name, "url": index.url}
         if index.explicit:
             entry["explicit"] = True
@@ -85,36 +93,118 @@ def _resolution_project(spec: Spec, target: Target) -> str:
     return tomli_w.dumps(project)
 
 
-def _explain_failure(target: str, stderr: str) -> ResolutionError:
-    """Turn uv's report into a few lines that name the target and the reason."""
+_NOISE = ("Using ", "Resolved ", "Prepared ", "Built ", "Building ", "Downloading ", "Updating ", "Updated ")
+_QUIET_WARNINGS = ("`VIRTUAL_ENV", "The `--pylock` option", "pylock")
+_FETCH = re.compile(r"Failed to fetch: [`']?(\S+?)[`']?$")
+
+
+def _clean(stderr: str) -> list[str]:
     text = re.sub(r"\x1b\[[0-9;]*m", "", stderr)
-    lines = [line.strip(" │╰─▶×") .strip() for line in text.splitlines()]
-    lines = [line for line in lines if line and not line.startswith(("Using ", "Resolved ", "warning: `VIRTUAL_ENV"))]
+    return [line.rstrip() for line in text.splitlines()]
+
+
+def uv_warnings(stderr: str) -> list[str]:
+    """uv's own warnings (an unknown extra, a yanked version...), without its notices about itself."""
+    found = []
+    for line in _clean(stderr):
+        line = line.strip()
+        if line.startswith("warning:"):
+            message = line.removeprefix("warning:").strip()
+            if not message.startswith(_QUIET_WARNINGS):
+                found.append(message)
+    return found
+
+
+def _user_words(line: str, spec: Spec | None) -> str:
+    """uv talks about the throwaway project; the user knows dependencies and group names."""
+    line = re.sub(re.escape(ROOT_PROJECT) + r"(?:\[|:)(\w[\w.-]*)\]?", r"group '\1'", line)
+    line = re.sub(re.escape(ROOT_PROJECT) + r"(?: \(pyproject\.toml(?::[^)]*)?\))?", "mlenv.toml", line)
+    return line.replace("pyproject.toml", "mlenv.toml")
+
+
+def _where_required(spec: Spec | None, text: str) -> list[str]:
+    """For each direct requirement named in uv's report: where mlenv.toml asks for it."""
+    if spec is None:
+        return []
+    from packaging.requirements import Requirement
+
+    places: dict[str, list[str]] = defaultdict(list)
+    for group, requirements in ((MAIN_GROUP, spec.dependencies), *spec.groups.items()):
+        for item in requirements:
+            name = canonicalize_name(Requirement(item).name)
+            places[name].append(f"{'dependencies' if group == MAIN_GROUP else f'group {group!r}'}: {item}")
+    mentioned = {canonicalize_name(word) for word in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", text)}
+    return [f"{name} is required by " + "; ".join(places[name])
+            for name in sorted(mentioned & places.keys()) if len(places[name]) > 1]
+
+
+def _explain(stderr: str, spec: Spec | None) -> tuple[list[str], bool]:
+    """The lines of uv's report that say what failed and why; True when lines were left out."""
+    lines, cut, in_traceback = [], False, False
+    for raw in _clean(stderr):
+        line = raw.strip().lstrip("│├╰─▶×").strip()
+        line = re.sub(r"^(error|cause|Caused by):\s*", "", line)
+        if not line or line.startswith(_NOISE) or line.startswith("warning:"):
+            continue
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback, cut = True, True
+            continue
+        if in_traceback:
+            # frames and source lines say where; the exception line at the end says why
+            if raw.startswith(("      File ", "        ")) or line.startswith(("File \"", "^")):
+                continue
+            in_traceback = False
+        if line in ("[stderr]", "[stdout]", "--- stderr", "--- stdout"):
+            continue
+        lines.append(_user_words(line, spec))
+    unique = list(dict.fromkeys(lines))
+    if len(unique) > 14:
+        # keep the head (what failed) and the tail (the cause), never half a line
+        unique, cut = unique[:4] + ["..."] + unique[-9:], True
+    return unique, cut
+
+
+def explain_failure(target: str, stderr: str, spec: Spec | None = None) -> MlenvError:
+    """uv's failure as one error: unreachable index -> exit 6 naming the URL, else exit 5."""
+    lines, cut = _explain(stderr, spec)
+    fetch = next((m.group(1) for line in lines if (m := _FETCH.search(line))), None)
+    if fetch:
+        cause = lines[-1] if lines else ""
+        url = fetch.rstrip("/")
+        base = url.rsplit("/", 1)[0] if url.count("/") > 3 else url
+        mirror = ("add the mirror as [[index]] (name, url, explicit = true) and pin the packages to it in [sources]")
+        if urlsplit(url).hostname == urlsplit(PYTORCH_WHL).hostname:
+            build = urlsplit(base).path.rstrip("/").rsplit("/", 1)[-1]
+            mirror = (f'mirror it: [[index]] name = "pytorch-{build}", url = "https://<your mirror>/whl/{build}", '
+                      "explicit = true; mlenv sends the torch packages to it (or pin them in [sources])")
+        return ToolMissingError(f"could not lock target {target!r}: cannot reach {base} ({cause})",
+                                hint=f"check the URL and the network, or {mirror}")
     hints = [line.removeprefix("hint:").strip() for line in lines if line.startswith("hint:")]
-    reasons = [line for line in lines if not line.startswith("hint:")]
-    reason = " ".join(reasons[:6]) or "uv failed without a message"
-    if len(reason) > 600:
-        reason = reason[:600] + " ..."
-    hint = hints[0] if hints else "check the versions and indexes in mlenv.toml; run with --debug for uv's full output"
-    return ResolutionError(f"could not lock target {target!r}: {reason}", hint=hint)
+    reasons = [line for line in lines if not line.startswith("hint:")] or ["uv failed without a message"]
+    reasons += _where_required(spec, " ".join(reasons))
+    body = "\n".join(f"  {line}" for line in reasons)
+    hint = " ".join(hints) or "check the versions and indexes in mlenv.toml"
+    if cut:
+        hint += "; run with --debug for uv's full output"
+    return ResolutionError(f"could not lock target {target!r}:\n{body}", hint=hint)
 
 
-def _run_uv(args: list[str], cwd: Path, target: str) -> None:
+def _run_uv(args: list[str], cwd: Path, target: str, spec: Spec | None = None, trace=None) -> str:
+    """Run uv; returns its stderr (warnings).  ``trace`` receives uv's full stderr (for --debug)."""
     env = {**os.environ, "NO_COLOR": "1", "UV_NO_PROGRESS": "1"}
     env.pop("VIRTUAL_ENV", None)
     try:
         result = subprocess.run([uv_binary(), *args], cwd=cwd, env=env, capture_output=True, text=True)
     except OSError as exc:
         raise ToolMissingError(f"cannot run uv: {exc}", hint="reinstall mlenv (it depends on uv)") from None
+    if trace is not None and result.stderr.strip():
+        trace(f"uv {' '.join(args[:2])} for target {target!r}:\n{result.stderr}")
     if result.returncode != 0:
-        from mlenv import console
-
-        if console.debug_enabled():
-            console.err.print(result.stderr)
-        raise _explain_failure(target, result.stderr)
+        raise explain_failure(target, result.stderr, spec)
+    return result.stderr
 
 
-_VIA = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*(?:#\s*via\s+(.*))?$")
+_VIA = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:==(\S+)| @ (\S+))\s*(?:#\s*via\s+(.*))?$")
 _FROM = re.compile(r"^#\s*from\s+(\S+)")
 _ROOT = re.compile(re.escape(ROOT_PROJECT) + r"\s+\(pyproject\.toml(?::([^)]+))?\)")
 
@@ -130,8 +220,8 @@ def _parse_annotated(text: str) -> tuple[dict[str, str], dict[str, set[str]], di
         match = _VIA.match(line)
         if match:
             current = canonicalize_name(match.group(1))
-            versions[current] = match.group(2)
-            for parent in (match.group(3) or "").split(","):
+            versions[current] = match.group(2) or "@ " + match.group(3)
+            for parent in (match.group(4) or "").split(","):
                 parent = parent.strip()
                 if not parent:
                     continue
@@ -170,71 +260,117 @@ def _artifacts(entry: dict) -> tuple[Artifact, ...]:
     found = []
     for wheel in entry.get("wheels", []):
         found.append(Artifact(url=wheel["url"], sha256=wheel["hashes"]["sha256"], size=wheel.get("size")))
-    sdist = entry.get("sdist")
-    if sdist:
-        found.append(Artifact(url=sdist["url"], sha256=sdist["hashes"]["sha256"], size=sdist.get("size")))
+    for kind in ("sdist", "archive"):  # an archive is a direct-URL dependency (`pkg @ https://...`)
+        artifact = entry.get(kind)
+        if artifact:
+            found.append(Artifact(url=artifact["url"], sha256=artifact["hashes"]["sha256"], size=artifact.get("size")))
     return tuple(found)
+
+
+def reject_vcs(spec: Spec) -> None:
+    """A VCS dependency has no artifact hash to lock: say so before uv clones anything."""
+    from packaging.requirements import Requirement
+
+    for group, requirements in ((MAIN_GROUP, spec.dependencies), *spec.groups.items()):
+        for item in requirements:
+            url = Requirement(item).url or ""
+            if re.match(r"^(git|hg|svn|bzr)\+", url):
+                where = "dependencies" if group == MAIN_GROUP else f"[dependency-groups] {group}"
+                raise SpecError(
+                    f"{where}: {item!r} is a {url.split('+', 1)[0]} checkout, which mlenv cannot lock with a hash",
+                    path=str(spec.path),
+                    hint="depend on a released version from an index, or on an archive URL of one commit "
+                         "(`name @ https://host/owner/repo/archive/<commit>.tar.gz`), which is locked with its sha256",
+                )
 
 
 def resolve_target(
     spec: Spec,
     target: Target,
     *,
+    groups: tuple[str, ...] | None = None,
     previous_pylock: Path | None = None,
     upgrade: bool = False,
     upgrade_packages: tuple[str, ...] = (),
+    warn=None,
+    trace=None,
+    label: str | None = None,
+    preferences: list[ResolvedPackage] | None = None,
 ) -> list[ResolvedPackage]:
-    output_name = f"pylock.{target.name}.toml"
-    with tempfile.TemporaryDirectory(prefix=f"mlenv-lock-{target.name}-") as workdir:
+    """Resolve ``target`` with the main dependencies and ``groups`` (None: every group).
+
+    ``warn`` receives uv's warnings, ``trace`` uv's full output; ``label`` names the resolution in
+    messages (a target, or a target with one exclusive group)."""
+    label = label or target.name
+    groups = tuple(spec.groups) if groups is None else groups
+    routing = torch_routing(spec, target)
+    output_name = "pylock.resolved.toml"
+    with tempfile.TemporaryDirectory(prefix="mlenv-lock-") as workdir:
         work = Path(workdir)
-        (work / "pyproject.toml").write_text(_resolution_project(spec, target))
+        (work / "pyproject.toml").write_text(_resolution_project(spec, target, routing, groups))
         if previous_pylock is not None and previous_pylock.is_file() and not upgrade:
             shutil.copyfile(previous_pylock, work / output_name)
         common = [
             "pip", "compile", "pyproject.toml",
             "--python-version", spec.python,
             "--python-platform", target.python_platform,
-            "--no-header", "--quiet",
+            "--no-header",
         ]
-        for group in spec.groups:
+        for group in groups:
             common += ["--group", group]
+        if preferences:
+            # an alternative group installs on top of the main pins: they are constraints, not preferences
+            (work / "main-pins.txt").write_text("".join(
+                f"{p.name}=={p.version}\n" for p in preferences if p.index != "url"))
+            common += ["--constraint", "main-pins.txt"]
         upgrades = ["--upgrade"] if upgrade else []
         for package in upgrade_packages:
             upgrades += ["--upgrade-package", package]
-        _run_uv([*common, *upgrades, "--format", "pylock.toml", "-o", output_name], work, target.name)
+        stderr = _run_uv([*common, *upgrades, "--format", "pylock.toml", "-o", output_name], work, label, spec, trace)
+        if warn is not None:
+            for message in uv_warnings(stderr):
+                warn(f"{label}: uv: {_user_words(message, spec)}")
         pylock = tomllib.loads((work / output_name).read_text())
 
         # Pass 2 starts from exactly pass 1's pins, so it re-derives the same resolution.
-        pins = {canonicalize_name(entry["name"]): entry["version"] for entry in pylock.get("packages", [])}
-        (work / "annotated.txt").write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
-        annotate = [*common, "--emit-index-annotation", "--annotation-style", "line", "-o", "annotated.txt"]
+        pins = {}
+        for entry in pylock.get("packages", []):
+            direct = entry.get("archive") or entry.get("vcs") or entry.get("directory")
+            pins[canonicalize_name(entry["name"])] = f"@ {direct['url']}" if direct else entry["version"]
+        (work / "annotated.txt").write_text("".join(
+            f"{name} {pin}\n" if pin.startswith("@") else f"{name}=={pin}\n" for name, pin in sorted(pins.items())))
+        annotate = [*common, "--quiet", "--emit-index-annotation", "--annotation-style", "line", "-o", "annotated.txt"]
         # pass 1 just put every page and metadata file pass 2 needs in uv's cache: skip revalidating
         # them (most of a warm resolve's time on indexes that send no cache headers)
         try:
-            _run_uv([*annotate, "--offline"], work, target.name)
-        except ResolutionError:
-            _run_uv(annotate, work, target.name)
+            _run_uv([*annotate, "--offline"], work, label, spec)
+        except (ResolutionError, ToolMissingError):
+            _run_uv(annotate, work, label, spec, trace)
         versions, required_by, index_urls = _parse_annotated((work / "annotated.txt").read_text())
 
     if versions != pins:
+        moved = sorted(name for name in versions.keys() | pins.keys() if versions.get(name) != pins.get(name))
         raise ResolutionError(
-            f"uv resolved target {target.name!r} differently in its two passes",
+            f"uv resolved target {label!r} differently in its two passes ({', '.join(moved[:5])})",
             hint="this is a bug in mlenv; please report it with your mlenv.toml",
         )
-    groups = _groups_of(required_by)
+    groups_of = _groups_of(required_by)
     url_to_index = {index.url.rstrip("/"): index.name for index in spec.indexes}
+    if routing.index is not None:
+        url_to_index.setdefault(routing.index.url.rstrip("/"), routing.index.name)
     default = spec.default_index()
     url_to_index.setdefault(default.url.rstrip("/"), default.name)
     resolved = []
     for entry in pylock.get("packages", []):
         name = canonicalize_name(entry["name"])
         url = index_urls.get(name, "")
+        direct = entry.get("archive")
         resolved.append(
             ResolvedPackage(
                 name=name,
                 version=entry["version"],
-                index=url_to_index.get(url, url or default.name),
-                groups=tuple(sorted(groups.get(name) or {MAIN_GROUP})),
+                index=url_to_index.get(url, url or ("url" if direct else default.name)),
+                groups=tuple(sorted(groups_of.get(name) or {MAIN_GROUP})),
                 artifacts=_artifacts(entry),
             )
         )
