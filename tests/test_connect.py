@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,11 @@ class Server:
             handle.write(line + "\n")
 
     def authorize_user(self, line: str) -> None:
-        self.user_keys.parent.mkdir(exist_ok=True)
+        self.user_keys.parent.mkdir(exist_ok=True, mode=0o700)
         with open(self.user_keys, "a") as handle:
             handle.write(line + "\n")
-        shutil.chown(self.user_keys, self.user)
+        for path in (self.user_keys.parent, self.user_keys):  # as the user would have them
+            shutil.chown(path, self.user, self.user)
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +336,147 @@ def test_port_forward_fetches_a_page_from_the_box_side(home, sshd, tmp_path):
                     assert page.read() == b"served on the box"
     finally:
         server.shutdown()
+
+
+# --- IDE links -----------------------------------------------------------------------------------------
+
+def test_code_prints_the_remote_ssh_link_when_no_ide_is_installed(home, sshd):
+    from mlenv import connect
+
+    connect.register(_box(sshd), assume_yes=True)
+    env = {"PATH": "/usr/bin:/bin"}  # no `code` here (and none on test machines)
+    shown = run_mlenv("code", "t1", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "vscode-remote://ssh-remote+mlenv-t1/root"
+    assert "not installed" in shown.stderr
+    folder = run_mlenv("code", "t1", "/srv/my project", "--ide", "cursor", "--print", env=env)
+    assert folder.stdout.strip() == "vscode-remote://ssh-remote+mlenv-t1/srv/my%20project"
+    gateway = run_mlenv("code", "t1", "--ide", "jetbrains", "--print", env=env).stdout.strip()
+    assert gateway.startswith("jetbrains-gateway://connect#type=ssh&deploy=false&host=mlenv-t1&")
+    assert f"port={sshd.port}" in gateway and "projectPath=%2Froot" in gateway
+    unknown = run_mlenv("code", "nope", env=env)
+    assert unknown.returncode == 2 and "t1" in unknown.stderr
+
+
+def test_code_runs_the_ide_cli_with_the_folder_uri(home, sshd, tmp_path):
+    from mlenv import connect
+
+    connect.register(_box(sshd), assume_yes=True)
+    fake_bin = tmp_path / "bin"  # stands in for VS Code's `code` launcher: records its arguments
+    fake_bin.mkdir()
+    (fake_bin / "code").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tmp_path}/args\n")
+    (fake_bin / "code").chmod(0o755)
+    opened = run_mlenv("code", "t1", "/work", env={"PATH": f"{fake_bin}:/usr/bin:/bin"})
+    assert opened.returncode == 0, opened.stderr
+    assert (tmp_path / "args").read_text().split() == ["--folder-uri", "vscode-remote://ssh-remote+mlenv-t1/work"]
+
+
+# --- keys per laptop ----------------------------------------------------------------------------------
+
+def _user_box(sshd):
+    """The throwaway account's box: its ~/.ssh/authorized_keys is what mlenv manages."""
+    from mlenv.connect.keys import local_key
+
+    sshd.user_keys.unlink(missing_ok=True)
+    sshd.authorize_user(local_key().public_line)
+    return _box(sshd, "u1", user=sshd.user)
+
+
+def _logs_in(home: Path, sshd, key: Path) -> bool:
+    """Does this one key (and no other) log in to the box?  ssh without any config file."""
+    return subprocess.run(
+        ["ssh", "-F", "none", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=mlenv-u1",
+         "-o", f"UserKnownHostsFile={home}/.ssh/mlenv/known_hosts", "-p", str(sshd.port),
+         f"{sshd.user}@127.0.0.1", "true"], capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def test_keys_rotate_replaces_the_key_on_the_box(home, sshd):
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+
+    connect.register(_user_box(sshd), assume_yes=True)
+    old = local_key()
+    assert _ssh(home, "mlenv-u1", "true").returncode == 0
+    rotated = run_mlenv("keys", "rotate", "u1")
+    assert rotated.returncode == 0, rotated.stderr
+    new = local_key()
+    assert new.private_path != old.private_path and new.name == old.name
+    assert _ssh(home, "mlenv-u1", "true").returncode == 0  # the ssh config now names the new key
+    assert _logs_in(home, sshd, new.private_path)
+    assert not old.private_path.exists()  # no box uses it any more
+    assert old.public_line.split()[1] not in sshd.user_keys.read_text()
+    listed = run_mlenv("keys", "ls", "--json")
+    boxes = {item["box"]: item for item in __import__("json").loads(listed.stdout)["boxes"]}
+    assert [key["fingerprint"] for key in boxes["u1"]["keys"]] == [new.fingerprint]
+
+
+def test_keys_revoke_removes_a_lost_laptops_key_from_every_box(home, sshd, tmp_path):
+    from mlenv import connect
+    from mlenv.connect import keys
+
+    box = _user_box(sshd)
+    lost = keys.generate("lost-laptop")  # another machine's key, installed on the box earlier
+    sshd.authorize_user('from="127.0.0.1" ' + lost.public_line)  # options before the key are understood
+    sshd.authorize_user("# a comment the user wrote")
+    connect.register(box, assume_yes=True)
+    assert _logs_in(home, sshd, lost.private_path)
+    listed = run_mlenv("keys", "ls")
+    assert "lost-laptop" in listed.stdout and "(this machine)" in listed.stdout
+    revoked = run_mlenv("keys", "revoke", "lost-laptop", "--yes")
+    assert revoked.returncode == 0, revoked.stderr
+    assert not _logs_in(home, sshd, lost.private_path)
+    assert _ssh(home, "mlenv-u1", "true").returncode == 0  # this machine still gets in
+    assert "# a comment the user wrote" in sshd.user_keys.read_text()
+    assert stat.S_IMODE(sshd.user_keys.stat().st_mode) == 0o600
+    own = run_mlenv("keys", "revoke", keys.local_key().name, "--yes")
+    assert own.returncode == 2 and "lock this machine out" in own.stderr
+
+
+# --- jupyter -------------------------------------------------------------------------------------------
+
+def test_jupyter_is_forwarded_with_a_token_and_loopback_only(home, sshd):
+    import json
+    import signal
+    import sys
+
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+
+    require(shutil.which("jupyter-server") is not None or __import__("importlib").util.find_spec("jupyter_server"),
+            "jupyter_server (pip install -e .[test])")
+    sshd.authorize_root(local_key().public_line)
+    connect.register(_box(sshd), assume_yes=True)
+    argv = [sys.executable, "-m", "mlenv", "jupyter", "t1", "--no-browser", "--python", sys.executable]
+    try:
+        for attempt in ("started", "reused"):
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                url = proc.stdout.readline().strip()
+                assert url.startswith("http://127.0.0.1:") and "?token=" in url, proc.stderr.read()
+                token = url.split("?token=")[1]
+                assert len(token) >= 32
+                base = url.split("?")[0].rstrip("/")
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=20) as answer:
+                    assert answer.status == 200 and "started" in json.loads(answer.read())
+                with pytest.raises(urllib.error.HTTPError) as refused:  # no token: no access
+                    urllib.request.urlopen(f"{base}/api/status", timeout=20)
+                assert refused.value.code == 403
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=20)
+            if attempt == "started":
+                first_token = token
+        assert token == first_token  # the second run found the running server
+        # on the box: the server has a token and listens on loopback only
+        box_home = {**os.environ, "HOME": __import__("pwd").getpwuid(0).pw_dir}  # root's, as sshd sets it
+        servers = subprocess.run([sys.executable, "-m", "jupyter_server", "list", "--json"], capture_output=True,
+                                 text=True, check=True, env=box_home).stdout.splitlines()
+        ours = [item for item in map(json.loads, servers) if item["token"] == token]
+        assert len(ours) == 1 and ours[0]["hostname"] == "127.0.0.1"
+        sockets = subprocess.run(["ss", "-ltnH", f"sport = :{ours[0]['port']}"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        assert [word for word in sockets if word.endswith(f":{ours[0]['port']}")] == [f"127.0.0.1:{ours[0]['port']}"]
+    finally:
+        stopped = run_mlenv("jupyter", "t1", "--stop")
+        assert stopped.returncode == 0, stopped.stderr

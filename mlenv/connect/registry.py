@@ -41,6 +41,8 @@ class Record:
     identity: str  # the private key file (absolute path)
     start_on_connect: bool = False
     workdir: str | None = None
+    # where the box's sshd reads the login user's keys (a provider may keep them elsewhere)
+    authorized_keys: str = "~/.ssh/authorized_keys"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class Record:
         check_path(self.identity, "the key file")
         if self.workdir is not None:
             check_path(self.workdir, "the box's work folder")
+        check_path(self.authorized_keys[1:] if self.authorized_keys.startswith("~/") else self.authorized_keys,
+                   "the box's authorized_keys file")
         self.start_on_connect = bool(self.start_on_connect)
 
     @property
