@@ -225,6 +225,35 @@ class ImageExecutor:
                 pass
 
 
+# --- dev boxes over SSH (paramiko) ---------------------------------------------------------------------
+
+
+class SSHExecutor:
+    """Commands on a dev box over SSH (paramiko), the box's host key checked against the pinned one.
+
+    One connection is opened on first use and reused; argv is shell-quoted for the login shell, so
+    a missing program is the shell's 127 like everywhere else."""
+
+    def __init__(self, box, *, where: str | None = None) -> None:
+        self.box = box
+        self.where = where or f"box {box.name}"
+        self._session = None
+
+    def run(self, argv, *, input=None, env=None, timeout=None) -> Completed:
+        from mlenv import connect
+
+        argv = tuple(os.fspath(part) for part in argv)
+        if self._session is None or not self._session.transport.is_active():
+            self._session = connect.open_session(self.box)
+        code, stdout, stderr = self._session.capture(shlex.join(argv), input=input, env=env, timeout=timeout)
+        return Completed(argv, code, stdout, stderr)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
 # --- helpers every executor gets --------------------------------------------------------------------
 
 

@@ -480,3 +480,27 @@ def test_jupyter_is_forwarded_with_a_token_and_loopback_only(home, sshd):
     finally:
         stopped = run_mlenv("jupyter", "t1", "--stop")
         assert stopped.returncode == 0, stopped.stderr
+
+
+def test_ssh_executor_keeps_the_executor_contract(home, sshd):
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+    from mlenv.execute import SSHExecutor, copy_tree_from, run_python, write_file
+
+    sshd.authorize_user(local_key().public_line)
+    box = _box(sshd, "u1", user=sshd.user)
+    connect.register(box, assume_yes=True)
+    executor = SSHExecutor(box)
+    try:
+        assert executor.where == "box u1"
+        done = executor.run(["sh", "-c", 'echo "$1 $GREETING"; echo oops >&2; exit 3', "sh", "it's"],
+                            env={"GREETING": "a b"})
+        assert (done.returncode, done.text, done.error_text) == (3, "it's a b\n", "oops\n")
+        assert executor.run(["no-such-program-here"]).returncode == 127
+        assert executor.run(["cat"], input=b"stdin\n").stdout == b"stdin\n"
+        assert run_python(executor, "print(6 * 7)", python="/usr/bin/python3").strip() == "42"
+        write_file(executor, f"{sshd.home}/sub/file.txt", b"written over ssh")
+        copied = copy_tree_from(executor, f"{sshd.home}/sub", home / "copy")
+        assert [path.read_bytes() for path in copied] == [b"written over ssh"]
+    finally:
+        executor.close()
