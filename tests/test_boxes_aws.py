@@ -397,3 +397,64 @@ def test_plan_creates_nothing(aws, project):
     assert "encrypted" in text and "mlenv:box=dev1" in text
     assert tagged_resources() == {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
     assert boto("ec2").describe_key_pairs()["KeyPairs"] == []
+
+
+# --- the first-boot script, run for real ------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, project, docker_client, base_image,
+                                                                       tmp_path):
+    """What EC2 would get from `up`, run as root in a container of the plain base image (host network:
+    the Debian mirror, PyPI and the test's package index).  No systemd there, so the watchdog runs
+    as a detached process; everything else is the same script."""
+    from mlenv.boxes.cloudinit import parse_host_keys, unpack
+    from mlenv.boxes.model import WATCHDOG_LOG
+
+    laptop = public_key(DATA / "laptop.pub")
+    plan = provider(project).plan_up(request("boot1", poll_s=1, authorized_keys=[laptop]))
+    script = tmp_path / "user-data"
+    script.write_bytes(unpack(plan.user_data).encode())
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    volumes = {str(script): {"bind": "/var/lib/cloud/user-data", "mode": "ro"}}
+    environment = {}
+    if ca.is_file():  # a TLS-intercepting proxy's CA (this machine's): the test host's, not the script's
+        volumes[str(ca)] = {"bind": "/etc/ssl/host-ca.crt", "mode": "ro"}
+        environment = {"SSL_CERT_FILE": "/etc/ssl/host-ca.crt", "PIP_CERT": "/etc/ssl/host-ca.crt"}
+    name = f"mlenv-test-cloudinit-{os.getpid()}"
+    container = docker_client.containers.run(base_image, ["sleep", "infinity"], name=name, detach=True,
+                                              network_mode="host", volumes=volumes, environment=environment)
+    try:
+        # cloud-init creates the image's login user before user scripts run
+        assert container.exec_run(["useradd", "-m", "-s", "/bin/bash", plan.user]).exit_code == 0
+        code, output = container.exec_run(["bash", "/var/lib/cloud/user-data"], environment=environment)
+        text = output.decode()
+        assert code == 0, text[-3000:]
+        assert "-----MLENV BOX READY-----" in text
+
+        def sh(command: str) -> str:
+            result = container.exec_run(["sh", "-c", command])
+            assert result.exit_code == 0, result.output.decode()
+            return result.output.decode()
+
+        # the keys printed are the box's real host keys
+        printed = parse_host_keys(text)
+        on_box = sorted(" ".join(line.split()[:2]) for line in sh("cat /etc/ssh/ssh_host_*_key.pub").splitlines())
+        assert sorted(printed) == on_box and any(key.startswith("ssh-ed25519 ") for key in printed)
+        assert "ClientAliveInterval 30" in sh("cat /etc/ssh/sshd_config.d/50-mlenv.conf")
+        sh("/usr/sbin/sshd -t")  # the configuration sshd would load is valid
+        home = sh(f"getent passwd {plan.user} | cut -d: -f6").strip()
+        assert laptop in sh(f"cat {home}/.ssh/authorized_keys")
+        # the watchdog runs, with the box's settings, and logs decisions
+        processes = sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done")
+        watchdog = [line for line in processes.splitlines() if "watchdog.py" in line]
+        assert watchdog and "--action poweroff" in watchdog[0] and "--poll 1" in watchdog[0]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not container.exec_run(["test", "-s", WATCHDOG_LOG]).exit_code == 0:
+            time.sleep(0.5)
+        decision = json.loads(sh(f"head -n1 {WATCHDOG_LOG}"))
+        assert decision  # one JSON line per poll
+        # the lock is synced into the venv
+        assert sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'").strip() == "1.1"
+    finally:
+        container.remove(force=True)
