@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from mlenv import __version__
 from mlenv.errors import SpecError, UsageError
 from mlenv.fsutil import atomic_write
+from mlenv.validate import relative_path, shell_word, workflow_text, yaml_string
 
 WORKFLOW_PATH = ".github/workflows/mlenv.yml"
 HEADER = (
@@ -127,26 +127,12 @@ _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-
 _JOB_SAFE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}\Z")
 
 
-def _safe_text(value: str) -> str | None:
-    """The problem with free text bound for a workflow (a test command), or None when it is fine."""
-    if "${{" in value:
-        return "must not contain '${{' (GitHub would evaluate it as an expression)"
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        return "must be one line of printable text"
-    if not value.strip():
-        return "must not be empty"
-    return None
-
-
 def _relative_path(value: str) -> str | None:
-    if not _RELATIVE_PATH.match(value) or ".." in value.split("/") or "//" in value:
-        return "must be a relative path inside the project (letters, digits, . _ - /)"
-    return None
-
-
-def yaml_quote(value: str) -> str:
-    """A double-quoted YAML scalar (JSON strings are valid YAML); values are validated first."""
-    return json.dumps(str(value), ensure_ascii=False)
+    """Paths that land in YAML, in ``hashFiles('...')`` and in shell words: relative (validate) and plain."""
+    problem = relative_path(value)
+    if problem is None and not _RELATIVE_PATH.match(value):
+        problem = f"{value!r} must use only letters, digits, '.', '_', '-' and '/'"
+    return problem
 
 
 def expression(text: str) -> str:
@@ -233,7 +219,7 @@ def read_settings(spec, lock) -> CISettings:
 
     test_command = ci.get("test-command", default_test_command(spec.root))
     if test_command is not None:
-        problem = _safe_text(test_command)
+        problem = workflow_text(test_command)
         if problem:
             raise _spec_error(spec, "test-command", problem)
 
@@ -241,7 +227,7 @@ def read_settings(spec, lock) -> CISettings:
     for notebook in notebooks:
         problem = _relative_path(notebook)
         if problem or not notebook.endswith(".ipynb"):
-            raise _spec_error(spec, "notebooks", f"{notebook!r} {problem or 'is not a .ipynb file'}")
+            raise _spec_error(spec, "notebooks", problem or f"{notebook!r} is not a .ipynb file")
         if not (spec.root / notebook).is_file():
             raise _spec_error(spec, "notebooks", f"{notebook} does not exist", "name notebooks relative to mlenv.toml")
     stems = [Path(notebook).stem for notebook in notebooks]
@@ -292,7 +278,7 @@ def read_settings(spec, lock) -> CISettings:
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
-        if Requirement(requirement).name != "mlenv" or _safe_text(requirement):
+        if Requirement(requirement).name != "mlenv" or workflow_text(requirement):
             raise InvalidRequirement("not a requirement on mlenv")
     except InvalidRequirement:
         raise _spec_error(spec, "mlenv-requirement", f"{requirement!r} is not a requirement on mlenv",
@@ -368,7 +354,7 @@ def _notebook_runs(settings: CISettings) -> list[NotebookRun]:
         for name, values in settings.notebook_parameters:
             words += ["-p", f"{name}={values}"]
         words += ["--output", f"{SWEEP_OUTPUT}/{Path(notebook).stem}"]
-        runs.append(NotebookRun(notebook, " ".join(shlex.quote(word) for word in words)))
+        runs.append(NotebookRun(notebook, " ".join(shell_word(word) for word in words)))
     return runs
 
 
@@ -388,7 +374,7 @@ def render_github(spec, lock, settings: CISettings | None = None) -> str:
         stage=IMAGE_STAGE,
         sweep_output=SWEEP_OUTPUT,
         actions=ACTIONS,
-        q=yaml_quote,
+        q=yaml_string,
         x=expression,
     )
     return with_header(body)

@@ -276,6 +276,30 @@ def ignore_line(value: Any) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
+def yaml_string(value: Any) -> str:
+    """A double-quoted YAML scalar (a JSON string is one).  Control characters are refused: a value
+    that needs them was not validated."""
+    import json
+
+    text = str(value)
+    if _CONTROL.search(text):
+        raise UnsafeValue(f"{text!r} contains control characters and cannot be written into a YAML file")
+    return json.dumps(text, ensure_ascii=False)
+
+
+def workflow_text(value: Any) -> str | None:
+    """Free text bound for a CI workflow (a test command): one line, and never a GitHub expression,
+    which the runner would evaluate with the repository's secrets in reach."""
+    problem = _text(value, "text")
+    if problem:
+        return problem
+    if "${{" in value:
+        return f"{value!r} must not contain '${{{{' (GitHub would evaluate it as an expression)"
+    if not value.strip():
+        return "expected text, got an empty string"
+    return None
+
+
 def install_filters(environment) -> None:
     """Register the quoting filters on a jinja2 Environment: ``sh``, ``dockerfile_string``, ``ignore_line``."""
     environment.filters.update(sh=shell_word, dockerfile_string=dockerfile_string, ignore_line=ignore_line)

@@ -83,14 +83,29 @@ def steps(job: dict) -> dict[str, dict]:
     return {step.get("id") or step.get("name") or step["uses"].split("@")[0]: step for step in job["steps"]}
 
 
-@pytest.fixture
-def project(tmp_path, local_index):
-    root = make_project(tmp_path / "demo", local_index.url, targets=TWO_TARGETS, extra=(
-        '[ci]\nnotebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01], opt = "adam" }\n'
-        f"gpu-runs-on = {json.dumps(list(GPU_LABELS))}\n"))
+@pytest.fixture(scope="module")
+def locked_project(tmp_path_factory):
+    """Locked once per module (ci init needs no index afterwards); tests get a copy."""
+    from tests.pkgindex import LocalIndex
+
+    index = LocalIndex(tmp_path_factory.mktemp("ci-index"))
+    index.add("tinydep", "1.1")
+    index.add("tinylib", "1.0", requires=["tinydep>=1.0"])
+    index.add("devtool", "0.5")
+    try:
+        root = make_project(tmp_path_factory.mktemp("ci-project") / "demo", index.url, targets=TWO_TARGETS, extra=(
+            '[ci]\nnotebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01], opt = "adam" }\n'
+            f"gpu-runs-on = {json.dumps(list(GPU_LABELS))}\n"))
+    finally:
+        index.close()
     (root / "notebooks").mkdir()
     (root / "notebooks" / "train.ipynb").write_text("{}")
     return root
+
+
+@pytest.fixture
+def project(locked_project, tmp_path):
+    return Path(shutil.copytree(locked_project, tmp_path / "demo"))
 
 
 def set_ci(root: Path, table: str) -> None:
@@ -170,9 +185,9 @@ def test_ecr_through_oidc(project):
 
 @pytest.mark.parametrize("key, value, complaint", [
     ("test-command", '"pytest ${{ secrets.AWS_KEY }}"', "expression"),
-    ("test-command", '"pytest\\nrm -rf /"', "one line"),
-    ("notebooks", '["../outside.ipynb"]', "relative path"),
-    ("notebooks", '["a b.ipynb"]', "relative path"),
+    ("test-command", '"pytest\\nrm -rf /"', "control characters"),
+    ("notebooks", '["../outside.ipynb"]', "inside the project"),
+    ("notebooks", '["a b.ipynb"]', "only letters"),
     ("notebook-parameters", '{ lr = ["0.1; curl evil"] }', "simple value"),
     ("notebook-parameters", '{ "x y" = [1] }', "parameter name"),
     ("gpu-runs-on", '["gpu\\"]; echo"]', "runner label"),
@@ -234,3 +249,163 @@ def test_dry_run_prints_and_writes_nothing(project):
     assert result.returncode == 0
     assert result.stdout.startswith(ci.HEADER) and "jobs:" in result.stdout
     assert not (project / WORKFLOW).exists()
+
+
+# --- the run: steps, executed for real ------------------------------------------------------------------
+
+_EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+class Job:
+    """Runs one job's ``run:`` steps with bash the way a GitHub runner does: workflow, job and step
+    ``env:`` merged, ``${{ }}`` in them resolved, ``$GITHUB_OUTPUT`` collected per step id.
+
+    Only the expressions the generated workflow uses are understood; ``events`` answers the rest
+    (e.g. the event-name comparisons).  ``uses:`` steps are the test's business.
+    """
+
+    def __init__(self, workflow: dict, job_id: str, root: Path, *, env: dict, needs: dict | None = None,
+                 events: dict | None = None) -> None:
+        self.workflow, self.job, self.root = workflow, workflow["jobs"][job_id], root
+        self.base_env, self.needs, self.events = env, needs or {}, events or {}
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.temp = root.parent / f"runner-temp-{job_id}"
+        self.temp.mkdir(exist_ok=True)
+
+    def resolve(self, text) -> str:
+        def value(match: re.Match) -> str:
+            expr = match.group(1)
+            if expr in self.events:
+                return self.events[expr]
+            if expr == "runner.temp":
+                return str(self.temp)
+            if (found := re.fullmatch(r"steps\.([\w-]+)\.outputs\.([\w-]+)", expr)):
+                return self.outputs.get(found.group(1), {}).get(found.group(2), "")
+            if (found := re.fullmatch(r"needs\.([\w-]+)\.outputs\.([\w-]+)", expr)):
+                return self.needs[found.group(1)].get(found.group(2), "")
+            if (found := re.fullmatch(r"env\.(\w+)", expr)):
+                return self.env({})[found.group(1)]
+            if (found := re.fullmatch(r"hashFiles\((.*)\)", expr)):
+                files = re.findall(r"'([^']+)'", found.group(1))
+                import hashlib
+
+                digest = hashlib.sha256()
+                for name in files:
+                    digest.update(hashlib.sha256((self.root / name).read_bytes()).digest())
+                return digest.hexdigest()
+            raise AssertionError(f"the test runner does not know the expression {expr!r}")
+
+        return _EXPRESSION.sub(value, str(text))
+
+    def env(self, step: dict) -> dict[str, str]:
+        merged = {**self.base_env, "RUNNER_TEMP": str(self.temp)}
+        for layer in (self.workflow.get("env", {}), self.job.get("env", {}), step.get("env", {})):
+            for key, raw in layer.items():
+                merged[key] = self.resolve(raw)
+        return merged
+
+    def step(self, key: str) -> dict:
+        return steps(self.job)[key]
+
+    def with_(self, key: str) -> dict[str, str]:
+        return {name: self.resolve(value) for name, value in self.step(key).get("with", {}).items()}
+
+    def run(self, key: str, *, timeout: float = 600) -> subprocess.CompletedProcess:
+        step = self.step(key)
+        assert "${{" not in step["run"]
+        output = self.temp / f"output-{len(self.outputs)}"
+        output.write_text("")
+        env = {**self.env(step), "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(self.temp / "summary")}
+        # defaults.run.shell: bash -> what GitHub runs: bash --noprofile --norc -eo pipefail {0}
+        assert self.workflow["defaults"]["run"]["shell"] == "bash"
+        result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+                                cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"step {key!r} failed:\n{result.stdout}\n{result.stderr}"
+        self.outputs[step.get("id", key)] = dict(
+            line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
+        return result
+
+
+@pytest.fixture
+def ci_project(tmp_path, local_index, mlenv_wheel_url):
+    """One CPU target built on the local base image, with unittest tests that import a locked package.
+
+    ``mlenv-requirement`` points at this checkout's wheel: nothing here can install mlenv from PyPI.
+    """
+    root = make_project(tmp_path / "demo", local_index.url,
+                        image='[image]\nbase = "localhost/python:3.11-slim-bookworm"\n',
+                        extra=('[ci]\ntest-command = "python -m unittest discover -s tests -v"\n'
+                               f"mlenv-requirement = {json.dumps(mlenv_wheel_url)}\n"))
+    (root / "tests").mkdir()
+    (root / "tests" / "test_demo.py").write_text(
+        "import unittest\n\nimport tinydep\n\n\nclass Locked(unittest.TestCase):\n"
+        "    def test_locked_version(self):\n        self.assertEqual(tinydep.__version__, '1.1')\n")
+    assert run_mlenv("gen", "dockerfile", "--no-resolve-digest", cwd=root).returncode == 0
+    assert run_mlenv("ci", "init", cwd=root).returncode == 0
+    return root
+
+
+@pytest.mark.docker
+def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, base_image, docker_client, tmp_path):
+    """A pull request, end to end: lock job, image job (built, not pushed, handed over as a tarball),
+    test job (loads it, runs doctor and the tests inside it)."""
+    workflow = assert_valid_workflow(ci_project / WORKFLOW)
+    pull_request = {"github.event_name != 'pull_request'": "false",
+                    "github.event.pull_request.number || github.ref": "7"}
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env |= {"DOCKER_HOST": docker_engine, "GITHUB_REPOSITORY_OWNER": "Demo-Org", "GITHUB_EVENT_NAME": "pull_request"}
+
+    # lock job: actions/setup-python gives a fresh Python; a venv stands in for it here
+    venv = tmp_path / "setup-python"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    lock = Job(workflow, "lock", ci_project, env={**env, "PATH": f"{venv}/bin:{env['PATH']}"}, events=pull_request)
+    assert lock.with_("actions/setup-python")["python-version"] == "3.11"
+    lock.run("Install mlenv")
+    assert (venv / "bin" / "mlenv").exists()
+    assert "up to date" in lock.run("mlenv.lock matches mlenv.toml").stderr.lower()
+    lock.run("Dockerfiles and this workflow follow the lock")
+
+    # image job
+    image = Job(workflow, "image-cpu", ci_project, env=env, events=pull_request)
+    image.run("image")
+    ref = image.outputs["image"]["ref"]
+    assert re.fullmatch(r"ghcr\.io/demo-org/demo:cpu-dev-[0-9a-f]{16}", ref), ref  # lower-cased owner
+    assert "cache-to" not in image.outputs["image"]  # pull requests write no cache
+    image.run("existing")  # no registry has it (and no buildx here): build
+    assert image.outputs["existing"] == {}
+    build = image.with_("local")
+    assert image.step("local")["if"].endswith("env.PUSH_IMAGE != 'true'") and "push" not in build
+    # docker/build-push-action's inputs, given to the BuildKit CLI of this machine; --network host and
+    # the CA secret are this machine's needs (a loopback index, a TLS-intercepting proxy), not the workflow's
+    argv = [build_cli, "build", "-f", build["file"], "--target", build["target"], "-t", build["tags"],
+            "--build-arg", build["build-args"], "--network", "host"]
+    if Path("/etc/ssl/certs/ca-certificates.crt").is_file():
+        argv += ["--secret", "id=cacert,src=/etc/ssl/certs/ca-certificates.crt"]
+    built = subprocess.run([*argv, build["context"]], cwd=ci_project, env={**env, "DOCKER_BUILDKIT": "1"},
+                           capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    image_id = docker_client.images.get(ref).id
+    # outputs: type=docker,dest=... -> the tarball the upload-artifact step hands over
+    tarball = build["outputs"].removeprefix("type=docker,dest=")
+    with open(tarball, "wb") as handle:
+        for chunk in docker_client.images.get(ref).save(named=True):
+            handle.write(chunk)
+    docker_client.images.remove(ref, force=True)
+    image.outputs["local"] = {"imageid": image_id}
+    assert image.with_("Hand the image to the test job")["path"] == tarball
+    image.run("result")
+    assert image.outputs["result"] == {"image": image_id, "artifact": "mlenv-image-cpu"}
+    needs = {"image-cpu": {name: image.resolve(value) for name, value in workflow["jobs"]["image-cpu"]["outputs"].items()}}
+
+    # test job: the artifact lands in runner.temp, is loaded, and doctor + the tests run inside it
+    test = Job(workflow, "test-cpu", ci_project, env=env, needs=needs, events=pull_request)
+    assert test.with_("Download the pull request's image")["name"] == "mlenv-image-cpu"
+    shutil.copy(tarball, test.temp / "mlenv-image.tar")
+    try:
+        test.run("Load the pull request's image")
+        doctor = test.run("mlenv doctor inside the image")
+        assert "/opt/venv/bin/python" in doctor.stdout + doctor.stderr
+        tests = test.run("Tests inside the image")
+        assert "test_locked_version" in tests.stderr and "OK" in tests.stderr
+    finally:
+        docker_client.images.remove(image_id, force=True)
