@@ -183,7 +183,7 @@ def default_test_command(root: Path) -> str | None:
 
 def read_settings(spec, lock) -> CISettings:
     """Validate ``[ci]`` (plus the names it pulls from the spec and lock) for a workflow."""
-    from mlenv.render import containerizable
+    from mlenv.image.plan import containerizable
 
     ci: dict[str, Any] = dict(spec.ci)
     linux = [name for name in spec.targets if name in lock.targets and containerizable(lock.targets[name])]
