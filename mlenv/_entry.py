@@ -30,7 +30,7 @@ def _provably_fresh() -> int | None:
     start = Path.cwd()
     for folder in (start, *start.parents):
         spec = folder / "mlenv.toml"
-        if spec.is_file():
+        if spec.exists() or spec.is_symlink():  # a broken one is the full CLI's to explain
             break
     else:
         return None

@@ -32,6 +32,11 @@ class MlenvError(Exception):
     exit_code: ExitCode = ExitCode.DRIFT
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # messages quote user input (requirement lines, index URLs): a credential in a URL is never printed
+        from mlenv.validate import redact_text  # lazy: mlenv.validate imports this module
+
+        message = redact_text(message)
+        hint = redact_text(hint) if hint else hint
         super().__init__(message)
         self.message = message
         self.hint = hint

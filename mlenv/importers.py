@@ -41,6 +41,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from mlenv.errors import SpecError
+from mlenv.fsutil import read_text
+from mlenv.validate import CREDENTIAL_HINT, redact_text, redact_url
 
 PYPI_URLS = {"https://pypi.org/simple", "https://pypi.python.org/simple", "https://pypi.org/simple/"}
 PYTORCH_HOST = "download.pytorch.org"
@@ -105,7 +107,8 @@ class Imported:
     summary: list[tuple[str, str]] = field(default_factory=list)  # (file, what was imported from it)
 
     def note(self, origin: str, kind: str, text: str) -> None:
-        self.notes.append(Note(origin, kind, text))
+        # notes are printed and copied into mlenv.toml's comment block: never with a credential
+        self.notes.append(Note(redact_text(origin), kind, redact_text(text)))
 
     def set_cuda(self, version: str, origin: str) -> None:
         """Record the CUDA the inputs ask for; ``origin`` says where and why ("requirements.txt:9 torch==...")."""
@@ -145,17 +148,24 @@ class Imported:
         return index
 
     def _clean_url(self, url: str, origin: str) -> str:
-        parts = urlsplit(url)
-        if parts.username or parts.password:
-            secret = parts.password or parts.username or ""
-            if not (secret.startswith("${") and secret.endswith("}")):
-                host = parts.hostname or ""
-                netloc = host + (f":{parts.port}" if parts.port else "")
-                self.note(origin, "credentials", f"removed the credentials from index URL for {host}: "
-                          "mlenv.toml is committed; configure them with keyring or "
-                          "UV_INDEX_<NAME>_USERNAME / UV_INDEX_<NAME>_PASSWORD")
-                parts = parts._replace(netloc=netloc)
-        return urlunsplit(parts).rstrip("/")
+        clean = redact_url(url)
+        if clean != url:
+            host = urlsplit(clean).hostname or ""
+            self.note(origin, "credentials", f"removed the credentials from index URL for {host}: mlenv.toml is "
+                      f"committed; {CREDENTIAL_HINT}")
+        return clean.rstrip("/")
+
+    def without_credentials(self, requirement: Requirement, origin: str) -> Requirement:
+        """``pkg @ https://user:token@host/...`` -> ``pkg @ https://host/...``, with a note saying how to
+        supply the secret; ``${VAR}`` placeholders stay (uv expands them)."""
+        if not requirement.url or redact_url(requirement.url) == requirement.url:
+            return requirement
+        clean = Requirement(str(requirement))
+        clean.url = redact_url(requirement.url)
+        host = urlsplit(clean.url).hostname or ""
+        self.note(origin, "credentials", f"removed the credentials from the URL of {requirement.name} ({host}): "
+                  f"mlenv.toml is committed; {CREDENTIAL_HINT}")
+        return clean
 
     def requirements_of(self, group: str) -> list[str]:
         return self.dependencies if group == MAIN else self.groups.setdefault(group, [])
@@ -330,7 +340,7 @@ class RequirementsReader:
 
     def _read_file(self, path: Path, group: str, parsed: _Parsed, stack: tuple[Path, ...], constraint: bool) -> None:
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            text = read_text(path, encoding="utf-8-sig")
         except UnicodeDecodeError:
             raise SpecError("not UTF-8 text", path=self.rel(path)) from None
         stack = stack + (path,)
@@ -492,12 +502,17 @@ def _merge_constraints(imported: Imported, constraints: list[Req], rel: str) -> 
 def _add_requirements(imported: Imported, group: str, requirements: list[Req]) -> int:
     target = imported.requirements_of(group)
     added = 0
+    # sets beside the lists: membership must stay O(1) for 100k-line requirements files
+    present = set(target)
+    main = set(imported.dependencies) if group != MAIN else present
     for item in requirements:
-        requirement = strip_local_versions(item.requirement, item.origin, imported)
+        requirement = imported.without_credentials(item.requirement, item.origin)
+        requirement = strip_local_versions(requirement, item.origin, imported)
         text = item.text if requirement is item.requirement else str(requirement)
-        if text in target or (group != MAIN and text in imported.dependencies):
+        if text in present or text in main:
             continue
         target.append(text)
+        present.add(text)
         added += 1
     return added
 
@@ -533,7 +548,7 @@ def _group_name(raw: str) -> str:
 def read_pyproject(path: Path, imported: Imported, root: Path, running_python: str) -> None:
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(path))
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
@@ -732,7 +747,7 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
 
     rel = path.relative_to(root).as_posix()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

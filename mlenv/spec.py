@@ -8,6 +8,7 @@ validated here too, so a typo there fails at load time, not halfway through a bu
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -530,6 +531,13 @@ def parse_spec(text: str, path: Path) -> Spec:
     )
 
 
+def _not_a_spec_file(path: Path) -> SpecError:
+    if path.is_symlink() and not path.exists():
+        return SpecError(f"{path} is a broken symlink (to {os.readlink(path)})",
+                         hint="fix or remove the link; mlenv does not fall back to a parent folder's spec")
+    return SpecError(f"{path} is not a file", hint=f"move the folder {path.name} aside, then run `mlenv init`")
+
+
 def find_spec(start: Path | None = None) -> Path:
     """The nearest ``mlenv.toml`` at or above ``start`` (the current directory by default)."""
     start = (start or Path.cwd()).resolve()
@@ -537,6 +545,9 @@ def find_spec(start: Path | None = None) -> Path:
         candidate = folder / SPEC_FILE
         if candidate.is_file():
             return candidate
+        if candidate.exists() or candidate.is_symlink():
+            # this folder's spec is broken: never fall back silently to a parent folder's project
+            raise _not_a_spec_file(candidate)
     raise SpecError(f"no {SPEC_FILE} in {start} or any parent folder", hint="run `mlenv init` to create one")
 
 
@@ -549,9 +560,13 @@ def load_spec(path: Path | str | None = None) -> Spec:
         if spec_path.is_dir():
             spec_path = spec_path / SPEC_FILE
         if not spec_path.is_file():
+            if spec_path.exists() or spec_path.is_symlink():
+                raise _not_a_spec_file(spec_path)
             raise SpecError(f"{spec_path} does not exist", hint="run `mlenv init` to create one")
     # read once: the digest recorded in the lock must be of the bytes that were resolved
-    data = spec_path.read_bytes()
+    from mlenv.fsutil import read_bytes
+
+    data = read_bytes(spec_path)  # a FileAccessError that says what to do when it cannot be read
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

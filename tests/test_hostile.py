@@ -182,3 +182,211 @@ def test_wrong_types_are_corrupt_for_lock_check_sync_and_doctor(locked, edit, si
 def test_non_utf8_lock_is_corrupt_not_a_traceback(locked):
     (locked / "mlenv.lock").write_bytes(b"\xff\xfe[lock]\n")
     assert_corrupt_everywhere(locked)
+
+
+# --- item 2: credentials never reach mlenv.toml, the lock, generated files or messages ----------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from tests.conftest import IN_CI, require  # noqa: E402
+
+SECRETS = ("pass1", "pass2", "pass3", "token4", "TOKEN5", "pass6", "TOKEN7", "pass8")
+CREDENTIAL_LINES = """\
+--index-url https://user:pass1@private.example.com/simple
+--extra-index-url https://${USER}:${TOKEN}@other.example.com/simple
+--find-links https://user:pass2@files.example.com/links
+pkg @ https://user:pass3@host.example.com/pkg-1.0-py3-none-any.whl
+-e git+https://user:token4@github.com/org/repo.git#egg=repo
+git+https://TOKEN5@github.com/org/other.git
+https://user:pass6@host.example.com/bare-1.0.tar.gz
+other @ git+https://TOKEN7@github.com/org/other.git
+-c https://user:pass8@example.com/constraints.txt
+"""
+WIDE = {"COLUMNS": "250"}
+
+
+def test_init_copies_no_credential_into_mlenv_toml_or_its_output(tmp_path):
+    (tmp_path / "requirements.txt").write_text(CREDENTIAL_LINES.replace("-c https://user:pass8@example.com/constraints.txt\n", ""))
+    result = run_mlenv("init", "--yes", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    spec = (tmp_path / "mlenv.toml").read_text()
+    for secret in SECRETS:
+        assert secret not in spec and secret not in result.stdout + result.stderr, secret
+    # the placeholders stay; the user is told how to supply the rest
+    assert "https://${USER}:${TOKEN}@other.example.com/simple" in spec
+    assert '"pkg @ https://host.example.com/pkg-1.0-py3-none-any.whl"' in spec
+    assert "removed the credentials from the URL of pkg" in result.stdout
+    assert "${VARIABLE}" in spec and "keyring" in spec
+
+    dry = run_mlenv("init", "--dry-run", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
+    assert dry.returncode == 0 and not any(s in dry.stdout + dry.stderr for s in SECRETS)
+
+
+def test_an_error_message_quoting_a_credential_url_does_not_print_it(tmp_path):
+    (tmp_path / "requirements.txt").write_text(CREDENTIAL_LINES.splitlines()[-1] + "\n")
+    result = run_mlenv("init", "--yes", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 3 and "remote requirements files are not read" in result.stderr
+    assert "pass8" not in result.stdout + result.stderr and "https://example.com/constraints.txt" in result.stderr
+
+
+@pytest.mark.parametrize("line,where", [
+    ('dependencies = ["pkg @ https://user:hunter2@host.example.com/pkg-1.0-py3-none-any.whl"]', "dependencies"),
+    ('dependencies = ["other @ git+https://hunter2@github.com/org/other.git"]', "dependencies"),
+])
+def test_a_credential_written_into_the_spec_by_hand_is_refused_without_echoing_it(tmp_path, line, where):
+    (tmp_path / "mlenv.toml").write_text(f'[project]\nname = "demo"\npython = "3.11"\n{line}\n\n'
+                                         '[targets.cpu]\nplatform = "linux/x86_64"\n')
+    result = run_mlenv("lock", cwd=tmp_path)
+    assert result.returncode == 3 and "credential" in result.stderr and "${VARIABLE}" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert not (tmp_path / "mlenv.lock").exists()
+    as_json = run_mlenv("lock", "--json", cwd=tmp_path)
+    assert as_json.returncode == 3 and json.loads(as_json.stdout)["error"]["code"] == 3
+    assert "hunter2" not in as_json.stdout + as_json.stderr
+
+
+def test_a_credential_in_a_spec_index_url_is_refused(tmp_path):
+    (tmp_path / "mlenv.toml").write_text(
+        '[project]\nname = "demo"\npython = "3.11"\n\n[[index]]\nname = "corp"\n'
+        'url = "https://__token__:hunter2@pypi.corp.example/simple"\n\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    result = run_mlenv("lock", cwd=tmp_path)
+    assert result.returncode == 3 and "mlenv.toml:7" in result.stderr and "UV_INDEX_" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_placeholders_in_index_urls_reach_the_lock_unchanged(tmp_path, local_index):
+    """``${VAR}`` is how a secret is supplied: uv expands it, mlenv keeps it literally everywhere."""
+    url = local_index.url.replace("http://", "http://${MLENV_TEST_USER}:${MLENV_TEST_TOKEN}@")
+    write_spec(tmp_path, url)
+    result = run_mlenv("lock", cwd=tmp_path, env={"MLENV_TEST_USER": "alice", "MLENV_TEST_TOKEN": "s3cret-t0ken"})
+    assert result.returncode == 0, result.stderr
+    written = "".join(p.read_text() for p in tmp_path.glob("*lock*"))
+    assert "s3cret-t0ken" not in written and "${MLENV_TEST_TOKEN}" in written
+
+
+# --- item 4: permissions --------------------------------------------------------------------------------
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_written_files_respect_the_umask(tmp_path, umask_027, locked):
+    # `locked` ran under umask 027 too (fixtures run in order): mlenv.lock and the pylock follow it
+    for name in ("mlenv.lock", "pylock.cpu.toml"):
+        assert stat.S_IMODE((locked / name).stat().st_mode) == 0o640, name
+    result = run_mlenv("init", "--yes", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "mlenv.toml").stat().st_mode) == 0o640
+    result = run_mlenv("gen", "devcontainer", cwd=locked)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((locked / ".devcontainer").stat().st_mode) == 0o750
+    for path in (locked / ".devcontainer").rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o027 == 0, path
+
+
+def test_private_files_are_0600_whatever_the_umask(tmp_path):
+    from mlenv.fsutil import atomic_write
+
+    previous = os.umask(0)
+    try:
+        atomic_write(tmp_path / "key", b"secret", private=True)
+        atomic_write(tmp_path / "plain", b"text")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666
+    # replacing a file that was made public by mistake does not keep it public
+    (tmp_path / "key").chmod(0o644)
+    atomic_write(tmp_path / "key", b"rotated", private=True)
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
+
+
+# --- item 8: the filesystem says no ------------------------------------------------------------------------
+
+def run_unprivileged(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`mlenv ARGS` as a user file permissions apply to.  Root ignores them, so as root the command runs
+    with CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH dropped (util-linux setpriv), still as the same user."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        require(shutil.which("setpriv") is not None, "setpriv (util-linux), to drop root's permission override")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    env = {**os.environ, **WIDE}
+    env.pop("MLENV_DEBUG", None)
+    return subprocess.run([*prefix, sys.executable, "-m", "mlenv", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_clear_message(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+
+
+@pytest.fixture
+def read_only(request):
+    folders: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        folder.chmod(0o555)
+        folders.append(folder)
+        return folder
+
+    yield make
+    for folder in folders:
+        folder.chmod(0o755)
+
+
+def test_read_only_project_folder(locked, local_index, read_only):
+    before = {p.name: p.read_bytes() for p in locked.iterdir() if p.is_file()}
+    write_spec(locked, local_index.url, project='\n')  # same spec, new bytes: lock must write
+    (locked / "mlenv.toml").write_text((locked / "mlenv.toml").read_text().replace('"tinylib"', '"tinylib", "tinydep"'))
+    read_only(locked)
+    assert_one_clear_message(run_unprivileged("lock", cwd=locked), 3, "cannot write", "writable")
+    assert_one_clear_message(run_unprivileged("gen", "dockerfile", "--target", "cpu", cwd=locked), 3, "cannot write")
+    assert_one_clear_message(run_unprivileged("init", "--yes", "--force", "--target", "cpu=linux/x86_64", cwd=locked),
+                             3, "cannot write")
+    after = {p.name: p.read_bytes() for p in locked.iterdir() if p.is_file() and p.name != "mlenv.toml"}
+    assert after == {k: v for k, v in before.items() if k != "mlenv.toml"}  # nothing half-written
+    assert not [p for p in locked.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unreadable_requirements_file(tmp_path):
+    (tmp_path / "requirements.txt").write_text("six\n")
+    (tmp_path / "requirements.txt").chmod(0o000)
+    result = run_unprivileged("init", "--yes", "--target", "cpu=linux/x86_64", cwd=tmp_path)
+    (tmp_path / "requirements.txt").chmod(0o644)
+    assert_one_clear_message(result, 3, "cannot read", "requirements.txt", "chmod")
+    assert not (tmp_path / "mlenv.toml").exists()
+
+
+@pytest.mark.parametrize("name", ["mlenv.toml", "Dockerfile"])
+def test_a_folder_where_a_file_belongs(locked, name):
+    if name == "mlenv.toml":
+        shutil.move(locked / "mlenv.toml", locked / "spec.bak")
+        (locked / "mlenv.toml").mkdir()
+        result = run_mlenv("init", "--yes", "--force", "--target", "cpu=linux/x86_64", cwd=locked, env=WIDE)
+        assert_one_clear_message(result, 3, "is a folder")
+        assert_one_clear_message(run_mlenv("lock", "--check", cwd=locked), 3, "is not a file")
+    else:
+        (locked / "Dockerfile").mkdir()
+        result = run_mlenv("gen", "dockerfile", "--target", "cpu", "--force", cwd=locked)
+        assert_one_clear_message(result, 3, "is a folder")
+    assert (locked / name).is_dir()
+
+
+def test_broken_spec_symlink_does_not_fall_back_to_the_parent_project(locked):
+    child = locked / "sub"
+    child.mkdir()
+    (child / "mlenv.toml").symlink_to(child / "gone.toml")
+    for command in (["lock", "--check"], ["lock"], ["doctor"]):
+        result = run_mlenv(*command, cwd=child)
+        assert_one_clear_message(result, 3, "broken symlink")

@@ -325,7 +325,7 @@ def lock_project(
             if name not in spec.targets:
                 (root / pylock_name(name)).unlink(missing_ok=True)
         new_text = lock.dumps()
-        if not lock_path(root).is_file() or lock_path(root).read_text() != new_text:
+        if not lock_path(root).is_file() or lock_path(root).read_bytes() != new_text.encode():
             atomic_write(lock_path(root), new_text)
     return result
 
