@@ -72,7 +72,7 @@ def default_provider_name(spec: Spec | None) -> str:
 
 
 def _keepalive_path(holder: str) -> str:
-    if not BOX_NAME.match(holder):
+    if not BOX_NAME.fullmatch(holder):
         raise UsageError(f"invalid keep-alive holder {holder!r}", hint="use lowercase letters, digits and -")
     return f"{KEEPALIVE_DIR}/{holder}"
 

@@ -8,12 +8,12 @@ is one module implementing ``Provider``; ``mlenv.boxes.provider(name, spec)`` fi
 from __future__ import annotations
 
 import getpass
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from mlenv import validate
 from mlenv.errors import UsageError
 
 if TYPE_CHECKING:
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 STATES = ("pending", "running", "stopping", "stopped", "terminated")
 
 # Box names end up in container and volume names, ssh_config host aliases (mlenv-NAME), EC2 tags and
-# file names: one strict shape, checked wherever a name is read (CLI, labels, tags).
-BOX_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}\Z")
+# file names: one strict shape (mlenv.validate), checked wherever a name is read (CLI, labels, tags).
+BOX_NAME = validate.BOX_NAME
 
 # Labels (docker) and tags (aws, as "mlenv:box" ...) that make a resource mlenv's and tie it to a box.
 LABEL_BOX = "mlenv.box"
@@ -47,11 +47,9 @@ DEFAULT_MAX_LIFETIME_S = 12 * 3600
 
 def validate_box_name(name: str) -> str:
     """``name`` when it is a valid box name, else a ``UsageError`` saying what is allowed."""
-    if not isinstance(name, str) or not BOX_NAME.match(name):
-        raise UsageError(
-            f"invalid box name {name!r}",
-            hint="use 1-31 characters: a lowercase letter first, then lowercase letters, digits and -",
-        )
+    problem = validate.box_name(name)
+    if problem:
+        raise UsageError(problem, hint="e.g. gpu1 or my-box")
     return name
 
 
@@ -155,6 +153,9 @@ class UpRequest:
     region: str | None = None
     disk_gb: int | None = None
     poll_s: int | None = None  # watchdog poll interval; None = the provider's default
+    # options for the image build `up` runs when the image is missing (as `mlenv build` takes them):
+    # base_image, network, build_args, ca_bundle_path
+    build_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_box_name(self.name)

@@ -61,7 +61,7 @@ def _root(
 
 def _register() -> None:
     # Each module adds its commands to `app`; importing them is cheap (typer only).
-    from mlenv.cli import build, ci, connect, doctor, gen, init, lock, sweep, sync  # noqa: F401
+    from mlenv.cli import boxes, build, ci, connect, doctor, gen, init, lock, sweep, sync  # noqa: F401
 
 
 _register()

@@ -1,0 +1,376 @@
+"""`mlenv up | ls | stop | start | down | gc | ssh | logs | keepalive`: dev boxes (mlenv/boxes)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlenv.cli import app
+
+_SPEC_HELP = "Path to mlenv.toml (default: search upwards)."
+
+
+def _progress(message: str) -> None:
+    """One line per long step on stderr, for people and for logs alike (stdout carries results)."""
+    from mlenv import console
+
+    console.err.print(("" if message.startswith(" ") else "• ") + message, markup=False, highlight=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _spec(spec_path: Optional[Path], *, required: bool):
+    from mlenv.errors import SpecError
+    from mlenv.spec import load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError:
+        if required or spec_path is not None:
+            raise
+        return None  # listing and removing boxes works outside a project
+
+
+def _providers(spec, requested: Optional[str]) -> list:
+    """The providers to look in: the one asked for, else the project's default and docker."""
+    from mlenv import boxes
+
+    names = [requested] if requested else list(dict.fromkeys([boxes.default_provider_name(spec), "docker"]))
+    return [boxes.provider(name, spec) for name in names]
+
+
+def _find(name: str, spec, requested: Optional[str]):
+    """(provider, box) for a box name, looking in each candidate provider."""
+    from mlenv.boxes import validate_box_name
+    from mlenv.errors import ToolMissingError, UsageError
+
+    validate_box_name(name)
+    unreachable = []
+    for provider in _providers(spec, requested):
+        try:
+            box = provider.get(name)
+        except ToolMissingError as exc:
+            unreachable.append(f"{provider.name}: {exc.message}")
+            continue
+        if box is not None:
+            return provider, box
+    if unreachable and len(unreachable) == len(_providers(spec, requested)):
+        raise ToolMissingError(f"cannot look for box {name}: " + "; ".join(unreachable))
+    raise UsageError(f"no box named {name!r}", hint="see `mlenv ls`, or create it with `mlenv up " + name + "`")
+
+
+def _confirm(question: str, yes: bool) -> None:
+    from mlenv.errors import UsageError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} needs confirmation", hint="pass --yes")
+    if not typer.confirm(question, default=False):
+        raise typer.Abort()
+
+
+@app.command("up")
+def up_command(
+    name: str = typer.Argument(..., help="Box name: lowercase letters, digits and -."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="docker (default), ssh or aws; default from \\[devbox] provider."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: \\[devbox] target, else the only linux target)."),
+    idle: Optional[str] = typer.Option(None, "--idle", help="Stop after this long without activity (default 30m)."),
+    idle_connected: Optional[str] = typer.Option(None, "--idle-connected", help="... while an SSH/IDE connection is open but nothing happens (default 3h)."),
+    max_lifetime: Optional[str] = typer.Option(None, "--max-lifetime", help="Stop after this long whatever happens (default 12h)."),
+    instance_type: Optional[str] = typer.Option(None, "--instance-type", help="Cloud instance type (default: the cheapest that fits the target)."),
+    spot: bool = typer.Option(False, "--spot", help="Use a spot instance (aws)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and create nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before creating paid resources."),
+    base_image: Optional[str] = typer.Option(None, "--base-image", help="Image build: base image instead of the official one."),
+    network: Optional[str] = typer.Option(None, "--network", help="Image build: network for RUN steps (e.g. host)."),
+    build_arg: list[str] = typer.Option([], "--build-arg", help="Image build: KEY=VALUE build argument (repeatable)."),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """Create a dev box running the locked environment, or start it again (idempotent)."""
+    from mlenv import boxes, console
+    from mlenv.boxes import access
+    from mlenv.errors import UsageError
+
+    spec = _spec(spec_path, required=True)
+    settings = spec.devbox
+
+    def duration(value: Optional[str], key: str, default: int) -> int:
+        given = value if value is not None else settings.get(key)
+        return boxes.parse_duration(given, f"--{key}") if given is not None else default
+
+    build_args = {}
+    for item in build_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
+        build_args[key] = value
+    build = {k: v for k, v in (("base_image", base_image), ("network", network)) if v}
+    if build_args:
+        build["build_args"] = build_args
+    request = boxes.UpRequest(
+        name=name,
+        target=target,
+        idle_s=duration(idle, "idle", boxes.model.DEFAULT_IDLE_S),
+        idle_connected_s=duration(idle_connected, "idle-connected", boxes.model.DEFAULT_IDLE_CONNECTED_S),
+        max_lifetime_s=duration(max_lifetime, "max-lifetime", boxes.model.DEFAULT_MAX_LIFETIME_S),
+        instance_type=instance_type or settings.get("instance-type"),
+        spot=spot or bool(settings.get("spot", False)),
+        dry_run=dry_run,
+        assume_yes=yes,
+        region=settings.get("region"),
+        disk_gb=settings.get("disk-gb"),
+        build_options=build,
+    )
+    chosen = boxes.provider(provider or boxes.default_provider_name(spec), spec)
+    if dry_run:
+        for line in chosen.plan(request):
+            console.out.print(line, markup=False, highlight=False)
+        return
+    request.authorized_keys = [access.local_public_key()]
+    if chosen.name != "docker" and chosen.get(name) is None:
+        for line in chosen.plan(request):
+            console.err.print(f"  {_escape(line)}", highlight=False)
+        _confirm(f"create box {name} on {chosen.name}?", yes)
+    box = chosen.up(request, _progress)
+    access.register(box, assume_yes=yes)
+    console.success(f"box {box.name} is {box.state} ({box.provider}); connect with `mlenv ssh {box.name}`")
+
+
+@app.command("ls")
+def ls_command(
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Only this provider's boxes."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output: a list of boxes."),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """List your boxes: state, uptime, cost, idle time and when each stops by itself."""
+    import time
+
+    from mlenv import console
+    from mlenv.boxes import format_duration
+    from mlenv.errors import ToolMissingError
+
+    spec = _spec(spec_path, required=False)
+    found = []
+    for chosen in _providers(spec, provider):
+        try:
+            found += chosen.list()
+        except ToolMissingError as exc:
+            console.warn(f"{chosen.name} boxes not listed: {exc.message}")
+    now = time.time()
+    if json_output:
+        console.print_json([box.to_json(now) for box in found])
+        return
+    if not found:
+        console.err.print("no boxes; create one with `mlenv up NAME`")
+        return
+    from rich.table import Table
+
+    table = Table("name", "provider", "state", "type", "region", "uptime", "$/hour", "cost so far", "idle for",
+                  "auto-stop in", box=None)
+    for box in found:
+        price = "-" if box.price_per_hour is None else f"{box.price_per_hour:.3f}"
+        cost = box.cost_so_far(now)
+        table.add_row(_escape(box.name), box.provider, box.state, _escape(box.instance_type or "-"),
+                      _escape(box.region or "-"), format_duration(box.uptime_s(now)), price,
+                      "-" if cost is None else f"{cost:.2f}", format_duration(box.idle_for_s),
+                      format_duration(box.stop_due_s))
+    console.out.print(table)
+
+
+@app.command("stop")
+def stop_command(
+    name: str = typer.Argument(..., help="Box name."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """Stop a box (its disk/workspace stays; `mlenv start` brings it back)."""
+    from mlenv import console
+
+    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    if box.state == "stopped":
+        console.success(f"box {name} is already stopped")
+        return
+    chosen.stop(name)
+    console.success(f"box {name} stopped")
+
+
+@app.command("start")
+def start_command(
+    name: str = typer.Argument(..., help="Box name."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """Start a stopped box (the watchdog's clocks start again)."""
+    from mlenv import console
+    from mlenv.boxes import access
+
+    chosen, _ = _find(name, _spec(spec_path, required=False), provider)
+    box = chosen.start(name, _progress)
+    access.register(box)
+    console.success(f"box {name} is {box.state}")
+
+
+@app.command("down")
+def down_command(
+    name: str = typer.Argument(..., help="Box name."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """Delete a box and everything made for it (container/instance, workspace volume, keys)."""
+    from mlenv import console
+    from mlenv.boxes import access
+
+    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    _confirm(f"delete box {name} ({box.provider}) and its workspace?", yes)
+    chosen.down(name)
+    access.forget(name)
+    console.success(f"box {name} deleted")
+
+
+@app.command("gc")
+def gc_command(
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete the orphans listed."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable list of orphans."),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """List (and with --yes delete) resources mlenv made that belong to no box."""
+    from mlenv import console
+    from mlenv.errors import ToolMissingError
+
+    spec = _spec(spec_path, required=False)
+    found = []
+    for chosen in _providers(spec, provider):
+        try:
+            orphans = chosen.orphans()
+        except ToolMissingError as exc:
+            console.warn(f"{chosen.name} not checked: {exc.message}")
+            continue
+        found.append((chosen, orphans))
+    everything = [orphan for _, orphans in found for orphan in orphans]
+    if json_output:
+        console.print_json([orphan.to_json() for orphan in everything])
+    elif not everything:
+        console.success("no orphaned resources")
+    else:
+        for orphan in everything:
+            price = "" if not orphan.price_per_hour else f"  ${orphan.price_per_hour:.3f}/hour"
+            console.out.print(f"{orphan.provider}  {orphan.kind}  {orphan.id}  box={orphan.box or '-'}  "
+                              f"{orphan.detail}{price}", markup=False, highlight=False)
+    if everything and yes:
+        for chosen, orphans in found:
+            if orphans:
+                chosen.delete_orphans(orphans)
+        console.success(f"deleted {len(everything)} orphaned resource(s)")
+    elif everything and not json_output:
+        console.err.print("delete them with `mlenv gc --yes`")
+
+
+@app.command("ssh", context_settings={"allow_interspersed_args": False})
+def ssh_command(
+    name: str = typer.Argument(..., help="Box name."),
+    command: Optional[list[str]] = typer.Argument(None, help="Command to run on the box (after --)."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """Open a shell on a box, or run `-- CMD` there (its output and exit code are the command's)."""
+    import os
+    import shutil
+    import subprocess
+
+    from mlenv.boxes import access
+    from mlenv.errors import ToolMissingError, UsageError
+
+    _, box = _find(name, _spec(spec_path, required=False), provider)
+    if box.state != "running":
+        raise UsageError(f"box {name} is {box.state}", hint=f"start it with `mlenv start {name}`")
+    if shutil.which("ssh") is None:
+        raise ToolMissingError("no ssh client on PATH", hint="install OpenSSH (apt-get install openssh-client)")
+    argv = access.ssh_argv(box, list(command or []))
+    if not command:
+        os.execvp(argv[0], argv)  # an interactive session: ssh takes over this terminal
+    raise typer.Exit(subprocess.run(argv).returncode)
+
+
+@app.command("logs")
+def logs_command(
+    name: str = typer.Argument(..., help="Box name."),
+    tail: int = typer.Option(30, "--tail", "-n", help="Show the last N decisions (0: all)."),
+    json_output: bool = typer.Option(False, "--json", help="The raw JSON lines."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """The watchdog's decisions on a box: what it saw at each check, and why it stopped the box."""
+    import json
+
+    from mlenv import console
+    from mlenv.boxes import WATCHDOG_LOG
+
+    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    if hasattr(chosen, "watchdog_log"):
+        text = chosen.watchdog_log(name)
+    else:
+        text = chosen.executor(box).run(["cat", WATCHDOG_LOG]).check(f"reading the watchdog log of {name}").text
+    lines = [line for line in text.splitlines() if line.strip()]
+    if tail:
+        lines = lines[-tail:]
+    if json_output:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        console.out.print(_describe(record), markup=False, highlight=False)
+
+
+def _describe(record: dict) -> str:
+    """One watchdog decision as a line for people."""
+    import time
+
+    from mlenv.boxes import format_duration
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("t", 0)))
+    event = record.get("event", "?")
+    if event in ("start", "exit", "error"):
+        detail = record.get("settings") or record.get("detail") or ""
+        return f"{stamp}  {event:6}  {detail}"
+    active = [f"{k}: {v.get('detail', v.get('state'))}" for k, v in (record.get("signals") or {}).items()
+              if v.get("state") != "idle"]
+    return (f"{stamp}  {event:6}  idle {format_duration(record.get('idle_for_s'))}/"
+            f"{format_duration(record.get('limit_s'))}  stop in {format_duration(record.get('stop_due_s'))} "
+            f"({record.get('reason')})  " + ("; ".join(active) if active else "nothing active"))
+
+
+@app.command("keepalive")
+def keepalive_command(
+    name: str = typer.Argument(..., help="Box name."),
+    duration: str = typer.Option("2h", "--for", help="How long to keep the box up from now."),
+    release: bool = typer.Option(False, "--release", help="Drop the keep-alive instead."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+) -> None:
+    """Keep a box up (the watchdog counts it as activity) for a while; max lifetime still applies."""
+    import time
+
+    from mlenv import boxes, console
+
+    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    executor = chosen.executor(box)
+    if release:
+        boxes.release(executor)
+        console.success(f"keep-alive on box {name} released")
+        return
+    expiry = boxes.hold(executor, boxes.parse_duration(duration, "--for"))
+    console.success(f"box {name} stays up until {time.strftime('%H:%M', time.localtime(expiry))} "
+                    f"(unless its max lifetime ends first)")
