@@ -16,6 +16,8 @@ Strong signals (any of them resets the idle clock):
              in one, /proc/stat deltas otherwise: load average counts processes waiting on disk)
   terminal   input on a terminal: the newest access time of /dev/pts/N (reads move it; the
              kernel updates it about every 8 s; output moves only the modification time)
+  login      the newest file in --activity-dir: an SSH login touches one (/etc/ssh/sshrc), so a
+             user running short commands over ssh counts as present; other tools may touch one too
 Weak signal:
   connection an ESTABLISHED TCP connection to --ports (sshd, Jupyter) older than --weak-min-age
              (an IDE window or a tunnel: open, but maybe nobody behind it)
@@ -232,26 +234,40 @@ def parse_cgroup_cpu_stat(text):
     raise ValueError("no usage_usec in cpu.stat")
 
 
+def parse_cpuacct_usage(text):
+    """Busy seconds of a cgroup v1 (cpuacct.usage, nanoseconds)."""
+    return int(text.strip()) / 1e9
+
+
 def in_container():
     return os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+
+
+# A container sees the host's /proc/stat (every neighbour's CPU); its own cgroup counts only its own.
+CGROUP_FILES = ("/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/cpuacct/cpuacct.usage",
+                "/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage")
 
 
 class CpuMeter(object):
     """Busy cores averaged over the time between two readings."""
 
-    def __init__(self, source="auto", proc_stat="/proc/stat", cgroup_stat="/sys/fs/cgroup/cpu.stat", threshold=0.5):
+    def __init__(self, source="auto", proc_stat="/proc/stat", cgroup_stat=None, threshold=0.5):
+        candidates = [cgroup_stat] if cgroup_stat else list(CGROUP_FILES)
+        cgroup = next((path for path in candidates if os.path.exists(path)), candidates[0])
         if source == "auto":
-            source = "cgroup" if in_container() and os.path.exists(cgroup_stat) else "proc"
+            source = "cgroup" if in_container() and os.path.exists(cgroup) else "proc"
         self.source, self.threshold = source, threshold
-        self.path = cgroup_stat if source == "cgroup" else proc_stat
+        self.path = cgroup if source == "cgroup" else proc_stat
         self.previous = None
 
     def busy_seconds(self):
         with open(self.path) as handle:
             text = handle.read()
-        if self.source == "cgroup":
-            return parse_cgroup_cpu_stat(text)
-        return parse_proc_stat(text)[0]
+        if self.source != "cgroup":
+            return parse_proc_stat(text)[0]
+        if self.path.endswith("cpuacct.usage"):
+            return parse_cpuacct_usage(text)
+        return parse_cgroup_cpu_stat(text)
 
     def probe(self, now):
         try:
@@ -290,6 +306,28 @@ def probe_terminals(dev_pts, now, window):
     ago = now - newest
     state = ACTIVE if ago <= window else IDLE
     return Reading(state, "%d terminal(s), input %ds ago" % (len(paths), max(0, ago)), at=newest)
+
+
+def probe_activity(directory, now, window):
+    """Active when a file in ``directory`` was touched within ``window`` seconds; ``at`` = newest."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return Reading(IDLE, "no activity marks")
+    except OSError as exc:
+        return Reading(UNKNOWN, "cannot list %s: %s" % (directory, _short(exc)))
+    newest, latest = None, ""
+    for name in names:
+        try:
+            mtime = os.stat(os.path.join(directory, name)).st_mtime
+        except OSError:
+            continue
+        if newest is None or mtime > newest:
+            newest, latest = mtime, name
+    if newest is None:
+        return Reading(IDLE, "no activity marks")
+    ago = now - newest
+    return Reading(ACTIVE if ago <= window else IDLE, "%s %ds ago" % (latest, max(0, ago)), at=newest)
 
 
 def warn_terminals(message, dev_pts="/dev/pts"):
@@ -384,6 +422,7 @@ class Watchdog(object):
                 "gpu": lambda now: probe_gpu(args.nvidia_smi, args.gpu_percent, args.nvidia_smi_timeout),
                 "cpu": cpu.probe,
                 "terminal": lambda now: probe_terminals(args.dev_pts, now, max(args.poll, 10.0)),
+                "login": lambda now: probe_activity(args.activity_dir, now, max(args.poll, 10.0)),
                 "connection": connections.probe,
             }
         self.strong = {k: v for k, v in probes.items() if k != "connection"}
@@ -523,6 +562,8 @@ def parse_args(argv=None):
     parser.add_argument("--log", default="", help="JSON lines of decisions (default: stdout)")
     parser.add_argument("--state", default="", help="latest numbers, for `mlenv ls`")
     parser.add_argument("--keepalive-dir", default="/var/lib/mlenv/keepalive")
+    parser.add_argument("--activity-dir", default="/var/lib/mlenv/activity",
+                        help="files touched on activity (an SSH login, via /etc/ssh/sshrc)")
     parser.add_argument("--action", choices=("poweroff", "exit"), default="poweroff")
     parser.add_argument("--ports", default="22,8888", help="ports whose connections are weak activity")
     parser.add_argument("--weak-min-age", type=float, default=60)
@@ -548,10 +589,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    for path in (args.keepalive_dir,):
+    for path in (args.keepalive_dir, args.activity_dir):
         try:
             os.makedirs(path, exist_ok=True)
-            os.chmod(path, 0o1777)  # any user on the box may hold a keep-alive (sticky: not remove others')
+            os.chmod(path, 0o1777)  # any user on the box may write here (sticky: not remove others' files)
         except OSError:
             pass
     watchdog = Watchdog(args)

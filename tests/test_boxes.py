@@ -41,3 +41,146 @@ def test_unknown_provider_is_a_usage_error_with_a_suggestion():
     with pytest.raises(UsageError, match="unknown box provider") as info:
         provider("dokcer")
     assert "docker" in (info.value.hint or "")
+
+
+# --- the docker provider, end to end on the real engine -----------------------------------------------
+# One dev image for the module; each test makes its own box (seconds) and removes it.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from tests.conftest import require, run_mlenv  # noqa: E402
+
+
+SPEC = """\
+[project]
+name = "boxdemo"
+python = "3.11"
+dependencies = []
+
+[targets.cpu]
+platform = "linux/x86_64"
+
+[image]
+base = "{base}"
+"""
+
+
+@pytest.fixture(scope="module")
+def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
+    """A project whose mlenv.toml names the local base image (as a user behind a mirror would).
+
+    No dependencies: the lock, and so the dev image's layers, stay the same from run to run, and the
+    BuildKit cache makes the module's one image build take seconds after the first run."""
+    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
+    home = tmp_path_factory.mktemp("home")
+    root = tmp_path_factory.mktemp("boxes") / "boxdemo"
+    root.mkdir()
+    (root / "mlenv.toml").write_text(SPEC.format(base=base_image))
+    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
+           "MLENV_DOCKER": build_cli}
+    project = SimpleProject(root, env, ["--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host"],
+                            home)
+    locked = project.mlenv("lock")
+    assert locked.returncode == 0, locked.stderr
+    yield project
+    for image in docker_client.images.list(name="boxdemo"):
+        for tag in image.tags:
+            docker_client.images.remove(tag, force=True)
+
+
+class SimpleProject:
+    def __init__(self, root: Path, env: dict, build: list[str], home: Path) -> None:
+        self.root, self.env, self.build, self.home = root, env, build, home
+
+    def mlenv(self, *args: str, timeout: float = 600):
+        return run_mlenv(*args, cwd=self.root, env=self.env, timeout=timeout)
+
+    def ssh(self, name: str, *args: str, **kwargs):
+        """The user's OpenSSH through the config mlenv wrote (its Include line in ~/.ssh/config)."""
+        return ["ssh", "-F", str(self.home / ".ssh" / "config"), *args, f"mlenv-{name}"]
+
+
+@pytest.fixture
+def box(box_project, docker_client):
+    """A fresh box name; whatever the test made is removed afterwards."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    for container in docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"}):
+        container.remove(force=True)
+    for volume in docker_client.volumes.list(filters={"label": f"mlenv.box={name}"}):
+        volume.remove(force=True)
+
+
+def up(project, name, *args):
+    result = project.mlenv("up", name, "--provider", "docker", "--yes", *args, *project.build)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def listed(project) -> dict:
+    result = project.mlenv("ls", "--json")
+    assert result.returncode == 0, result.stderr
+    return {box["name"]: box for box in json.loads(result.stdout)}
+
+
+def wait_state(project, name, state, within: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if listed(project).get(name, {}).get("state") == state:
+            return time.monotonic() - started
+        time.sleep(1)
+    raise AssertionError(f"box {name} not {state} within {within}s: {listed(project).get(name)}")
+
+
+@pytest.mark.docker
+def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
+    project = box_project
+    first = up(project, box, "--idle", "20s")
+    assert "SSH ready" in first.stderr
+    boxes = listed(project)
+    assert boxes[box]["provider"] == "docker" and boxes[box]["state"] == "running"
+
+    ssh = subprocess.run(project.ssh(box) + ["python -c 'import sys; print(sys.prefix)'"],
+                         capture_output=True, text=True, timeout=60)
+    assert ssh.returncode == 0 and ssh.stdout.strip() == "/opt/venv", ssh.stderr
+    assert project.mlenv("ssh", box, "--", "sh", "-c", "echo out; exit 3").returncode == 3
+    assert project.mlenv("ssh", box, "--", "echo out; exit 3").stdout == "out\n"
+
+    # up again: the same box, found by its labels
+    again = up(project, box, "--idle", "20s")
+    assert "already running" in again.stderr
+    assert len(docker_client.containers.list(all=True, filters={"label": f"mlenv.box={box}"})) == 1
+
+    assert project.mlenv("ssh", box, "--", "echo kept > work/notes.txt").returncode == 0
+    if os.environ.get("SKIP_DOCTOR") is None:
+        doctor = project.mlenv("doctor", "--box", box)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+    # nobody uses it: it stops by itself, within a poll of the idle setting, and stays stopped
+    waited = wait_state(project, box, "stopped", 45)
+    logs = project.mlenv("logs", box, "--json")
+    decisions = [json.loads(line) for line in logs.stdout.splitlines()]
+    assert decisions[-1]["event"] == "stop" and decisions[-1]["reason"] == "idle", decisions[-3:]
+    assert any(d["event"] == "warn" for d in decisions)
+    assert "stop" in project.mlenv("logs", box).stdout
+    container = docker_client.containers.get(f"mlenv-box-{box}")
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
+    time.sleep(3)
+    assert listed(project)[box]["state"] == "stopped"
+
+    # start brings it back (same workspace volume), down removes everything
+    started = project.mlenv("start", box)
+    assert started.returncode == 0, started.stderr
+    assert listed(project)[box]["state"] == "running"
+    assert project.mlenv("ssh", box, "--", "cat work/notes.txt").stdout == "kept\n"
+    down = project.mlenv("down", box)
+    assert down.returncode == 2 and "--yes" in down.stderr  # no terminal to confirm on
+    assert project.mlenv("down", box, "--yes").returncode == 0
+    assert box not in listed(project)
+    assert not docker_client.volumes.list(filters={"label": f"mlenv.box={box}"})

@@ -137,6 +137,16 @@ def test_cpu_from_cgroup_usage(tmp_path):
     assert meter.probe(30.0).state == wd.UNKNOWN
 
 
+def test_cpu_from_cgroup_v1_usage(tmp_path):
+    usage = tmp_path / "cpuacct.usage"
+    usage.write_text("29404590\n")
+    meter = wd.CpuMeter("cgroup", cgroup_stat=str(usage), threshold=0.5)
+    meter.probe(0.0)
+    usage.write_text(f"{29404590 + 8 * 10**9}\n")
+    reading = meter.probe(10.0)
+    assert reading.state == wd.ACTIVE and reading.detail.startswith("0.80 busy cores")
+
+
 def test_nvidia_smi_parser():
     assert wd.parse_nvidia_smi("87\n3\n") == [87, 3]
     with pytest.raises(ValueError):
@@ -275,6 +285,17 @@ def test_terminal_input_time_from_access_times(tmp_path):
     assert wd.probe_terminals(str(pts), 1100.0, 30).state == wd.IDLE
 
 
+def test_login_marks(tmp_path):
+    marks = tmp_path / "activity"
+    assert wd.probe_activity(str(marks), 1000.0, 30).state == wd.IDLE
+    marks.mkdir()
+    (marks / "ssh-1000").write_text("")
+    os.utime(marks / "ssh-1000", (1.0, 985.0))
+    reading = wd.probe_activity(str(marks), 1000.0, 30)
+    assert reading.state == wd.ACTIVE and reading.at == 985.0 and "ssh-1000" in reading.detail
+    assert wd.probe_activity(str(marks), 1100.0, 30).state == wd.IDLE
+
+
 def test_warning_reaches_a_real_terminal(tmp_path):
     master, slave = os.openpty()
     try:
@@ -301,7 +322,8 @@ class Clock:
 
 def make_watchdog(tmp_path, *, idle=100, idle_connected=1000, max_lifetime=10_000, warn_ahead=None):
     clock = Clock()
-    signals = {name: wd.Reading(wd.IDLE) for name in ("keepalive", "jupyter", "gpu", "cpu", "terminal", "connection")}
+    signals = {name: wd.Reading(wd.IDLE) for name in ("keepalive", "jupyter", "gpu", "cpu", "terminal", "login",
+                                                      "connection")}
     probes = {name: (lambda now, name=name: signals[name]) for name in signals}
     args = SimpleNamespace(idle=idle, idle_connected=idle_connected, max_lifetime=max_lifetime, poll=10,
                            warn_ahead=warn_ahead, log=str(tmp_path / "log.jsonl"), state=str(tmp_path / "state.json"),
@@ -409,7 +431,7 @@ def test_script_exits_on_its_own_when_idle(tmp_path):
     result = subprocess.run(
         [sys.executable, str(WATCHDOG), "--idle", "2", "--idle-connected", "60", "--max-lifetime", "60", "--poll", "1",
          "--log", str(log), "--state", str(tmp_path / "state.json"), "--keepalive-dir", str(tmp_path / "ka"),
-         "--action", "exit", "--dev-pts", str(empty), "--jupyter-runtime-dir", str(empty), "--ports", "1",
+         "--action", "exit", "--dev-pts", str(empty), "--activity-dir", str(tmp_path / "marks"), "--jupyter-runtime-dir", str(empty), "--ports", "1",
          "--cpu-cores", "64", "--nvidia-smi", "no-such-nvidia-smi"],
         capture_output=True, text=True, timeout=30,
     )

@@ -10,6 +10,7 @@ it survives stop/start.  Container and volume labels are the source of truth (``
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -21,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from mlenv import validate
 from mlenv.boxes.model import (
+    ACTIVITY_DIR,
     BOX_DIR,
+    KEEPALIVE_DIR,
     LABEL_BOX,
     LABEL_LOCK,
     LABEL_OWNER,
     LABEL_PROJECT,
     LABEL_TARGET,
+    SSHRC,
     WATCHDOG_LOG,
     WATCHDOG_PATH,
     WATCHDOG_STATE,
@@ -61,15 +65,21 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SKIPPED_ENV = {"HOME", "HOSTNAME", "USER", "TERM"}
 
 
+@functools.cache
 def _client():
-    from mlenv.image.engine import connect
-
+    """One engine connection per process (each connect pings the engine)."""
+    try:
+        from mlenv.image.engine import connect
+    except ImportError:  # before the image package split
+        from mlenv.image import engine as connect
     return connect()
 
 
 def _engine_call(what: str, call):
-    from mlenv.image.engine import engine_call
-
+    try:
+        from mlenv.image.engine import engine_call
+    except ImportError:
+        from mlenv.image import _engine_call as engine_call
     return engine_call(what, call)
 
 
@@ -300,7 +310,10 @@ class DockerProvider:
         return user
 
     def _image(self, spec, lock, target: str, progress: Progress, build: dict) -> str:
-        from mlenv.image.build import build_target
+        try:
+            from mlenv.image.build import build_target
+        except ImportError:
+            from mlenv.image import build_target
 
         def on_update(report, step) -> None:
             if step is not None and step.done and step.name.startswith("[") and step.key not in seen:
@@ -363,8 +376,9 @@ class DockerProvider:
         payload = _tar(
             {BOOT: (boot.encode(), 0o755), SSHD_CONFIG: (sshd_config.encode(), 0o644),
              AUTHORIZED_KEYS: (authorized_keys_text(req.authorized_keys), 0o644),
-             WATCHDOG_PATH: ((templates_dir() / "watchdog.py").read_bytes(), 0o644)},
-            {BOX_DIR: 0o755},
+             WATCHDOG_PATH: ((templates_dir() / "watchdog.py").read_bytes(), 0o644),
+             "/etc/ssh/sshrc": (SSHRC.encode(), 0o644)},
+            {BOX_DIR: 0o755, ACTIVITY_DIR: 0o1777, KEEPALIVE_DIR: 0o1777},
         )
         made: list = []
         try:
@@ -519,6 +533,9 @@ class DockerProvider:
 
 
 def _docker_host() -> str:
-    from mlenv.image.engine import docker_host
+    try:
+        from mlenv.image.engine import docker_host
+    except ImportError:
+        from mlenv.image import docker_host
 
     return docker_host()

@@ -35,9 +35,16 @@ LABEL_TARGET = "mlenv.target"
 # Where the watchdog keeps its files on every box, whatever the provider.
 BOX_DIR = "/var/lib/mlenv"
 KEEPALIVE_DIR = f"{BOX_DIR}/keepalive"
+ACTIVITY_DIR = f"{BOX_DIR}/activity"  # an SSH login touches a file here (/etc/ssh/sshrc, see SSHRC)
 WATCHDOG_LOG = f"{BOX_DIR}/watchdog.jsonl"
 WATCHDOG_STATE = f"{BOX_DIR}/watchdog-state.json"
 WATCHDOG_PATH = f"{BOX_DIR}/watchdog.py"
+
+# /etc/ssh/sshrc on every box: sshd runs it (as the user) at each login, before the command or shell,
+# so short `ssh box CMD` commands count as presence, not only terminals and busy CPUs.
+SSHRC = f"""# Written by mlenv: an SSH login is activity for the box's idle watchdog.
+touch "{ACTIVITY_DIR}/ssh-$(id -u)" 2>/dev/null || true
+"""
 
 # Defaults of `mlenv up` (and [devbox] idle / idle-connected / max-lifetime).
 DEFAULT_IDLE_S = 30 * 60
@@ -170,6 +177,7 @@ class UpRequest:
             "--log", WATCHDOG_LOG,
             "--state", WATCHDOG_STATE,
             "--keepalive-dir", KEEPALIVE_DIR,
+            "--activity-dir", ACTIVITY_DIR,
             "--action", action,
         ]
 

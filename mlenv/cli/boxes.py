@@ -8,9 +8,7 @@ from typing import Optional
 
 import typer
 
-from mlenv.cli import app
-
-_SPEC_HELP = "Path to mlenv.toml (default: search upwards)."
+from mlenv.cli import app, application
 
 
 def _progress(message: str) -> None:
@@ -26,16 +24,17 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _spec(spec_path: Optional[Path], *, required: bool):
+def _spec(ctx: typer.Context):
+    """The project's spec, or None outside a project: listing and removing boxes needs none."""
     from mlenv.errors import SpecError
-    from mlenv.spec import load_spec
 
+    mlenv = application(ctx)
     try:
-        return load_spec(spec_path)
+        return mlenv.spec
     except SpecError:
-        if required or spec_path is not None:
+        if mlenv.spec_path is not None:
             raise
-        return None  # listing and removing boxes works outside a project
+        return None
 
 
 def _providers(spec, requested: Optional[str]) -> list:
@@ -66,6 +65,14 @@ def _find(name: str, spec, requested: Optional[str]):
     raise UsageError(f"no box named {name!r}", hint="see `mlenv ls`, or create it with `mlenv up " + name + "`")
 
 
+def _register(box, yes: bool = False) -> None:
+    """Pin the box's host key and write its `mlenv-NAME` ssh entry (mlenv.connect)."""
+    from mlenv import connect, console
+    from mlenv.cli.connect import confirm
+
+    connect.register(box, assume_yes=yes, confirm=confirm, warn=console.warn)
+
+
 def _confirm(question: str, yes: bool) -> None:
     from mlenv.errors import UsageError
 
@@ -79,6 +86,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 @app.command("up")
 def up_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name: lowercase letters, digits and -."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help="docker (default), ssh or aws; default from \\[devbox] provider."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: \\[devbox] target, else the only linux target)."),
@@ -92,14 +100,12 @@ def up_command(
     base_image: Optional[str] = typer.Option(None, "--base-image", help="Image build: base image instead of the official one."),
     network: Optional[str] = typer.Option(None, "--network", help="Image build: network for RUN steps (e.g. host)."),
     build_arg: list[str] = typer.Option([], "--build-arg", help="Image build: KEY=VALUE build argument (repeatable)."),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Create a dev box running the locked environment, or start it again (idempotent)."""
-    from mlenv import boxes, console
-    from mlenv.boxes import access
+    from mlenv import boxes, connect, console
     from mlenv.errors import UsageError
 
-    spec = _spec(spec_path, required=True)
+    spec = application(ctx).spec
     settings = spec.devbox
 
     def duration(value: Optional[str], key: str, default: int) -> int:
@@ -134,21 +140,21 @@ def up_command(
         for line in chosen.plan(request):
             console.out.print(line, markup=False, highlight=False)
         return
-    request.authorized_keys = [access.local_public_key()]
+    request.authorized_keys = [connect.local_key().public_line]
     if chosen.name != "docker" and chosen.get(name) is None:
         for line in chosen.plan(request):
             console.err.print(f"  {_escape(line)}", highlight=False)
         _confirm(f"create box {name} on {chosen.name}?", yes)
     box = chosen.up(request, _progress)
-    access.register(box, assume_yes=yes)
-    console.success(f"box {box.name} is {box.state} ({box.provider}); connect with `mlenv ssh {box.name}`")
+    _register(box, yes)
+    console.success(f"box {box.name} is {box.state} ({box.provider}): `ssh {connect.alias(box.name)}` "
+                    f"or `mlenv ssh {box.name}`")
 
 
-@app.command("ls")
+@app.command("ls", json=True)
 def ls_command(
+    ctx: typer.Context,
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Only this provider's boxes."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output: a list of boxes."),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """List your boxes: state, uptime, cost, idle time and when each stops by itself."""
     import time
@@ -157,7 +163,7 @@ def ls_command(
     from mlenv.boxes import format_duration
     from mlenv.errors import ToolMissingError
 
-    spec = _spec(spec_path, required=False)
+    spec = _spec(ctx)
     found = []
     for chosen in _providers(spec, provider):
         try:
@@ -165,6 +171,7 @@ def ls_command(
         except ToolMissingError as exc:
             console.warn(f"{chosen.name} boxes not listed: {exc.message}")
     now = time.time()
+    json_output = application(ctx).json
     if json_output:
         console.print_json([box.to_json(now) for box in found])
         return
@@ -187,14 +194,14 @@ def ls_command(
 
 @app.command("stop")
 def stop_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Stop a box (its disk/workspace stays; `mlenv start` brings it back)."""
     from mlenv import console
 
-    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    chosen, box = _find(name, _spec(ctx), provider)
     if box.state == "stopped":
         console.success(f"box {name} is already stopped")
         return
@@ -204,50 +211,47 @@ def stop_command(
 
 @app.command("start")
 def start_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Start a stopped box (the watchdog's clocks start again)."""
     from mlenv import console
-    from mlenv.boxes import access
 
-    chosen, _ = _find(name, _spec(spec_path, required=False), provider)
+    chosen, _ = _find(name, _spec(ctx), provider)
     box = chosen.start(name, _progress)
-    access.register(box)
+    _register(box)
     console.success(f"box {name} is {box.state}")
 
 
 @app.command("down")
 def down_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Delete a box and everything made for it (container/instance, workspace volume, keys)."""
-    from mlenv import console
-    from mlenv.boxes import access
+    from mlenv import connect, console
 
-    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    chosen, box = _find(name, _spec(ctx), provider)
     _confirm(f"delete box {name} ({box.provider}) and its workspace?", yes)
     chosen.down(name)
-    access.forget(name)
+    connect.forget(name)
     console.success(f"box {name} deleted")
 
 
-@app.command("gc")
+@app.command("gc", json=True)
 def gc_command(
+    ctx: typer.Context,
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete the orphans listed."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable list of orphans."),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """List (and with --yes delete) resources mlenv made that belong to no box."""
     from mlenv import console
     from mlenv.errors import ToolMissingError
 
-    spec = _spec(spec_path, required=False)
+    spec = _spec(ctx)
     found = []
     for chosen in _providers(spec, provider):
         try:
@@ -257,6 +261,7 @@ def gc_command(
             continue
         found.append((chosen, orphans))
     everything = [orphan for _, orphans in found for orphan in orphans]
+    json_output = application(ctx).json
     if json_output:
         console.print_json([orphan.to_json() for orphan in everything])
     elif not everything:
@@ -277,37 +282,48 @@ def gc_command(
 
 @app.command("ssh", context_settings={"allow_interspersed_args": False})
 def ssh_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     command: Optional[list[str]] = typer.Argument(None, help="Command to run on the box (after --)."),
+    stdio: bool = typer.Option(False, "--stdio", help="Relay the box's SSH port on stdin/stdout, starting the "
+                               "box first when stopped (ssh's ProxyCommand; see `mlenv ssh-config --start-on-connect`)."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Open a shell on a box, or run `-- CMD` there (its output and exit code are the command's)."""
     import os
     import shutil
     import subprocess
 
-    from mlenv.boxes import access
-    from mlenv.errors import ToolMissingError, UsageError
+    from mlenv import connect
+    from mlenv.connect import paths, registry
+    from mlenv.errors import ToolMissingError
 
-    _, box = _find(name, _spec(spec_path, required=False), provider)
+    chosen, box = _find(name, _spec(ctx), provider)
     if box.state != "running":
-        raise UsageError(f"box {name} is {box.state}", hint=f"start it with `mlenv start {name}`")
+        box = chosen.start(name, _progress)  # what a user who types `mlenv ssh` wants
+        _register(box)
+    elif registry.get(name) is None:  # made from another machine account or before a `down` elsewhere
+        _register(box)
+    if stdio:
+        from mlenv.connect.session import relay_stdio
+
+        relay_stdio(box.ssh_host, int(box.ssh_port or 22))
+        return
     if shutil.which("ssh") is None:
         raise ToolMissingError("no ssh client on PATH", hint="install OpenSSH (apt-get install openssh-client)")
-    argv = access.ssh_argv(box, list(command or []))
+    # mlenv's own ssh config: the pinned host key and this machine's key, whatever ~/.ssh/config says
+    argv = ["ssh", "-F", str(paths.ssh_config()), connect.alias(name), *(command or [])]
     if not command:
         os.execvp(argv[0], argv)  # an interactive session: ssh takes over this terminal
     raise typer.Exit(subprocess.run(argv).returncode)
 
 
-@app.command("logs")
+@app.command("logs", json=True)
 def logs_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     tail: int = typer.Option(30, "--tail", "-n", help="Show the last N decisions (0: all)."),
-    json_output: bool = typer.Option(False, "--json", help="The raw JSON lines."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """The watchdog's decisions on a box: what it saw at each check, and why it stopped the box."""
     import json
@@ -315,7 +331,7 @@ def logs_command(
     from mlenv import console
     from mlenv.boxes import WATCHDOG_LOG
 
-    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    chosen, box = _find(name, _spec(ctx), provider)
     if hasattr(chosen, "watchdog_log"):
         text = chosen.watchdog_log(name)
     else:
@@ -323,6 +339,7 @@ def logs_command(
     lines = [line for line in text.splitlines() if line.strip()]
     if tail:
         lines = lines[-tail:]
+    json_output = application(ctx).json
     if json_output:
         sys.stdout.write("".join(line + "\n" for line in lines))
         return
@@ -354,18 +371,18 @@ def _describe(record: dict) -> str:
 
 @app.command("keepalive")
 def keepalive_command(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     duration: str = typer.Option("2h", "--for", help="How long to keep the box up from now."),
     release: bool = typer.Option(False, "--release", help="Drop the keep-alive instead."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Keep a box up (the watchdog counts it as activity) for a while; max lifetime still applies."""
     import time
 
     from mlenv import boxes, console
 
-    chosen, box = _find(name, _spec(spec_path, required=False), provider)
+    chosen, box = _find(name, _spec(ctx), provider)
     executor = chosen.executor(box)
     if release:
         boxes.release(executor)
