@@ -68,18 +68,14 @@ _SKIPPED_ENV = {"HOME", "HOSTNAME", "USER", "TERM"}
 @functools.cache
 def _client():
     """One engine connection per process (each connect pings the engine)."""
-    try:
-        from mlenv.image.engine import connect
-    except ImportError:  # before the image package split
-        from mlenv.image import engine as connect
+    from mlenv.image.engine import connect
+
     return connect()
 
 
 def _engine_call(what: str, call):
-    try:
-        from mlenv.image.engine import engine_call
-    except ImportError:
-        from mlenv.image import _engine_call as engine_call
+    from mlenv.image.engine import engine_call
+
     return engine_call(what, call)
 
 
@@ -273,7 +269,7 @@ class DockerProvider:
         return self.spec, read_lock(self.spec.root)
 
     def _target(self, req: UpRequest, spec, lock) -> str:
-        from mlenv.render import image_targets
+        from mlenv.image.plan import image_targets
 
         requested = req.target or spec.devbox.get("target")
         names = image_targets(spec, lock, requested)
@@ -301,7 +297,7 @@ class DockerProvider:
 
     @staticmethod
     def _user(spec) -> str:
-        from mlenv.render import DEFAULT_USER
+        from mlenv.image.plan import DEFAULT_USER
 
         user = spec.image.get("user", DEFAULT_USER)
         problem = validate.posix_user(user)
@@ -310,10 +306,7 @@ class DockerProvider:
         return user
 
     def _image(self, spec, lock, target: str, progress: Progress, build: dict) -> str:
-        try:
-            from mlenv.image.build import build_target
-        except ImportError:
-            from mlenv.image import build_target
+        from mlenv.image.build import build_target
 
         def on_update(report, step) -> None:
             if step is not None and step.done and step.name.startswith("[") and step.key not in seen:
@@ -533,9 +526,6 @@ class DockerProvider:
 
 
 def _docker_host() -> str:
-    try:
-        from mlenv.image.engine import docker_host
-    except ImportError:
-        from mlenv.image import docker_host
+    from mlenv.image.engine import docker_host
 
     return docker_host()

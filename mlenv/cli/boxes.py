@@ -65,6 +65,17 @@ def _find(name: str, spec, requested: Optional[str]):
     raise UsageError(f"no box named {name!r}", hint="see `mlenv ls`, or create it with `mlenv up " + name + "`")
 
 
+def box_executor(ctx: typer.Context, name: str, target: Optional[str] = None):
+    """(executor, target) of a running box, for commands that run something there (doctor --box).
+    The target defaults to the one the box was made for."""
+    from mlenv.errors import UsageError
+
+    chosen, box = _find(name, _spec(ctx), None)
+    if box.state != "running":
+        raise UsageError(f"box {name} is {box.state}", hint=f"start it with `mlenv start {name}`")
+    return chosen.executor(box), target or box.target
+
+
 def _register(box, yes: bool = False) -> None:
     """Pin the box's host key and write its `mlenv-NAME` ssh entry (mlenv.connect)."""
     from mlenv import connect, console
@@ -189,7 +200,8 @@ def ls_command(
                       _escape(box.region or "-"), format_duration(box.uptime_s(now)), price,
                       "-" if cost is None else f"{cost:.2f}", format_duration(box.idle_for_s),
                       format_duration(box.stop_due_s))
-    console.out.print(table)
+    # piped output (scripts, logs) gets the whole row instead of an 80-column wrap
+    console.out.print(table, width=None if console.out.is_terminal else 200)
 
 
 @app.command("stop")

@@ -15,6 +15,7 @@ def doctor_command(
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target to check against (default: picked from this machine)."),
     python: Optional[str] = typer.Option(None, "--python", help="Interpreter or venv folder to check (default: active venv, ./.venv, python3)."),
     image: Optional[str] = typer.Option(None, "--image", help="Check inside a container of this image."),
+    box: Optional[str] = typer.Option(None, "--box", help="Check on this dev box (`mlenv ls`): its environment, GPUs and driver."),
     group: list[str] = typer.Option([], "--group", "-g", help="Also require this dependency group (repeatable)."),
 ) -> None:
     """Compare an environment with a lock target: Python, platform, packages, GPU, driver."""
@@ -26,7 +27,12 @@ def doctor_command(
 
     mlenv = application(ctx)
     spec, lock = mlenv.spec, mlenv.lock
-    report = run_doctor(spec.root, lock, target_name=target, python=python, image=image,
+    executor = None
+    if box:
+        from mlenv.cli.boxes import box_executor
+
+        executor, target = box_executor(ctx, box, target)
+    report = run_doctor(spec.root, lock, target_name=target, python=python, image=image, executor=executor,
                         groups=tuple(group), stale=check_lock(spec, lock))
     if mlenv.json:
         mlenv.print_json(report.to_json())
