@@ -147,8 +147,12 @@ def test_sort_and_report_are_self_contained():
     summary = Summary("nb.ipynb", "python3", "grid", "out", ["lr", "opt"], records, parse_sort("acc:desc"))
     assert [record.run_id for record in summary.sorted_records()] == ["b", "a", "c"]
     assert parse_sort("-acc") == parse_sort("acc:max")
-    with pytest.raises(UsageError, match="did you mean 'acc'"):
-        Summary("nb", "k", "grid", "o", ["lr"], records, parse_sort("accc")).sorted_records()
+    assert summary.best().run_id == "b"
+    mistyped = Summary("nb", "k", "grid", "o", ["lr"], records, parse_sort("accc"))
+    assert [record.run_id for record in mistyped.sorted_records()] == ["a", "b", "c"]  # plan order, no error
+    assert "did you mean 'acc'" in mistyped.sort_problem() and mistyped.best() is None
+    with pytest.raises(UsageError, match="unknown direction"):
+        parse_sort("acc:up")
     page = summary.to_html()
     assert page.count("<svg") == 2  # one metric x two parameters
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")

@@ -14,6 +14,10 @@ def sweep(
     notebook: Optional[str] = typer.Argument(None, help="The notebook (default: \\[sweep] notebook in mlenv.toml)."),
     param: List[str] = typer.Option([], "--param", "-p", metavar="NAME=VALUES",
                                     help="lr=0.1,0.01 | lr=loguniform:1e-4:1e-1 | uniform:LOW:HIGH | int:LOW:HIGH | choice:x,y"),
+    yaml_param: List[str] = typer.Option([], "--yaml", "-y", metavar="YAML",
+                                         help="Values as YAML, one per name: -y 'layers: [8, 16]' (repeat for more)."),
+    raw_param: List[str] = typer.Option([], "--raw", "-r", metavar="NAME=TEXT",
+                                        help="One string value as typed, commas and all: -r 'note=a,b'."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="A TOML file with the \\[sweep] keys."),
     zip_: bool = typer.Option(False, "--zip", help="Pair the i-th values of every parameter instead of a grid."),
     random: Optional[int] = typer.Option(None, "--random", metavar="N", help="Sample N runs from lists and ranges."),
@@ -31,6 +35,8 @@ def sweep(
     json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Run NOTEBOOK once per parameter combination (papermill, fresh kernel each), in parallel."""
+    from rich.markup import escape
+
     from mlenv import console
     from mlenv.errors import UsageError
     from mlenv.sweep.config import resolve_options
@@ -43,7 +49,7 @@ def sweep(
     if cluster and jobs:
         raise UsageError("--jobs applies to local runs; a Dask cluster runs as many as it has worker threads",
                          hint="drop --jobs, or size the cluster with `dask worker --nworkers N`")
-    options = resolve_options(notebook, param, file=file, zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs,
+    options = resolve_options(notebook, param, yaml_parameters=yaml_param, raw_parameters=raw_param, file=file, zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs,
                               timeout=timeout, retries=retries, output=output, sort=sort, kernel=kernel,
                               cluster=cluster, resume=resume)
     plan = plan_sweep(options)
@@ -51,6 +57,9 @@ def sweep(
         print_plan(plan, json_out=json_out)
         return
     result = run_sweep(options, plan=plan)
+    problem = result.summary.sort_problem()
+    if problem:
+        console.warn(escape(problem))
     if json_out:
         import sys
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mlenv.errors import SpecError, UsageError
-from mlenv.sweep.space import Axis, parse_cli_parameter, parse_table_parameter
+from mlenv.sweep.space import (Axis, merge_values, parse_cli_parameter, parse_raw_parameter, parse_table_parameter,
+                               parse_yaml_parameters)
 
 
 @dataclass
@@ -84,6 +85,8 @@ def resolve_options(
     notebook: str | None,
     parameters: list[str],
     *,
+    yaml_parameters: list[str] = (),
+    raw_parameters: list[str] = (),
     file: str | None = None,
     zip_mode: bool = False,
     random_samples: int | None = None,
@@ -118,8 +121,11 @@ def resolve_options(
                 merged[key] = str(base / value)
             else:
                 merged[key] = value
-    for text in parameters:
-        axis = parse_cli_parameter(text)
+    given = [parse_cli_parameter(text) for text in parameters]
+    for text in yaml_parameters:
+        given.extend(parse_yaml_parameters(text))
+    given.extend(parse_raw_parameter(text) for text in raw_parameters)
+    for axis in merge_values(given):  # the command line replaces a parameter of the files
         axes[axis.name] = axis
 
     if zip_mode and random_samples is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,7 @@ class Plan:
 @dataclass
 class SweepResult:
     summary: Summary
-    interrupted: bool = False
+    interrupted: str | None = None  # "Ctrl-C" or "SIGTERM" when the sweep was stopped
     timings: dict[str, dict[str, float]] = field(default_factory=dict)  # per run, for the benchmark
 
 
@@ -136,20 +138,55 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
         progress.handle(event)
 
     prepare = getattr(runner, "prepare", None)
-    if prepare is not None:
-        prepare(tasks)
-    try:
-        with runner.hold(), progress:
-            runner.run(tasks, emit)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    result.summary.records = [records[run.run_id] for run in plan.runs]
-    write_results(plan.store, result.summary)
+    with SigtermAsInterrupt() as sigterm:
+        try:
+            if prepare is not None:
+                prepare(tasks)
+            with runner.hold(), progress:
+                runner.run(tasks, emit)
+        except KeyboardInterrupt as stop:
+            result.interrupted = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        sigterm.armed = False  # a SIGTERM from now on is noted, not raised: the results get written
+        result.summary.records = [records[run.run_id] for run in plan.runs]
+        write_results(plan.store, result.summary)
+    if sigterm.fired and not result.interrupted:
+        result.interrupted = "SIGTERM"
     if result.interrupted:
         done = sum(1 for record in result.summary.records if record.status != NOT_RUN)
-        raise Interrupted(f"sweep interrupted: {done} of {len(plan.runs)} runs finished, the rest are marked not-run",
-                          hint="run the same command with --resume to finish it")
+        error = Interrupted(f"sweep stopped by {result.interrupted}: {done} of {len(plan.runs)} runs finished, the rest "
+                            f"are marked not-run in {result.summary.location('results.json')}",
+                            hint="run the same command with --resume to finish it")
+        if result.interrupted == "SIGTERM":
+            error.exit_code = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+        raise error
     return result
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so both stop a sweep the same way."""
+
+
+class SigtermAsInterrupt:
+    """While armed, SIGTERM stops the sweep like Ctrl-C (runs in flight stop, finished ones are kept);
+    disarmed, it is only noted, so the results files are still written.  Main thread only."""
+
+    def __init__(self) -> None:
+        self.armed, self.fired, self._previous = True, False, None
+
+    def _handle(self, signum, frame) -> None:
+        first = not self.fired
+        self.fired = True
+        if self.armed and first:
+            raise Terminated()
+
+    def __enter__(self) -> "SigtermAsInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def write_results(store, summary: Summary) -> None:

@@ -28,22 +28,30 @@ def _remote(task: RunTask) -> RunOutcome:
                                                      "cell": None, "execution_count": None})
 
 
+def _require_distributed() -> None:
+    """Before any run: --cluster needs the Dask client library here (workers need it too)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ToolMissingError("--cluster needs Dask's distributed package on this machine",
+                               hint="pip install 'distributed' (or pip install 'mlenv[dask]'); "
+                                    "the workers need it and mlenv too") from None
+
+
 class DaskRunner:
     name = "dask"
 
     def __init__(self, address: str, connect_timeout: float | None = None) -> None:
         self.address = address
+        _require_distributed()
         self.connect_timeout = connect_timeout or float(os.environ.get("MLENV_DASK_CONNECT_TIMEOUT", "10"))
 
     def hold(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     def _client(self):
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ToolMissingError("--cluster needs dask distributed on this machine",
-                                   hint="pip install 'mlenv[dask]' (distributed)") from None
+        from distributed import Client
+
         try:
             return Client(self.address, timeout=f"{self.connect_timeout}s", set_as_default=False)
         except (OSError, TimeoutError) as exc:

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-COMPLETED, FAILED, TIMEOUT, DIED, START_FAILED, NOT_RUN, ERROR = (
-    "completed", "failed", "timeout", "died", "start-failed", "not-run", "error")
-STATUSES = (COMPLETED, FAILED, TIMEOUT, DIED, START_FAILED, ERROR, NOT_RUN)
+COMPLETED, FAILED, TIMEOUT, DIED, START_FAILED, NOT_RUN, ERROR, STOPPED = (
+    "completed", "failed", "timeout", "died", "start-failed", "not-run", "error", "stopped")
+STATUSES = (COMPLETED, FAILED, TIMEOUT, DIED, STOPPED, START_FAILED, ERROR, NOT_RUN)
 HISTORY_IN_MEMORY = "--HistoryManager.hist_file=:memory:"  # parallel kernels must not share one sqlite file
 
 
@@ -143,7 +144,10 @@ def _prepare(task: RunTask):
         cell.metadata.setdefault("tags", [])
     nb.metadata.setdefault("papermill", {})
     if task.parameters:
-        nb = parameterize_notebook(nb, task.parameters, kernel_name=task.kernel)
+        from mlenv.sweep.notebook import papermill_quiet
+
+        with papermill_quiet():
+            nb = parameterize_notebook(nb, task.parameters, kernel_name=task.kernel)
     _announce_run_id(nb, task.run_id)
     return nb
 
@@ -185,13 +189,10 @@ def _started_any_cell(nb) -> bool:
     return any(cell.metadata.get("papermill", {}).get("status") not in (None, "pending") for cell in nb.cells)
 
 
-def _source_index(nb, index: int | None) -> int | None:
-    """The cell's index in the user's notebook (papermill's injected cells shifted it)."""
-    if index is None:
-        return None
-    injected = sum(1 for cell in nb.cells[:index]
-                   if {"injected-parameters", "papermill-error-cell-tag"} & set(cell.metadata.get("tags", [])))
-    return index - injected
+def _source_index(cells, index: int) -> int:
+    """The cell's index in the user's notebook (papermill's injected and banner cells shifted it)."""
+    return index - sum(1 for cell in cells[:index]
+                       if {"injected-parameters", "papermill-error-cell-tag"} & set(cell.metadata.get("tags", [])))
 
 
 def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = None) -> RunOutcome:
@@ -201,8 +202,6 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NotebookExecutionManager
-    from papermill.exceptions import PapermillExecutionError
-    from papermill.execute import raise_for_execution_errors
 
     # Outcomes are recorded, not logged: nbclient's own messages would garble the live display.
     quiet = logging.getLogger("mlenv.sweep.nbclient")
@@ -278,14 +277,9 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
         if status == START_FAILED:
             continue
         if status == COMPLETED:
-            injected = [index for index, cell in enumerate(nb.cells)
-                        if "injected-parameters" in cell.metadata.get("tags", [])]
-            try:
-                raise_for_execution_errors(nb, None)  # also adds papermill's error banner cells
-            except PapermillExecutionError as exc:
-                status = FAILED
-                cell = exc.cell_index - sum(1 for index in injected if index < exc.cell_index)
-                error = {"ename": exc.ename, "evalue": exc.evalue, "cell": cell, "execution_count": exc.exec_count}
+            status, error = _check_cells(nb)
+        elif error is not None and error.get("index") is not None:
+            add_banner(nb, error.pop("index"), _BANNERS[status])
         return _finish(task, nb, status, attempts, error, began, timings)
     error = {"ename": "KernelStartError",
              "evalue": f"the kernel did not start after {attempts} attempt{'s' if attempts > 1 else ''}: "
@@ -295,9 +289,81 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
 
 
 def _cell_position(nb, index: int | None) -> dict:
+    """Where a run stopped: the user's cell number, its In [N], and (popped later) the index in ``nb``."""
     if index is None:
         return {"cell": None, "execution_count": None}
-    return {"cell": _source_index(nb, index), "execution_count": nb.cells[index].get("execution_count")}
+    return {"cell": _source_index(nb.cells, index), "execution_count": nb.cells[index].get("execution_count"),
+            "index": index}
+
+
+_BANNERS = {TIMEOUT: "The run timed out in this cell", DIED: "The kernel died while running this cell",
+            ERROR: "Execution failed in this cell", STOPPED: "The notebook stopped itself here (sys.exit); "
+                                                             "later cells did not run"}
+
+
+def add_banner(nb, index: int, message: str) -> None:
+    """papermill's failure banner (a note at the top linking to one before the cell), with ``message``."""
+    import html
+
+    import nbformat
+    from papermill.execute import ERROR_MARKER_TAG, ERROR_STYLE
+
+    count = nb.cells[index].get("execution_count")
+    top = nbformat.v4.new_markdown_cell(
+        f"<span {ERROR_STYLE}>{html.escape(message)}: "
+        f"'<a href=\"#papermill-error-cell\">In [{count if count is not None else ' '}]</a>'.</span>")
+    anchor = nbformat.v4.new_markdown_cell(f'<span id="papermill-error-cell" {ERROR_STYLE}>{html.escape(message)}:</span>')
+    for cell in (top, anchor):
+        cell.metadata["tags"] = [ERROR_MARKER_TAG]
+    nb.cells.insert(index, anchor)
+    nb.cells.insert(0, top)
+
+
+_STDERR_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)): ?(.*)$")
+
+
+def _error_from_outputs(cell) -> tuple[str, str] | None:
+    """The error a cell printed when the kernel sent no error output (IPython's UsageError goes to stderr)."""
+    found = None
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error" and output.get("evalue"):
+            return output["ename"], output["evalue"]
+        if output.get("output_type") == "stream" and output.get("name") == "stderr":
+            for line in str(output.get("text", "")).splitlines():
+                match = _STDERR_ERROR.match(line.strip())
+                if match:
+                    found = (match.group(1), match.group(2))
+    return found
+
+
+def _check_cells(nb) -> tuple[str, dict | None]:
+    """A run whose kernel finished: failed (papermill's rule, plus the message from the cell's own
+    output when papermill has none), stopped early by sys.exit(), or completed."""
+    from papermill.exceptions import PapermillExecutionError
+    from papermill.execute import raise_for_execution_errors
+
+    cells = list(nb.cells)  # papermill inserts its banner cells into nb
+    try:
+        raise_for_execution_errors(nb, None)
+    except PapermillExecutionError as exc:
+        ename, evalue = exc.ename, exc.evalue
+        if not evalue:
+            ename, evalue = _error_from_outputs(cells[exc.cell_index]) or (ename, evalue)
+        return FAILED, {"ename": ename, "evalue": evalue, "cell": _source_index(cells, exc.cell_index),
+                        "execution_count": exc.exec_count}
+    pending = [index for index, cell in enumerate(cells) if cell.cell_type == "code"
+               and cell.metadata.get("papermill", {}).get("status") == "pending"]
+    if not pending:
+        return COMPLETED, None
+    last = max((index for index in range(pending[0]) if cells[index].cell_type == "code"), default=0)
+    position = _cell_position(nb, last)
+    index = position.pop("index")
+    error = {"ename": "SystemExit", "evalue": f"the notebook called sys.exit() in cell {position['cell']}; "
+                                              f"{len(pending)} later cell{'s' if len(pending) != 1 else ''} did not run",
+             **position}
+    add_banner(nb, index, _BANNERS[STOPPED])
+    return STOPPED, error
+
 
 
 def _finish(task: RunTask, nb, status: str, attempts: int, error, began: float, timings: dict) -> RunOutcome:

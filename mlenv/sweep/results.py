@@ -13,7 +13,7 @@ from typing import Any
 
 from mlenv.errors import UsageError, did_you_mean
 
-FAILED_STATUSES = ("failed", "timeout", "died", "start-failed", "error")
+FAILED_STATUSES = ("failed", "timeout", "died", "stopped", "start-failed", "error")
 
 
 @dataclass
@@ -70,13 +70,19 @@ def parse_sort(text: str | None) -> SortKey | None:
     return SortKey(name, descending)
 
 
+def sort_problem(key: SortKey | None, known_columns: list[str]) -> str | None:
+    """Why ``--sort`` cannot order these runs (no run recorded that name), with a hint; None when it can."""
+    if key is None or key.metric in known_columns:
+        return None
+    hint = did_you_mean(key.metric, known_columns) or (
+        f"known: {', '.join(known_columns)}" if known_columns else "record one with mlenv.record(name, value)")
+    return f"--sort {key.metric}: no run recorded a metric or parameter of that name ({hint}); runs are in plan order"
+
+
 def sort_records(records: list[RunRecord], key: SortKey | None, known_columns: list[str]) -> list[RunRecord]:
-    if key is None:
+    """Runs ordered by ``key``; in plan order when no run has it (see sort_problem)."""
+    if key is None or sort_problem(key, known_columns):
         return list(records)
-    if key.metric not in known_columns:
-        raise UsageError(f"--sort {key.metric}: no run recorded a metric or parameter of that name",
-                         hint=did_you_mean(key.metric, known_columns) or
-                         (f"known: {', '.join(known_columns)}" if known_columns else "record one with mlenv.record(name, value)"))
 
     def value(record: RunRecord):
         raw = record.metrics.get(key.metric, record.parameters.get(key.metric))
@@ -119,12 +125,31 @@ class Summary:
     def sorted_records(self) -> list[RunRecord]:
         return sort_records(self.records, self.sort, self.metric_names + self.parameter_names)
 
+    def location(self, name: str) -> str:
+        """Where the results folder's file ``name`` is (a path or a URL)."""
+        return f"{self.output.rstrip('/')}/{name}"
+
+    def sort_problem(self) -> str | None:
+        return sort_problem(self.sort, self.metric_names + self.parameter_names)
+
+    def best(self) -> RunRecord | None:
+        """The first run by ``--sort`` that has the sort value (None without --sort or without such runs)."""
+        if self.sort is None or self.sort_problem():
+            return None
+        for record in self.sorted_records():
+            value = record.metrics.get(self.sort.metric, record.parameters.get(self.sort.metric))
+            if _number(value) is not None:
+                return record
+        return None
+
     def to_json(self) -> str:
         data = {
             "notebook": self.notebook,
             "kernel": self.kernel,
             "mode": self.mode,
             "sort": str(self.sort) if self.sort else None,
+            "best": (self.best().run_id if self.best() else None),
+            "warnings": [problem for problem in [self.sort_problem()] if problem],
             "parameters": self.parameter_names,
             "metrics": self.metric_names,
             "counts": self.counts(),

@@ -53,6 +53,8 @@ def _init_worker(events) -> None:
     # Ctrl-C belongs to the parent, which stops the pool; a worker must not die halfway through
     # writing anything, and kernels run in their own sessions anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent's SIGTERM handler (stop the sweep) is not for workers: the pool ends them with SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _events = events
     util.Finalize(None, shutdown_spares, exitpriority=10)
 

@@ -105,6 +105,8 @@ def parse_cli_parameter(text: str) -> Axis:
                          hint="parameter names are Python identifiers, e.g. learning_rate")
     if values == "":
         raise UsageError(f"malformed -p {text!r}: no value after '='", hint=f"e.g. -p {name}=1,2,3")
+    if values.lstrip()[:1] in ("[", "{"):
+        return Axis(name, values=_flow_values(text, name, values))
     parsed = parse_distribution(name, values)
     if isinstance(parsed, Distribution):
         return Axis(name, distribution=parsed)
@@ -114,6 +116,65 @@ def parse_cli_parameter(text: str) -> Axis:
     if any(part == "" for part in parts):
         raise UsageError(f"malformed -p {text!r}: empty value in the list", hint="separate values with single commas")
     return Axis(name, values=parts)
+
+
+def _flow_values(text: str, name: str, values: str) -> tuple[Any, ...]:
+    """``-p 'layers=[8, 16]'`` is one list; ``-p 'layers=[8, 16], [32]'`` two (YAML flow values)."""
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(f"[{values}]")
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise UsageError(f"malformed -p {text!r}: not a YAML list or dict ({problem})",
+                         hint=f"e.g. -p '{name}=[8, 16]' (one list), -p '{name}=[8, 16], [32]' (two), "
+                              f"or -y '{name}: [8, 16]'") from None
+    return tuple(parsed)
+
+
+def parse_yaml_parameters(text: str) -> list[Axis]:
+    """One ``-y`` option, as papermill reads it: a YAML mapping of names to one value each."""
+    import yaml
+    from papermill.iorw import NoDatesSafeLoader
+
+    example = "e.g. -y 'layers: [8, 16]' or -y '{lr: 0.1, layers: [8, 16]}'"
+    try:
+        data = yaml.load(text, Loader=NoDatesSafeLoader)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise UsageError(f"malformed -y {text!r}: {problem}", hint=example) from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError(f"malformed -y {text!r}: expected NAME: VALUE", hint=example)
+    axes = []
+    for name, value in data.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise UsageError(f"malformed -y {text!r}: {name!r} is not a parameter name",
+                             hint="parameter names are Python identifiers, e.g. learning_rate")
+        axes.append(Axis(name, values=(value,)))
+    return axes
+
+
+def parse_raw_parameter(text: str) -> Axis:
+    """One ``-r NAME=TEXT`` option: TEXT is one string value, commas, brackets and all."""
+    from mlenv.sweep.notebook import RawText
+
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not _NAME.match(name):
+        raise UsageError(f"malformed -r {text!r}: expected NAME=TEXT", hint="e.g. -r 'note=a, b and c'")
+    return Axis(name, values=(RawText(value),))
+
+
+def merge_values(axes: list[Axis]) -> list[Axis]:
+    """Options naming the same parameter add values to it (``-p lr=0.1 -y 'lr: 0.5'``: two values)."""
+    merged: dict[str, Axis] = {}
+    for axis in axes:
+        previous = merged.get(axis.name)
+        if previous is None or previous.distribution or axis.distribution:
+            merged[axis.name] = axis  # a range replaces: it cannot be added to
+        else:
+            merged[axis.name] = Axis(axis.name, values=previous.values + axis.values)
+    return list(merged.values())
 
 
 def parse_table_parameter(name: str, value: Any, where: str) -> Axis:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlenv.errors import ToolMissingError
+from mlenv.errors import SweepError, ToolMissingError, UsageError
 
 
 class LocalStore:
@@ -14,11 +14,6 @@ class LocalStore:
     def location(self, name: str) -> str:
         return str(self.root / name)
 
-    def write_text(self, name: str, text: str) -> None:
-        from mlenv.fsutil import atomic_write
-
-        atomic_write(self.root / name, text)
-
     def read_text(self, name: str) -> str | None:
         try:
             return (self.root / name).read_text(encoding="utf-8")
@@ -26,15 +21,28 @@ class LocalStore:
             return None
 
     def check(self) -> None:
-        """Fail before any run when the outputs could not be written."""
-        from mlenv.errors import UsageError
+        """Fail before any run when the outputs could not be written (a file in the way, no write access)."""
+        import tempfile
 
-        for folder in (self.root, *self.root.parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise UsageError(f"output {self.root}: {folder} is a file, not a folder",
-                                     hint="pick another --output folder")
-                return
+        existing = next(folder for folder in (self.root, *self.root.parents) if folder.exists())
+        if not existing.is_dir():
+            raise UsageError(f"output {self.root}: {existing} is a file, not a folder",
+                             hint="pick another --output folder")
+        try:  # the deepest folder that exists must take a file (nothing is created before the runs)
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".mlenv-write-check-"):
+                pass
+        except OSError as exc:
+            raise SweepError(f"cannot write the results to {self.root}: {existing}: {exc.strerror or exc}",
+                             hint="pick a writable folder with -o/--output (or fix its permissions)") from None
+
+    def write_text(self, name: str, text: str) -> None:
+        from mlenv.fsutil import atomic_write
+
+        try:
+            atomic_write(self.root / name, text)
+        except OSError as exc:
+            raise SweepError(f"cannot write {self.root / name}: {exc.strerror or exc}",
+                             hint="pick a writable folder with -o/--output (or fix its permissions)") from None
 
     def __str__(self) -> str:
         return str(self.root)
