@@ -409,3 +409,39 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
         assert "test_locked_version" in tests.stderr and "OK" in tests.stderr
     finally:
         docker_client.images.remove(image_id, force=True)
+
+
+def _readme_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("## CI/CD: `mlenv ci init`", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_ci_example(project):
+    """The README's CI/CD section, followed as written: its [ci] table, then its commands."""
+    section = _readme_section()
+    table = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    commands = re.search(r"```sh\n(.*?)```", section, re.S).group(1).strip().splitlines()
+    set_ci(project, table.split("[ci]\n", 1)[1])
+    (project / "tests").mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    for line in commands:
+        words = line.split()
+        if words[0] == "mlenv":
+            result = run_mlenv(*words[1:], cwd=project)
+        else:
+            result = subprocess.run(["bash", "-c", line], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=project, capture_output=True,
+                            text=True).stdout.split()
+    assert {".github/workflows/mlenv.yml", "Dockerfile.cpu", "Dockerfile.gpu", ".dockerignore"} <= set(staged)
+    workflow = assert_valid_workflow(project / WORKFLOW, ("gpu",))
+    jobs = workflow["jobs"]
+    assert jobs["test-cpu"]["env"]["TEST_COMMAND"] == "pytest -q"
+    assert jobs["test-gpu"]["runs-on"] == ["self-hosted", "linux", "gpu"]
+    sweep = [s["run"] for s in jobs["notebooks"]["steps"] if "mlenv sweep" in s.get("run", "")]
+    assert sweep and "mlenv sweep notebooks/train.ipynb -p lr=0.1,0.01 --output ci-sweeps/train" in sweep[0]
+    # what the README promises about the lock job
+    lock_steps = "\n".join(s.get("run", "") for s in jobs["lock"]["steps"])
+    for command in ("mlenv lock --check", "mlenv gen dockerfile --check", "mlenv ci init --check"):
+        assert command in lock_steps
