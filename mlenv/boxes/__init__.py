@@ -71,10 +71,11 @@ def default_provider_name(spec: Spec | None) -> str:
 # --- keep-alives: files on the box whose content is an expiry epoch --------------------------------
 
 
-def _keepalive_path(holder: str) -> str:
+def _keepalive_path(holder: str, executor: Executor | None = None) -> str:
     if not BOX_NAME.fullmatch(holder):
         raise UsageError(f"invalid keep-alive holder {holder!r}", hint="use lowercase letters, digits and -")
-    return f"{KEEPALIVE_DIR}/{holder}"
+    # a box without root (the ssh provider) keeps its files in its own folder: its executor says where
+    return f"{getattr(executor, 'keepalive_dir', KEEPALIVE_DIR)}/{holder}"
 
 
 def hold(executor: Executor, seconds: float, *, holder: str = "cli") -> float:
@@ -87,9 +88,9 @@ def hold(executor: Executor, seconds: float, *, holder: str = "cli") -> float:
     from mlenv.execute import write_file
 
     expiry = time.time() + seconds
-    write_file(executor, _keepalive_path(holder), f"{expiry:.0f}\n".encode(), mode=0o666)
+    write_file(executor, _keepalive_path(holder, executor), f"{expiry:.0f}\n".encode(), mode=0o666)
     return expiry
 
 
 def release(executor: Executor, *, holder: str = "cli") -> None:
-    executor.run(["rm", "-f", _keepalive_path(holder)]).check("releasing the keep-alive")
+    executor.run(["rm", "-f", _keepalive_path(holder, executor)]).check("releasing the keep-alive")

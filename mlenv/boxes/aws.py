@@ -353,7 +353,7 @@ class AWSProvider:
             raise UsageError(f"[devbox] user {user!r} is not a user name")
         lock = _read_lock(spec)
         locked = lock.target(target.name) if lock is not None else None
-        lock_hash = locked.input_hash[:16] if locked is not None else "unlocked"
+        lock_hash = locked.input_hash.split(":")[-1][:16] if locked is not None else "unlocked"
         tags = {
             TAG_BOX: req.name,
             TAG_OWNER: current_owner(),

@@ -1,0 +1,213 @@
+"""The ssh provider against a real OpenSSH server on loopback, logging in as a real non-root user.
+
+The fixture starts Debian's sshd as root on a free port (key-only auth) and creates a throwaway user
+whose home is the "lab machine"; the user authorizes mlenv's key the way the README says
+(ssh-copy-id).  Everything the provider does goes over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require, run_mlenv
+from tests.test_lock import write_spec
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="module")
+def lab_machine():
+    """(host, port, user, home, authorized_keys path) of a real sshd on 127.0.0.1."""
+    require(os.path.exists("/usr/sbin/sshd"), "/usr/sbin/sshd (apt-get install openssh-server)")
+    require(os.geteuid() == 0, "root, to run sshd and create a test user")
+    folder = Path(tempfile.mkdtemp(prefix="mlenv-ssh-"))
+    folder.chmod(0o755)
+    user = f"mlenv-t{os.getpid() % 100000}"
+    home = folder / "home"
+    # "*": no password, but not a locked account (sshd without PAM refuses locked ones)
+    subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/sh", "-p", "*", user], check=True)
+    port = _free_port()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "hostkey")], check=True)
+    authorized = folder / "authorized_keys"
+    authorized.write_text("")
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'hostkey'}\nAuthorizedKeysFile {authorized}\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nPidFile {folder / 'pid'}\n"
+        f"AllowUsers {user}\nLogLevel INFO\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    subprocess.run(["/usr/sbin/sshd", "-f", str(folder / "sshd_config"), "-E", str(folder / "log")], check=True)
+    deadline = time.monotonic() + 20
+    while not (folder / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        yield {"host": "127.0.0.1", "port": port, "user": user, "home": home, "authorized_keys": authorized,
+               "host_key": (folder / "hostkey.pub").read_text().split()[:2]}
+    finally:
+        os.kill(int((folder / "pid").read_text()), signal.SIGTERM)
+        uid = pwd.getpwnam(user).pw_uid
+        for pid in _processes_of(uid):  # watchdogs a failed test left behind, by pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while _processes_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def laptop(tmp_path, monkeypatch, lab_machine):
+    """This machine's side: its own HOME and mlenv data folder, its key authorized on the lab machine."""
+    home = tmp_path / "laptop-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MLENV_HOME", str(tmp_path / "mlenv-home"))
+    from mlenv.connect.keys import local_key
+
+    # what `ssh-copy-id -i ~/.local/share/mlenv/keys/NAME.pub user@host` does
+    lab_machine["authorized_keys"].write_text(local_key().public_line + "\n")
+    return home
+
+
+@pytest.fixture
+def project(tmp_path, local_index, lab_machine):
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    write_spec(folder, local_index.url, extra=(
+        f'[devbox]\nprovider = "ssh"\nhost = "{lab_machine["host"]}"\nport = {lab_machine["port"]}\n'
+        f'user = "{lab_machine["user"]}"\n'))
+    result = run_mlenv("lock", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def provider(project: Path):
+    from mlenv.boxes.ssh import SSHProvider
+    from mlenv.spec import load_spec
+
+    return SSHProvider(load_spec(project))
+
+
+def request(name: str = "lab1", **fields):
+    from mlenv.boxes.model import UpRequest
+
+    return UpRequest(name=name, **fields)
+
+
+def watchdogs(uid: int) -> list[str]:
+    return [line for line in cmdlines(uid) if line.startswith("python3 ") and "watchdog.py" in line]
+
+
+def cmdlines(uid: int) -> list[str]:
+    lines = []
+    for pid in _processes_of(uid):
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return lines
+
+
+def test_an_unknown_host_key_is_shown_and_needs_yes(laptop, project, lab_machine):
+    from mlenv.errors import UsageError
+
+    with pytest.raises(UsageError, match="not in your known_hosts; it offers ssh-ed25519 SHA256:"):
+        provider(project).up(request(), lambda line: None)
+    assert not (lab_machine["home"] / ".mlenv").exists()  # nothing done before the key is trusted
+
+
+def test_up_sets_the_box_up_over_ssh_and_the_watchdog_stops_what_mlenv_started(laptop, project, lab_machine):
+    from mlenv.execute import run_python
+
+    uid = pwd.getpwnam(lab_machine["user"]).pw_uid
+    # the user's own known_hosts already trusts the machine: no question asked
+    (laptop / ".ssh").mkdir()
+    (laptop / ".ssh" / "known_hosts").write_text(
+        f"[127.0.0.1]:{lab_machine['port']} {' '.join(lab_machine['host_key'])}\n")
+    ssh_boxes = provider(project)
+    box = ssh_boxes.up(request(max_lifetime_s=3600, poll_s=1), lambda line: None)
+    assert (box.state, box.ssh_user, box.target) == ("running", lab_machine["user"], "cpu")
+    assert box.host_keys == [" ".join(lab_machine["host_key"])]
+    folder = lab_machine["home"] / ".mlenv" / "boxes" / "lab1"
+    assert json.loads((folder / "box.json").read_text())["project"] == "demo"
+    # the locked environment, and commands on the box run in it
+    executor = provider(project).executor(box)
+    assert run_python(executor, "import sys, tinylib, tinydep; print(sys.prefix, tinydep.__version__)").split() == \
+        [str(folder / "venv"), "1.1"]
+    # the watchdog: a user-level process with the box's settings, logging decisions in the box's folder
+    running = watchdogs(uid)
+    assert len(running) == 1 and "--action exit" in running[0] and f"--keepalive-dir {folder}/keepalive" in running[0]
+    deadline = time.monotonic() + 30
+    while not (folder / "watchdog.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert provider(project).watchdog_log("lab1").strip()
+    # a keep-alive written through the box's executor lands where its watchdog looks
+    from mlenv import boxes
+
+    boxes.hold(executor, 60)
+    assert float((folder / "keepalive" / "cli").read_text()) > time.time()
+    # up again: the same box
+    assert [b.name for b in provider(project).list()] == ["lab1"]
+    again = provider(project).up(request(), lambda line: None)
+    assert again.created == box.created and len(watchdogs(uid)) == 1
+    provider(project).down("lab1")
+    assert not folder.exists() and not watchdogs(uid)
+
+
+def test_max_lifetime_stops_the_processes_mlenv_started_and_stop_start_down(laptop, project, lab_machine):
+    from mlenv.boxes.model import UpRequest
+
+    uid = pwd.getpwnam(lab_machine["user"]).pw_uid
+    ssh_boxes = provider(project)
+    box = ssh_boxes.up(UpRequest(name="lab2", max_lifetime_s=20, poll_s=1, assume_yes=True), lambda line: None)
+    from mlenv import connect
+
+    connect.register(box, assume_yes=True)  # what `mlenv up` does after the provider's up: pins the key
+    folder = lab_machine["home"] / ".mlenv" / "boxes" / "lab2"
+    executor = provider(project).executor(box)
+    # a long job started in the box's environment (like a notebook kernel mlenv would start)
+    executor.run(["sh", "-c", "nohup python -c 'import time; time.sleep(600)' >/dev/null 2>&1 &"]).check("job")
+    assert any(line.startswith("python -c") and "sleep(600)" in line for line in cmdlines(uid))
+    deadline = time.monotonic() + 60
+    while provider(project).get("lab2").state == "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert provider(project).get("lab2").state == "stopped"
+    time.sleep(1)
+    assert not any("sleep(600)" in line for line in cmdlines(uid))  # stopped by the watchdog's supervisor
+    assert "max-lifetime" in provider(project).watchdog_log("lab2")
+    started = provider(project).start("lab2", lambda line: None)
+    assert started.state == "running"
+    provider(project).stop("lab2")
+    assert provider(project).get("lab2").state == "stopped"
+    provider(project).down("lab2")
+    assert provider(project).get("lab2") is None and not folder.exists()
