@@ -320,3 +320,109 @@ def test_an_unreachable_pytorch_index_names_the_url_and_how_to_mirror_it(tmp_pat
     result = lock(tmp_path, expect=6)
     assert "cannot reach https://download.pytorch.org/whl/cpu" in result.stderr
     assert 'name = "pytorch-cpu"' in result.stderr and "/whl/cpu" in result.stderr
+
+
+# --- failure reports, uv's warnings, direct URLs ---------------------------------------------------------
+
+def test_every_failing_target_is_reported_with_the_groups_that_ask(tmp_path, local_index):
+    spec = write_spec(tmp_path, local_index.url, dependencies=("tinydep>=1.1",),
+                      targets='[targets.cpu]\nplatform = "linux/x86_64"\n\n[targets.mac]\nplatform = "macos/arm64"\n')
+    spec.write_text(spec.read_text().replace('dev = ["devtool"]', 'dev = ["devtool", "tinydep<1.1"]'))
+    result = lock(tmp_path, expect=5)
+    assert "could not lock target 'cpu'" in result.stderr and "could not lock target 'mac'" in result.stderr
+    assert "mlenv-lock-root" not in result.stderr
+    assert "tinydep is required by dependencies: tinydep>=1.1; group 'dev': tinydep<1.1" in result.stderr
+    assert "--debug" not in result.stderr, "nothing was left out, so --debug adds nothing"
+    assert "Traceback" not in result.stderr
+
+
+def test_uv_warnings_reach_the_user(tmp_path, local_index):
+    write_spec(tmp_path, local_index.url, dependencies=("tinylib[fast]",))
+    result = lock(tmp_path)
+    assert "warning: cpu: uv:" in result.stderr and "does not have an extra named `fast`" in result.stderr
+
+
+def test_a_direct_url_dependency_is_locked_with_its_hash(tmp_path, local_index):
+    import hashlib
+
+    wheel = local_index.add("urlpkg", "1.0", requires=["tinydep"])
+    url = f"http://127.0.0.1:{local_index.port}/files/{wheel.name}"
+    write_spec(tmp_path, local_index.url, dependencies=("tinylib", f"urlpkg @ {url}"))
+    lock(tmp_path)
+    urlpkg = next(p for p in read(tmp_path, "mlenv.lock")["package"] if p["name"] == "urlpkg")
+    assert urlpkg["artifacts"] == [{"url": url, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                                    "size": wheel.stat().st_size}] or urlpkg["artifacts"][0]["sha256"] == \
+        hashlib.sha256(wheel.read_bytes()).hexdigest()
+    entry = next(p for p in read(tmp_path, "pylock.cpu.toml")["packages"] if p["name"] == "urlpkg")
+    assert "index" not in entry and entry["wheels"][0]["url"] == url
+    lock(tmp_path, "--check")
+    lock(tmp_path)  # re-lock with the previous pylock as preferences: same answer
+
+
+def test_a_git_dependency_is_refused_with_the_reason(tmp_path, local_index):
+    write_spec(tmp_path, local_index.url, dependencies=("tinylib", "thing @ git+https://example.invalid/o/thing"))
+    result = lock(tmp_path, expect=3)
+    assert "git checkout, which mlenv cannot lock with a hash" in result.stderr
+    assert "archive" in result.stderr
+
+
+def test_the_lock_records_the_digest_of_the_spec_bytes_it_resolved(tmp_path, local_index):
+    """An edit made while `mlenv lock` runs must leave the lock stale, not fresh with the old content."""
+    from mlenv.lock import lock_project
+    from mlenv.spec import load_spec
+
+    spec_file = write_spec(tmp_path, local_index.url)
+    spec = load_spec(spec_file)
+    spec_file.write_text(spec_file.read_text().replace('["tinylib"]', '["tinylib", "devtool"]'))  # the edit
+    lock_project(spec)
+    result = lock(tmp_path, "--check", expect=1)
+    assert "dependencies: added devtool" in result.stderr
+
+
+# --- alternatives: exclusive groups and modules two distributions install ----------------------------------
+
+def test_two_distributions_of_one_module_fail_the_target(tmp_path, local_index):
+    local_index.add("opencv-python", "4.10.0")
+    local_index.add("opencv-python-headless", "4.10.0")
+    write_spec(tmp_path, local_index.url, dependencies=("opencv-python", "opencv-python-headless"))
+    result = lock(tmp_path, expect=5)
+    assert "opencv-python and opencv-python-headless both install the module 'cv2'" in result.stderr
+
+
+EXCLUSIVE = (
+    '[project]\nname = "demo"\npython = "3.11"\ndependencies = ["tinylib"]\n'
+    'exclusive-groups = [["tpu", "cpuonly"]]\n\n'
+    '[dependency-groups]\ndev = ["devtool"]\ntpu = ["tensorflow"]\ncpuonly = ["tensorflow-cpu"]\n\n'
+    '[[index]]\nname = "local"\nurl = "{url}"\ndefault = true\n\n'
+    '[targets.cpu]\nplatform = "linux/x86_64"\n'
+)
+
+
+def test_exclusive_groups_are_locked_apart_and_never_installed_together(tmp_path, local_index):
+    local_index.add("tensorflow", "2.17.0", requires=["tinydep"])
+    local_index.add("tensorflow-cpu", "2.17.0", requires=["tinydep"])
+    (tmp_path / "mlenv.toml").write_text(EXCLUSIVE.format(url=local_index.url))
+    lock(tmp_path)
+    assert versions(tmp_path, "cpu")["tinydep"] == "1.1"
+
+    pylock = read(tmp_path, "pylock.cpu.toml")
+    markers = {p["name"]: p.get("marker") for p in pylock["packages"]}
+    assert markers["tensorflow"] == "'tpu' in dependency_groups"
+    assert markers["tensorflow-cpu"] == "'cpuonly' in dependency_groups"
+    assert markers["tinylib"] is None and markers["devtool"] == "'dev' in dependency_groups"
+
+    venv = tmp_path / ".venv"
+    both = run_mlenv("sync", "--group", "tpu", "--group", "cpuonly", cwd=tmp_path)
+    assert both.returncode == 2 and "'tpu' and 'cpuonly' are alternatives" in both.stderr
+    assert not venv.exists()
+    doctor = run_mlenv("doctor", "--group", "tpu", "--group", "cpuonly", cwd=tmp_path)
+    assert doctor.returncode == 2 and "alternatives" in doctor.stderr
+
+
+def test_an_alternative_that_needs_other_main_pins_says_so(tmp_path, local_index):
+    local_index.add("tensorflow", "2.17.0")
+    local_index.add("tensorflow-cpu", "2.16.0", requires=["tinydep<1.1"])
+    (tmp_path / "mlenv.toml").write_text(EXCLUSIVE.format(url=local_index.url))
+    result = lock(tmp_path, expect=5)
+    assert "could not lock target 'cpu + group cpuonly'" in result.stderr
+    assert "tinydep" in result.stderr and "resolved on top of the pins of the main dependencies" in result.stderr

@@ -32,6 +32,11 @@ def doctor_command(
         from mlenv.cli.boxes import box_executor
 
         executor, target = box_executor(ctx, box, target)
+    if group:
+        from mlenv.lock import install_groups
+
+        for locked in ([lock.target(target)] if target else lock.targets.values()):
+            install_groups(lock, locked, tuple(group))  # unknown names, two alternatives: usage errors
     report = run_doctor(spec.root, lock, target_name=target, python=python, image=image, executor=executor,
                         groups=tuple(group), stale=check_lock(spec, lock))
     if mlenv.json:

@@ -28,7 +28,9 @@ def sync_command(
     spec, lock = mlenv.spec, mlenv.lock
     gpu_probe = detect.probe_gpus()
     locked = lock.target(target) if target else pick_target(lock, detect.platform_name(), has_gpu=bool(gpu_probe.gpus))
-    groups = () if no_groups else (tuple(group) or None)
+    from mlenv.lock import install_groups
+
+    groups = () if no_groups else install_groups(lock, locked, tuple(group) or None)
     folder = venv if venv.is_absolute() else spec.root / venv
     interpreter = sync(spec, lock, locked, venv=folder, groups=groups, allow_stale=allow_stale)
     report = diagnose(lock, locked, probe_interpreter(interpreter), groups=tuple(group), gpu_probe=gpu_probe)

@@ -158,7 +158,13 @@ def _resolve_with_alternatives(spec: Spec, target: Target, resolve) -> tuple[lis
     sets = [(None, base)]
     for group in alternatives:
         label = f"{target.name} + group {group}"
-        extra = resolve(target, (*shared, group), base, label)
+        try:
+            extra = resolve(target, (*shared, group), base, label)
+        except ResolutionError as exc:
+            raise ResolutionError(exc.message, hint=f"group {group!r} is an alternative: it is resolved on top of the "
+                                  "pins of the main dependencies and shared groups (the `you require X==...` above); "
+                                  "relax the group's requirements, or constrain the main dependencies so both "
+                                  "agree") from None
         sets.append((group, extra))
         for package in extra:
             known = merged.get(package.name)
