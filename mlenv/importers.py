@@ -105,6 +105,10 @@ class Imported:
     constraints: list[tuple[str, str]] = field(default_factory=list)  # (origin, requirement) not merged
     notes: list[Note] = field(default_factory=list)
     summary: list[tuple[str, str]] = field(default_factory=list)  # (file, what was imported from it)
+    # groups that are alternatives (requirements-tpu.txt vs requirements-cuda.txt): one at a time
+    exclusive_groups: list[list[str]] = field(default_factory=list)
+    group_files: dict[str, str] = field(default_factory=dict)  # group -> the requirements file it came from
+    file_digests: dict[str, str] = field(default_factory=dict)  # relative path -> "sha256:..." when read
 
     def note(self, origin: str, kind: str, text: str) -> None:
         # notes are printed and copied into mlenv.toml's comment block: never with a credential
@@ -782,6 +786,7 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
     renamed, unmapped = [], []
     pip_lines: list[tuple[int, str]] = []
     torch_seen = False
+    cuda_requests: list[tuple[str, str]] = []  # (X.Y, origin): decided once torch's version is known
     for item in dependencies.value:
         line = item.start_mark.line + 1
         where = f"{rel}:{line}"
@@ -811,18 +816,25 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
         if name == "python":
             version = _conda_version(specifier or "")
             if version and "." in version:
-                imported.python, imported.python_origin = version, f"{where} {raw}"
+                # an environment pins Python by minor: conda's 3.8.5 is "a 3.8", and a 3.8.18 must do
+                minor = ".".join(version.split(".")[:2])
+                if minor != version:
+                    imported.note(where, "python", f"{raw}: Python {minor} (the patch release comes from the "
+                                  "interpreter or image, not from the lock)")
+                imported.python, imported.python_origin = minor, f"{where} {raw}"
             elif specifier:
                 chosen = choose_python(specifier, running_python, rel)
                 if chosen:
                     imported.python, imported.python_origin = chosen, f"{where} {raw}"
             continue
         if name == "pip":
+            unmapped.append(raw)
+            imported.note(where, "conda", f"{raw} not imported: mlenv installs with uv, the environment needs no pip")
             continue
         if name in CONDA_CUDA:
             version = _conda_version(specifier or "")
             if version and version.count(".") >= 1:
-                _set_catalog_cuda(imported, ".".join(version.split(".")[:2]), f"{where} {raw}")
+                cuda_requests.append((".".join(version.split(".")[:2]), f"{where} {raw}"))
             else:
                 imported.note(where, "cuda", f"{raw}: no CUDA version given; pick one with `mlenv init --target`")
             continue
@@ -843,6 +855,12 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
             imported.note(where, "conda", f"{raw} not imported: cannot translate this conda spec to pip")
             continue
         conda_requirements.append(Req(requirement, where, f"{pypi}{specifier or ''}"))
+    torch_version = next((_conda_version(str(item.requirement.specifier)) for item in conda_requirements
+                          if canonicalize_name(item.requirement.name) == "torch"), None)
+    for version, origin in cuda_requests[:1]:
+        _set_catalog_cuda(imported, version, origin, torch=torch_version)
+    for version, origin in cuda_requests[1:]:
+        imported.note(origin, "cuda", f"CUDA {version}: the first CUDA package decides ({cuda_requests[0][1]})")
     conda_count = _add_requirements(imported, MAIN, conda_requirements)
     # conda installs its packages first and pip's on top; keep that order in the spec
     parsed = reader.read_lines(pip_lines, path, MAIN)
@@ -861,11 +879,25 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
     imported.summary.append((rel, ", ".join(parts)))
 
 
-def _set_catalog_cuda(imported: Imported, version: str, origin: str) -> None:
+def _set_catalog_cuda(imported: Imported, version: str, origin: str, *, torch: str | None = None) -> None:
     from packaging.version import Version
 
     from mlenv.hardware import catalog
 
+    if torch and catalog.torch_builds(torch) is not None:
+        # the CUDA must be one PyTorch published this torch for: never propose an unpublished pair
+        chosen = catalog.cuda_with_torch(version, torch)
+        builds = ", ".join(catalog.torch_builds(torch) or ())
+        if chosen is None:
+            imported.note(origin, "cuda", f"torch {torch} was published for {builds} only, and mlenv knows none of "
+                          f"them (known: {', '.join(catalog.cuda_versions())}); no CUDA target proposed: "
+                          "a newer torch runs on a CUDA mlenv knows")
+            return
+        if chosen != version:
+            imported.note(origin, "cuda", f"CUDA {version}: using {chosen}, the nearest CUDA with builds of "
+                          f"torch {torch} ({builds}) that mlenv knows")
+        imported.set_cuda(chosen, origin)
+        return
     known = catalog.cuda_versions()
     if version in known:
         imported.set_cuda(version, origin)
@@ -954,4 +986,85 @@ def import_project(root: Path, *, running_python: str) -> Imported:
     for group in list(imported.groups):
         if not imported.groups[group]:
             del imported.groups[group]
+    imported.group_files = {group: reader.rel(path) for path, group in top_level.items() if group != MAIN}
+    import hashlib
+
+    # what each imported file was: `lock` warns when one moves on after init ([imported] files)
+    imported.file_digests = {rel: "sha256:" + hashlib.sha256((root / rel).read_bytes()).hexdigest()
+                             for rel in imported.files if (root / rel).is_file()}
+    imported.exclusive_groups = exclusive_variants(imported)
     return imported
+
+
+# --- variants: requirement files meant to be installed one at a time ------------------------------
+
+# group names that choose an accelerator or backend: two of them in one repository are alternatives
+_VARIANT_WORD = re.compile(r"^(cpu|gpu|cuda\d*|cu\d{2,3}|tpu|rocm\d*|mps|xpu|metal|neuron|habana|hpu|ipu|npu|"
+                           r"openvino|directml|onnx-?gpu|tensorrt)$")
+
+
+def _variant_word(group: str) -> bool:
+    return any(_VARIANT_WORD.match(part) for part in group.split("-"))
+
+
+def _pins(requirements: list[str]) -> dict[str, Requirement]:
+    return {canonicalize_name(Requirement(text).name): Requirement(text) for text in requirements}
+
+
+def _conflict(a: list[str], b: list[str]) -> str | None:
+    """Why two groups cannot install together, or None: the same package pinned to different versions,
+    or two distributions of one module (tensorflow and tensorflow-cpu)."""
+    from mlenv.hardware import catalog
+
+    first, second = _pins(a), _pins(b)
+    for name in sorted(first.keys() & second.keys()):
+        left, right = first[name].specifier, second[name].specifier
+        exact_left = {s.version for s in left if s.operator in ("==", "===")}
+        exact_right = {s.version for s in right if s.operator in ("==", "===")}
+        if exact_left and exact_right and exact_left != exact_right:
+            return f"{name}{left} vs {name}{right}"
+        if exact_left and not all(right.contains(v.removesuffix(".*"), prereleases=True) for v in exact_left
+                                  if not v.endswith(".*")):
+            return f"{name}{left} vs {name}{right}"
+    for module, providers in catalog.module_providers().items():
+        left = sorted(first.keys() & set(providers))
+        right = sorted(second.keys() & set(providers))
+        if left and right and left != right:
+            return f"{left[0]} and {right[0]} both install the module {module!r}"
+    return None
+
+
+def exclusive_variants(imported: Imported) -> list[list[str]]:
+    """Sets of groups that are alternatives: by name (two accelerator variants, e.g. -tpu and -cuda) and
+    by content (they pin one package differently, or install one module from two distributions)."""
+    groups = sorted(group for group in imported.groups if imported.groups[group])
+    parent = {group: group for group in groups}
+
+    def root(group: str) -> str:
+        while parent[group] != group:
+            group = parent[group]
+        return group
+
+    reasons: list[tuple[str, str]] = []
+    by_name = [group for group in groups if _variant_word(group)]
+    for other in by_name[1:]:
+        parent[root(other)] = root(by_name[0])
+    if len(by_name) > 1:
+        reasons.append((", ".join(by_name), "their names choose an accelerator"))
+    for position, first in enumerate(groups):
+        for second in groups[position + 1:]:
+            why = _conflict(imported.groups[first], imported.groups[second])
+            if why and root(first) != root(second):
+                parent[root(second)] = root(first)
+                reasons.append((f"{first}, {second}", why))
+            elif why:
+                reasons.append((f"{first}, {second}", why))
+    sets: dict[str, list[str]] = {}
+    for group in groups:
+        sets.setdefault(root(group), []).append(group)
+    found = [members for members in sets.values() if len(members) > 1]
+    for members, why in reasons:
+        files = ", ".join(imported.group_files.get(g, g) for g in members.split(", "))
+        imported.note(files, "variants", f"groups {members} are alternatives ({why}): locked apart as "
+                      "project.exclusive-groups, installed one at a time (`mlenv sync --group NAME`)")
+    return found

@@ -387,6 +387,10 @@ def render(plan: InitPlan) -> str:
         f"python = {_string(plan.python)}  # {_comment(plan.python_origin)}",
         f"dependencies = {_string_array(imported.dependencies)}",
     ]
+    if imported.exclusive_groups:
+        lines.append("# alternatives: locked apart, installed one at a time (mlenv sync --group NAME)")
+        lines.append("exclusive-groups = [" + ", ".join(
+            "[" + ", ".join(_string(group) for group in members) + "]" for members in imported.exclusive_groups) + "]")
     groups = {group: items for group, items in imported.groups.items() if items and group != MAIN}
     if groups:
         lines += ["", "[dependency-groups]"]
@@ -419,6 +423,10 @@ def render(plan: InitPlan) -> str:
         if target.sources:
             pins = ", ".join(f"{_key(package)} = {_string(index)}" for package, index in target.sources)
             lines.append(f"sources = {{ {pins} }}")
+    if imported.file_digests:
+        lines += ["", "# what `mlenv init` read: `mlenv lock` warns when one of these files changes later",
+                  "[imported.files]"]
+        lines += [f"{_string(path)} = {_string(digest)}" for path, digest in sorted(imported.file_digests.items())]
     # what the inputs said, not this machine's state: the file is shared by everyone's machines
     reported = [note for note in plan.notes if note.kind != "hash" and note.origin != "this machine"]
     if reported:

@@ -125,7 +125,9 @@ def test_requirements_with_every_pip_syntax(tmp_path):
                      "requirements.txt:9 (torch==2.5.1+cu124)"):
         assert reported in out, reported
     text = (folder / "mlenv.toml").read_text()
-    assert "sha256" not in text and "# Not imported" in text
+    spec_part, imported_part = text.split("[imported.files]")
+    assert "sha256" not in spec_part and "# Not imported" in imported_part  # --hash values are not carried
+    assert "requirements.txt" in spec.imported and "requirements-dev.txt" in spec.imported
 
 
 def test_pyproject_with_extras_groups_and_uv_sources(tmp_path):
@@ -154,7 +156,7 @@ def test_conda_environment(tmp_path):
     assert spec.targets["cuda"].cuda == "12.1"
     assert spec.targets["cuda"].sources == {"torch": "pytorch-cu121", "torchvision": "pytorch-cu121"}
     for unmapped in ("environment.yml:14", "cudnn", "mkl", "libgcc-ng>=12", "ffmpeg", "py310hff3b4d5_0",
-                     "pytorch -> torch", "4 not mapped"):
+                     "pytorch -> torch", "5 not mapped", "pip not imported"):
         assert unmapped in result.stdout, unmapped
 
 
@@ -416,9 +418,31 @@ def test_conda_specs(spec, expected):
 
 
 def test_conda_cuda_outside_the_catalog(tmp_path):
-    imported = _import(tmp_path, {"environment.yml": "dependencies:\n  - cudatoolkit=11.3\n  - pytorch=1.12\n"})
-    assert imported.cuda == "11.8"  # the next release of the same major that mlenv knows
+    imported = _import(tmp_path, {"environment.yml": "dependencies:\n  - cudatoolkit=11.3\n  - numpy\n"})
+    assert imported.cuda == "11.8"  # no torch to decide: the next release of the same major that mlenv knows
     assert any("11.3" in n.text and "11.8" in n.text for n in imported.notes)
+
+
+@pytest.mark.parametrize("lines, cuda, note", [
+    # torch 1.11 was built for cu102/cu113/cu115 only: no CUDA mlenv knows, so no CUDA target at all
+    (["cudatoolkit=11.3", "pytorch=1.11"], None, "published for cu102, cu113, cu115 only"),
+    (["pytorch=2.0", "cudatoolkit=11.3"], "11.8", "nearest CUDA with builds of torch 2.0"),
+    (["pytorch-cuda=12.4", "pytorch::pytorch=2.3.1"], "12.1", "nearest CUDA with builds of torch 2.3.1"),
+    (["pytorch=2.5.1", "pytorch-cuda=12.4"], "12.4", None),
+])
+def test_conda_cuda_maps_to_a_cuda_that_has_the_requested_torch(tmp_path, lines, cuda, note):
+    text = "dependencies:\n" + "".join(f"  - {line}\n" for line in lines)
+    imported = _import(tmp_path, {"environment.yml": text})
+    assert imported.cuda == cuda
+    if note:
+        assert any(note in n.text for n in imported.notes), imported.notes
+
+
+def test_conda_python_patch_becomes_the_minor_and_every_dropped_package_is_reported(tmp_path):
+    imported = _import(tmp_path, {"environment.yml": "dependencies:\n  - python=3.8.5\n  - pip=20.3\n  - numpy\n"})
+    assert imported.python == "3.8"
+    assert any(n.text.startswith("pip=20.3 not imported") for n in imported.notes)
+    assert any("Python 3.8" in n.text for n in imported.notes)
 
 
 def test_conda_oddities_are_errors_or_notes(tmp_path):
