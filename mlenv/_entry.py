@@ -20,6 +20,14 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _imported_moved(folder: Path, spec: dict) -> bool:
+    for relative, digest in spec.get("imported", {}).get("files", {}).items():
+        path = folder / relative
+        if not path.is_file() or "sha256:" + _digest(path) != digest:
+            return True
+    return False
+
+
 def _provably_fresh() -> int | None:
     """Number of targets when the lock is provably fresh, else None (let the full check decide)."""
     import tomllib
@@ -42,8 +50,11 @@ def _provably_fresh() -> int | None:
         unsigned = {**lock, "lock": {key: value for key, value in meta.items() if key != "content-sha256"}}
         if meta.get("version") != 1 or meta.get("content-sha256") != content_digest(unsigned):
             return None
-        if meta.get("spec-sha256") != _digest(spec) or meta.get("compat-data") != catalog["version"]:
+        spec_bytes = spec.read_bytes()
+        if meta.get("spec-sha256") != hashlib.sha256(spec_bytes).hexdigest() or meta.get("compat-data") != catalog["version"]:
             return None
+        if b"[imported" in spec_bytes and _imported_moved(folder, tomllib.loads(spec_bytes.decode())):
+            return None  # the full check names the requirements file that changed since `mlenv init`
         for target in lock["target"]:
             if target["pylock"]["path"] != f"pylock.{target['name']}.toml" or not NAME.fullmatch(target["name"]):
                 return None

@@ -1068,3 +1068,14 @@ def exclusive_variants(imported: Imported) -> list[list[str]]:
         imported.note(files, "variants", f"groups {members} are alternatives ({why}): locked apart as "
                       "project.exclusive-groups, installed one at a time (`mlenv sync --group NAME`)")
     return found
+
+
+def torch_pin(imported: Imported) -> str | None:
+    """The torch release the main dependencies pin (``torch==2.5.1``), if any."""
+    for text in imported.dependencies:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) == "torch":
+            for specifier in requirement.specifier:
+                if specifier.operator in ("==", "==="):
+                    return specifier.version.removesuffix(".*")
+    return None

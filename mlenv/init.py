@@ -28,7 +28,7 @@ from mlenv.errors import SpecError, UsageError, did_you_mean
 from mlenv.hardware import catalog
 from mlenv.hardware.detect import MachineInfo, TorchBuild, cuda_for_driver, detect_machine, driver_meets, torch_build
 from mlenv.importers import (
-    MAIN, PYTORCH_HOST, TORCH_FAMILY, Imported, ImportedIndex, Note, import_project,
+    MAIN, PYTORCH_HOST, TORCH_FAMILY, Imported, ImportedIndex, Note, import_project, torch_pin,
 )
 from mlenv.spec import PLATFORM_ALIASES, PLATFORMS, SPEC_FILE, parse_spec
 
@@ -204,6 +204,13 @@ def propose_targets(machine: MachineInfo, imported: Imported, torch: TorchBuild 
     elif machine.gpu_error:
         notes.append(Note("this machine", "gpu", f"nvidia-smi failed: {machine.gpu_error}"))
 
+    pinned_torch = torch_pin(imported)
+    if cuda and pinned_torch and catalog.cuda_with_torch(cuda, pinned_torch) != cuda:
+        # never propose a torch/CUDA pair PyTorch did not publish
+        published = catalog.cuda_with_torch(cuda, pinned_torch)
+        notes.append(Note("this machine", "cuda", f"torch {pinned_torch} has no CUDA {cuda} build; "
+                          + (f"proposing CUDA {published}" if published else "no CUDA target proposed")))
+        cuda, why = published, f"{why}; nearest CUDA with torch {pinned_torch} builds"
     if cuda:
         targets.append(ProposedTarget("cuda", cuda_platform, cuda=cuda, gpu=gpu_model,
                                       gpu_count=gpu_count if gpu_count > 1 else 0, reason=f"CUDA {cuda}: {why}"))

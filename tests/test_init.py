@@ -548,3 +548,61 @@ def test_any_environment_yml_gives_a_spec_or_a_spec_error(tmp_path_factory, line
         assert exc.message
         return
     load_spec_text(plan)
+
+
+# --- variants and sources that move on -------------------------------------------------------------------
+
+def test_variant_requirement_files_become_exclusive_groups(tmp_path):
+    imported = _import(tmp_path, {
+        "requirements-common.txt": "numpy\n",
+        "requirements-tpu.txt": "-r requirements-common.txt\ntensorflow==2.17.0\n",
+        "requirements-cuda.txt": "-r requirements-common.txt\ntensorflow[and-cuda]==2.17.0\n",
+        "requirements-cpu.txt": "-r requirements-common.txt\ntensorflow-cpu==2.17.0\n",
+        "requirements-dev.txt": "pytest\n",
+        "requirements-legacy.txt": "scipy==1.10.1\n",
+        "requirements-modern.txt": "scipy==1.14.1\n",
+    })
+    assert imported.dependencies == ["numpy"]
+    assert sorted(map(sorted, imported.exclusive_groups)) == [["cpu", "cuda", "tpu"], ["legacy", "modern"]]
+    notes = [n.text for n in imported.notes if n.kind == "variants"]
+    assert any("their names choose an accelerator" in n for n in notes)
+    assert any("scipy==1.10.1 vs scipy==1.14.1" in n for n in notes)
+
+
+def test_init_records_variants_and_lock_warns_when_an_imported_file_moves_on(tmp_path, local_index):
+    """The README flow: init, lock, someone edits requirements.txt, lock --check names it, --refresh."""
+    local_index.add("tensorflow", "2.17.0")
+    local_index.add("tensorflow-cpu", "2.17.0")
+    (tmp_path / "requirements.txt").write_text(f"--index-url {local_index.url}\ntinylib\n")
+    (tmp_path / "requirements-gpu.txt").write_text("-r requirements.txt\ntensorflow==2.17.0\n")
+    (tmp_path / "requirements-cpu.txt").write_text("-r requirements.txt\ntensorflow-cpu==2.17.0\n")
+    init(tmp_path, "--yes", "--target", "cpu=linux/x86_64", env=no_gpu_env(tmp_path))
+    spec = load_spec(tmp_path)
+    assert spec.exclusive_groups == (("cpu", "gpu"),)
+    assert run_mlenv("lock", cwd=tmp_path).returncode == 0
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "devtool\n")
+    check = run_mlenv("lock", "--check", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr  # mlenv.toml is the spec: still fresh, but not silently
+    assert "requirements.txt changed since `mlenv init` imported it" in check.stderr
+    assert "requirements.txt changed" in run_mlenv("lock", cwd=tmp_path).stderr
+
+    (tmp_path / "mlenv.toml").write_text((tmp_path / "mlenv.toml").read_text().replace(
+        'platform = "linux/x86_64"', 'platform = "linux/x86_64"\ncpu-min = 4  # kept by --refresh'))
+    init(tmp_path, "--refresh")
+    refreshed = load_spec(tmp_path)
+    assert refreshed.dependencies == ("tinylib", "devtool")
+    assert refreshed.targets["cpu"].cpu_min == 4 and "# kept by --refresh" in (tmp_path / "mlenv.toml").read_text()
+    assert refreshed.exclusive_groups == (("cpu", "gpu"),)
+    check = run_mlenv("lock", "--check", cwd=tmp_path)
+    assert check.returncode == 1 and "added devtool" in check.stderr and "changed since" not in check.stderr
+
+
+def test_init_never_proposes_a_cuda_the_pinned_torch_was_not_built_for(tmp_path):
+    # the 8xH100 machine's driver runs CUDA 12.6; torch 2.5.1 was published for cu118/cu121/cu124 only
+    (tmp_path / "requirements.txt").write_text("torch==2.5.1\n")
+    result = init(tmp_path, "--yes", env=gpu_env(tmp_path, "8xh100"))
+    cuda = load_spec(tmp_path).targets["cuda"]
+    assert cuda.cuda == "12.4" and cuda.sources == {"torch": "pytorch-cu124"}
+    assert "torch 2.5.1 has no CUDA 12.6 build; proposing CUDA 12.4" in result.stdout

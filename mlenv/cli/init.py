@@ -25,9 +25,15 @@ def init_command(
              "(keys: cuda, gpu, gpu-count, gpu-memory-min, cpu-min, ram-min).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the proposed mlenv.toml instead of writing it."),
+    refresh: bool = typer.Option(False, "--refresh", help="Re-import the dependencies into the existing mlenv.toml, "
+                                 "keeping its targets, indexes and sections."),
 ) -> None:
     """Create mlenv.toml from requirements*.txt, pyproject.toml, environment.yml and this machine."""
     import sys
+
+    if refresh:
+        _refresh(application(ctx), path, dry_run)
+        return
 
     from mlenv.init import check_writable, plan_init, write_plan
 
@@ -84,3 +90,24 @@ def _print_summary(plan, sink) -> None:
         for note in plan.notes:
             notes.add_row(Text(note.origin), Text(note.text))
         sink.print(notes)
+
+
+def _refresh(mlenv, path: Path, dry_run: bool) -> None:
+    import platform
+
+    from rich.text import Text
+
+    from mlenv.refresh import plan_refresh, write_refresh
+
+    plan = plan_refresh(path, running_python=platform.python_version())
+    sink = mlenv.err if dry_run else mlenv.out
+    for change in plan.changes:
+        sink.print(Text(f"  {change}"))
+    for note in plan.notes:
+        sink.print(Text(f"  note: {note.origin}: {note.text}"))
+    if dry_run:
+        mlenv.out.print(plan.text, markup=False, highlight=False, end="")
+        return
+    write_refresh(plan)
+    what = f"{len(plan.changes)} dependency change(s)" if plan.changes else "dependencies unchanged"
+    mlenv.success(f"refreshed {plan.path} ({what}); targets and sections kept; next: `mlenv lock`")
