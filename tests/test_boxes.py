@@ -48,6 +48,7 @@ def test_unknown_provider_is_a_usage_error_with_a_suggestion():
 
 import json  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -184,3 +185,143 @@ def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
     assert project.mlenv("down", box, "--yes").returncode == 0
     assert box not in listed(project)
     assert not docker_client.volumes.list(filters={"label": f"mlenv.box={box}"})
+
+
+def last_decision(project, name) -> dict:
+    result = project.mlenv("logs", name, "--json", "--tail", "1")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def state_of(docker_client, name) -> str:
+    return docker_client.containers.get(f"mlenv-box-{name}").status
+
+
+def wait_exited(docker_client, name, within: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if state_of(docker_client, name) == "exited":
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"box {name} still {state_of(docker_client, name)} after {within}s")
+
+
+@pytest.mark.docker
+def test_terminal_input_keeps_the_box_up_and_the_warning_lands_in_the_terminal(box_project, box, docker_client):
+    project = box_project
+    up(project, box, "--idle", "12s", "--idle-connected", "18s")
+    terminal = subprocess.Popen(project.ssh(box, "-tt"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 24:  # typing, for twice the idle time
+            terminal.stdin.write(b"echo tick\n")
+            terminal.stdin.flush()
+            time.sleep(3)
+        assert state_of(docker_client, box) == "running"
+        assert last_decision(project, box)["last_activity"] == "terminal"
+        # hands off the keyboard: only the open connection is left, which holds the box for the
+        # longer idle-connected window, then the terminal is warned and the box stops
+        wait_exited(docker_client, box, 40)
+        output = terminal.communicate(timeout=30)[0].decode("utf-8", "replace")
+    finally:
+        terminal.kill()
+    assert "tick" in output
+    assert "this box stops in" in output, output[-2000:]
+    decisions = [json.loads(line) for line in project.mlenv("logs", box, "--json", "--tail", "0").stdout.splitlines()]
+    assert decisions[-1]["event"] == "stop" and decisions[-1]["reason"] == "idle-connected"
+    assert any(d["event"] == "warn" and d.get("terminals_warned") for d in decisions)
+
+
+@pytest.mark.docker
+def test_ide_like_session_counts_as_weak_activity_not_forever(box_project, box, docker_client):
+    project = box_project
+    up(project, box, "--idle", "8s", "--idle-connected", "20s")
+    started = time.monotonic()
+    ide = subprocess.Popen(project.ssh(box, "-T") + ["sleep 600"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(14)  # past the idle time: the open connection holds the box
+        assert state_of(docker_client, box) == "running"
+        assert last_decision(project, box)["signals"]["connection"]["state"] == "active"
+        wait_exited(docker_client, box, 30)
+        stopped_after = time.monotonic() - started
+    finally:
+        ide.kill()
+    assert 18 <= stopped_after <= 32  # the idle-connected window (20 s from the login), not the 8 s idle
+    assert last_decision(project, box)["reason"] == "idle-connected"
+
+
+@pytest.mark.docker
+def test_keepalive_holds_the_box_until_released(box_project, box, docker_client):
+    project = box_project
+    up(project, box, "--idle", "8s")
+    held = project.mlenv("keepalive", box, "--for", "1h")
+    assert held.returncode == 0, held.stderr
+    time.sleep(14)
+    assert state_of(docker_client, box) == "running"
+    assert last_decision(project, box)["signals"]["keepalive"]["state"] == "active"
+    assert listed(project)[box]["stop_due_s"] > 0
+    assert project.mlenv("keepalive", box, "--release").returncode == 0
+    wait_exited(docker_client, box, 25)
+    assert last_decision(project, box)["reason"] == "idle"
+
+
+@pytest.mark.docker
+def test_max_lifetime_stops_the_box_regardless(box_project, box, docker_client):
+    project = box_project
+    up(project, box, "--idle", "1h", "--max-lifetime", "15s")
+    started = time.monotonic()
+    assert project.mlenv("keepalive", box, "--for", "1h").returncode == 0
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        local_port = sock.getsockname()[1]
+    tunnel = subprocess.Popen(project.ssh(box, "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:8888"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_exited(docker_client, box, 30)
+    finally:
+        tunnel.kill()
+    assert time.monotonic() - started < 20
+    decision = last_decision(project, box)
+    assert decision["reason"] == "max-lifetime" and decision["signals"]["keepalive"]["state"] == "active"
+
+
+@pytest.mark.docker
+def test_interrupted_up_leaves_nothing_unlabelled(box_project, box, docker_client):
+    project = box_project
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlenv", "up", box, "--provider", "docker", "--yes", *project.build],
+        cwd=project.root, env={**os.environ, **project.env}, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "creating container" in line:
+            process.send_signal(__import__("signal").SIGINT)
+            break
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    containers = docker_client.containers.list(all=True, filters={"name": f"mlenv-box-{box}"})
+    volumes = [v for v in docker_client.volumes.list() if v.name.startswith(f"mlenv-box-{box}")]
+    # rolled back; anything a second interruption could leave carries the box's labels
+    assert all(c.labels.get("mlenv.box") == box for c in containers)
+    assert all((v.attrs.get("Labels") or {}).get("mlenv.box") == box for v in volumes)
+    assert not containers and not volumes
+
+
+@pytest.mark.docker
+def test_gc_finds_and_removes_a_workspace_whose_box_is_gone(box_project, box, docker_client):
+    project = box_project
+    up(project, box, "--idle", "1h")
+    docker_client.containers.get(f"mlenv-box-{box}").remove(force=True)  # removed by hand
+    assert box not in listed(project)
+    found = project.mlenv("gc", "--json")
+    orphans = [o for o in json.loads(found.stdout) if o["box"] == box]
+    assert [(o["kind"], o["id"]) for o in orphans] == [("volume", f"mlenv-box-{box}-work")]
+    assert project.mlenv("gc", "--yes").returncode == 0
+    assert not [v for v in docker_client.volumes.list() if v.name == f"mlenv-box-{box}-work"]
+
+
+def test_bad_box_names_never_reach_the_engine(tmp_path):
+    (tmp_path / "mlenv.toml").write_text('[project]\nname = "p"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    result = run_mlenv("up", "Bad;name", "--provider", "docker", "--dry-run", cwd=tmp_path,
+                       env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.returncode == 2 and "invalid box name" in result.stderr

@@ -53,7 +53,8 @@ LABEL_CREATED = "mlenv.created"
 LABEL_USER = "mlenv.ssh-user"
 LABEL_SETTINGS = "mlenv.watchdog"
 SSHD_CONFIG = f"{BOX_DIR}/sshd_config"
-AUTHORIZED_KEYS = f"{BOX_DIR}/authorized_keys"
+# the login user's own file, so `mlenv keys rotate/revoke` can edit it over SSH
+AUTHORIZED_KEYS = ".ssh/authorized_keys"
 BOOT = f"{BOX_DIR}/boot.sh"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 SSH_READY_TIMEOUT = 60.0
@@ -224,8 +225,11 @@ class DockerProvider:
             owner=labels.get(LABEL_OWNER),
             started=_epoch(state.get("StartedAt")) if status == "running" else None,
             extra={"container": container.name, "volume": volume_name(labels.get(LABEL_BOX, "")),
+                   "authorized_keys": f"~/{AUTHORIZED_KEYS}",
                    "image": attrs.get("Config", {}).get("Image"), "watchdog": labels.get(LABEL_SETTINGS, "")},
         )
+        if box.ssh_user:
+            box.extra["workdir"] = f"/home/{box.ssh_user}/work"  # the workspace volume: where IDEs open
         if status in ("exited", "dead"):
             box.extra["exit_code"] = state.get("ExitCode")
             box.extra["stopped_at"] = _epoch(state.get("FinishedAt"))
@@ -360,6 +364,7 @@ class DockerProvider:
             "--ports", f"22,{JUPYTER_PORT}", "--weak-min-age", str(weak_min_age)]
         boot = render_template(
             "box-boot.sh.j2", user=validate.shell_word(user), workspace=validate.shell_word(workspace),
+            ssh_dir=validate.shell_word(f"/home/{user}/.ssh"),
             sshd_config=validate.shell_word(SSHD_CONFIG), python="python3",
             watchdog=validate.shell_word(WATCHDOG_PATH),
             watchdog_args=" ".join(validate.shell_word(arg) for arg in watchdog_args))
@@ -368,7 +373,7 @@ class DockerProvider:
             environment=session_environment(image.attrs.get("Config", {}).get("Env") or []))
         payload = _tar(
             {BOOT: (boot.encode(), 0o755), SSHD_CONFIG: (sshd_config.encode(), 0o644),
-             AUTHORIZED_KEYS: (authorized_keys_text(req.authorized_keys), 0o644),
+             f"/home/{user}/{AUTHORIZED_KEYS}": (authorized_keys_text(req.authorized_keys), 0o600),
              WATCHDOG_PATH: ((templates_dir() / "watchdog.py").read_bytes(), 0o644),
              "/etc/ssh/sshrc": (SSHRC.encode(), 0o644)},
             {BOX_DIR: 0o755, ACTIVITY_DIR: 0o1777, KEEPALIVE_DIR: 0o1777},

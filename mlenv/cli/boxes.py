@@ -310,17 +310,15 @@ def ssh_command(
     from mlenv.connect import paths, registry
     from mlenv.errors import ToolMissingError
 
+    if stdio:  # ssh's ProxyCommand: stdout is the SSH stream, messages go to stderr
+        connect.stdio(name, progress=_progress)
+        return
     chosen, box = _find(name, _spec(ctx), provider)
     if box.state != "running":
         box = chosen.start(name, _progress)  # what a user who types `mlenv ssh` wants
         _register(box)
-    elif registry.get(name) is None:  # made from another machine account or before a `down` elsewhere
+    elif registry.get(name) is None:  # made from another account on this machine, or forgotten
         _register(box)
-    if stdio:
-        from mlenv.connect.session import relay_stdio
-
-        relay_stdio(box.ssh_host, int(box.ssh_port or 22))
-        return
     if shutil.which("ssh") is None:
         raise ToolMissingError("no ssh client on PATH", hint="install OpenSSH (apt-get install openssh-client)")
     # mlenv's own ssh config: the pinned host key and this machine's key, whatever ~/.ssh/config says
