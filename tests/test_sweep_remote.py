@@ -51,8 +51,9 @@ def comparable(folder: Path) -> dict:
             for run in data["runs"]}
 
 
-@pytest.fixture
-def dask_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("dask")
     dask = shutil.which("dask")
     require(dask is not None, "the dask CLI (pip install distributed)")
     port = free_port()
@@ -92,6 +93,27 @@ def test_dask_cluster_gives_the_same_results_as_local(tmp_path, dask_cluster):
     resumed = run_mlenv(*args, "-o", str(tmp_path / "dask"), "--cluster", dask_cluster, "--resume", "--json")
     runs = json.loads(resumed.stdout)["runs"]
     assert sorted(run["resumed"] for run in runs) == [False, True, True, True]  # only the failed run again
+
+
+def test_a_run_rescheduled_after_its_worker_died_counts_its_attempts(tmp_path, dask_cluster):
+    from tests.test_sweep_papermill import make_notebook
+
+    # the kernel's parent is the Dask worker: the first attempt kills it, the nanny restarts it and the
+    # scheduler runs the task again (on either worker); the second attempt finds the marker and goes on
+    notebook = make_notebook(tmp_path / "kills.ipynb", 'marker = ""',
+                             "import os, signal, time\n"
+                             "if marker and not os.path.exists(marker):\n"
+                             "    open(marker, 'w').close()\n"
+                             "    os.kill(os.getppid(), signal.SIGKILL)\n"
+                             "    time.sleep(30)",
+                             "import mlenv\nmlenv.record('survived', True)")
+    result = run_mlenv("sweep", str(notebook), "-r", f"marker={tmp_path / 'killed-once'}", "-o", str(tmp_path / "out"),
+                       "--cluster", dask_cluster, timeout=180)
+    assert result.returncode == 0, result.stderr
+    [run] = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert (tmp_path / "killed-once").exists()
+    assert run["status"] == "completed" and run["metrics"] == {"survived": True}
+    assert run["attempts"] == 2
 
 
 def test_unreachable_cluster_or_no_workers_is_a_clear_error(tmp_path):
@@ -160,3 +182,96 @@ def test_missing_bucket_is_a_clear_error(moto_s3):
     result = run_mlenv("sweep", str(NOTEBOOKS / "trivial.ipynb"), "-o", "s3://no-such-bucket/x", env=env)
     assert result.returncode == 6, result.stderr
     assert "s3://no-such-bucket/x" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- output places: what papermill's I/O handlers support, and nothing else -------------------------
+
+class PutServer:
+    """A real HTTP server on loopback that stores PUT bodies and serves them back (GET)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        files: dict[str, bytes] = {}
+        self.files = files
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self):
+                files[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(201)
+                self.end_headers()
+
+            def do_GET(self):
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.end_headers()
+                self.wfile.write(body or b"not found")
+
+            def do_HEAD(self):
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_outputs_and_resume(tmp_path):
+    server = PutServer()
+    try:
+        args = ["sweep", str(NOTEBOOKS / "trivial.ipynb"), "-p", "x=1,2", "-o", f"{server.url}/team/trivial", "--json"]
+        first = run_mlenv(*args, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        ids = sorted(run["run_id"] for run in json.loads(first.stdout)["runs"])
+        assert sorted(server.files) == sorted([f"/team/trivial/{run_id}.ipynb" for run_id in ids] + [
+            "/team/trivial/report.html", "/team/trivial/results.csv", "/team/trivial/results.json"])
+        assert json.loads(server.files["/team/trivial/results.json"])["counts"] == {"completed": 2}
+        assert server.files["/team/trivial/results.csv"].decode().startswith("run_id,status,x,y")
+        assert b"<svg" in server.files["/team/trivial/report.html"]
+        assert list(tmp_path.iterdir()) == []  # nothing written here
+        again = run_mlenv(*args, "--resume", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert all(run["resumed"] for run in json.loads(again.stdout)["runs"])
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("output, code, message", [
+    ("ftp://host/out", 2, "papermill cannot write to ftp://"),
+    ("file:///tmp/out", 2, "papermill cannot write to file://"),
+    ("https://github.com/org/repo/blob/main/out", 2, "papermill cannot write to GitHub"),
+    ("gs://bucket/out", 6, "gs://bucket/out"),
+    ("abs://account/container/out", 6, "abs://account/container/out"),
+])
+def test_output_places_papermill_cannot_write_are_refused_before_any_run(tmp_path, output, code, message):
+    import importlib.util
+
+    result = run_mlenv("sweep", str(NOTEBOOKS / "trivial.ipynb"), "-o", output, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    if code == 2:
+        assert "use a local path or one of" in result.stderr and "s3://" in result.stderr
+    if output.startswith("gs://") and importlib.util.find_spec("gcsfs") is None:
+        assert "pip install 'papermill[gcs]'" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no ./gs:/bucket/out, no run
+
+
+def test_s3_notebook_in_and_out(moto_s3, tmp_path):
+    s3, env = moto_s3
+    s3.put_object(Bucket="sweeps", Key="notebooks/good.ipynb", Body=(NOTEBOOKS / "good.ipynb").read_bytes())
+    result = run_mlenv("sweep", "s3://sweeps/notebooks/good.ipynb", "-p", "epochs=1,2", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["notebook"] == "good.ipynb" and data["counts"] == {"completed": 2}
+    assert (tmp_path / "sweeps" / "good" / "results.json").is_file()  # the default place, named after it
+    missing = run_mlenv("sweep", "s3://sweeps/notebooks/nope.ipynb", env=env, cwd=tmp_path)
+    assert missing.returncode == 2 and "notebook s3://sweeps/notebooks/nope.ipynb does not exist" in missing.stderr

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlenv.errors import SpecError, UsageError
+from mlenv.sweep.store import is_url
 from mlenv.sweep.space import (Axis, merge_values, parse_cli_parameter, parse_raw_parameter, parse_table_parameter,
                                parse_yaml_parameters)
 
 
 @dataclass
 class SweepOptions:
-    notebook: Path
+    notebook: Path | str  # a local path, or a URL papermill can read (s3://...)
     axes: list[Axis] = field(default_factory=list)
     mode: str = "grid"
     samples: int | None = None
@@ -29,7 +30,12 @@ class SweepOptions:
     resume: bool = False
 
     def output_location(self) -> str:
-        return self.output or str(Path("sweeps") / self.notebook.stem)
+        return self.output or str(Path("sweeps") / notebook_stem(self.notebook))
+
+
+def notebook_stem(notebook: Path | str) -> str:
+    """``train`` for ``train.ipynb``, a local path or a URL (``s3://bucket/nb/train.ipynb``)."""
+    return PurePosixPath(str(notebook).split("?")[0]).stem if is_url(notebook) else Path(notebook).stem
 
 
 def _check_table(table: dict, text: str, path: Path, prefix: tuple) -> None:
@@ -64,7 +70,7 @@ def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
     return data, path.resolve().parent
 
 
-def _project_settings(notebook: Path | None, cwd: Path) -> tuple[dict[str, Any], Path] | None:
+def _project_settings(notebook: Path | str | None, cwd: Path) -> tuple[dict[str, Any], Path] | None:
     from mlenv.spec import find_spec, load_spec
 
     try:
@@ -76,7 +82,8 @@ def _project_settings(notebook: Path | None, cwd: Path) -> tuple[dict[str, Any],
     if not settings:
         return None
     configured = settings.get("notebook")
-    if notebook is not None and configured and (spec.root / configured).resolve() != notebook.resolve():
+    if notebook is not None and configured and str(notebook) != configured and (
+            is_url(notebook) or (spec.root / configured).resolve() != notebook.resolve()):
         return None  # [sweep] describes another notebook
     return settings, spec.root
 
@@ -102,7 +109,7 @@ def resolve_options(
     cwd: Path | None = None,
 ) -> SweepOptions:
     cwd = cwd or Path.cwd()
-    notebook_path = (cwd / notebook) if notebook else None
+    notebook_path: Path | str | None = (notebook if is_url(notebook) else cwd / notebook) if notebook else None
     layers: list[tuple[dict[str, Any], Path]] = []
     project = _project_settings(notebook_path, cwd)
     if project:
@@ -117,7 +124,7 @@ def resolve_options(
             if key == "parameters":
                 for name, spec_value in value.items():
                     axes[name] = parse_table_parameter(name, spec_value, f"sweep parameters in {base}")
-            elif key in ("notebook", "output") and not str(value).startswith("s3://"):
+            elif key in ("notebook", "output") and not is_url(str(value)):
                 merged[key] = str(base / value)
             else:
                 merged[key] = value
@@ -134,7 +141,7 @@ def resolve_options(
         raise UsageError("--random needs a positive number of samples", hint="e.g. --random 20")
     cli = {"jobs": jobs, "timeout": timeout, "retries": retries, "output": output, "sort": sort, "kernel": kernel,
            "cluster": cluster, "seed": seed}
-    if output is not None and not output.startswith("s3://"):
+    if output is not None and not is_url(output):
         cli["output"] = str(cwd / output)
     merged.update({key: value for key, value in cli.items() if value is not None})
     if zip_mode:
@@ -144,7 +151,8 @@ def resolve_options(
     if merged.get("mode") == "random" and not merged.get("samples"):
         raise UsageError("a random sweep needs a number of samples", hint="--random N, or samples = N in the sweep settings")
 
-    path = notebook_path or (Path(merged["notebook"]) if merged.get("notebook") else None)
+    configured = merged.get("notebook")
+    path = notebook_path or ((configured if is_url(configured) else Path(configured)) if configured else None)
     if path is None:
         raise UsageError("which notebook? none given, and mlenv.toml names no sweep notebook",
                          hint="mlenv sweep train.ipynb -p lr=0.1,0.01")
@@ -157,6 +165,6 @@ def resolve_options(
     return SweepOptions(
         notebook=path, axes=list(axes.values()), mode=merged.get("mode", "grid"), samples=merged.get("samples"),
         seed=merged.get("seed"), jobs=merged.get("jobs"), timeout=merged.get("timeout"),
-        retries=merged.get("retries", 1), output=merged.get("output") or str(cwd / "sweeps" / path.stem),
+        retries=merged.get("retries", 1), output=merged.get("output") or str(cwd / "sweeps" / notebook_stem(path)),
         sort=merged.get("sort"), kernel=merged.get("kernel"), cluster=merged.get("cluster"), resume=resume,
     )

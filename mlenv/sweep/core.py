@@ -45,7 +45,7 @@ def plan_sweep(options: SweepOptions) -> Plan:
     names = [axis.name for axis in options.axes]
     if names and not info.has_parameters_cell:
         raise SpecError(f"{info.path.name} has no cell tagged 'parameters', so it takes no parameters",
-                        path=str(info.path),
+                        path=info.location,
                         hint="in Jupyter: View > Cell Toolbar > Tags, add the tag 'parameters' to the cell "
                              "with the defaults")
     known = list(info.parameters)
@@ -109,7 +109,7 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
             if previous is not None:
                 records[run.run_id] = previous
     todo = [run for run in plan.runs if not records[run.run_id].resumed]
-    cwd = str(plan.notebook.path.resolve().parent)
+    cwd = plan.notebook.folder
     tasks = [RunTask(run_id=run.run_id, parameters=run.parameters, notebook_text=plan.notebook.text,
                      notebook_sha256=plan.notebook.sha256, kernel=plan.notebook.kernel, cwd=cwd,
                      timeout=options.timeout, retries=options.retries) for run in todo]

@@ -38,6 +38,19 @@ def _require_distributed() -> None:
                                     "the workers need it and mlenv too") from None
 
 
+def _suspicious(keys: list[str], dask_scheduler=None) -> dict[str, int]:
+    """On the scheduler: how often each task was running on a worker that died (then rescheduled)."""
+    tasks = dask_scheduler.tasks
+    return {key: getattr(tasks.get(key), "suspicious", 0) for key in keys}
+
+
+def _reruns(client, key: str) -> int:
+    try:
+        return int(client.run_on_scheduler(_suspicious, [key]).get(key, 0))
+    except Exception:  # an older scheduler without the count: the attempts stay as the run saw them
+        return 0
+
+
 class DaskRunner:
     name = "dask"
 
@@ -106,6 +119,9 @@ class DaskRunner:
                         outcome = RunOutcome(task.run_id, ERROR, error={
                             "ename": type(exc).__name__, "evalue": f"the Dask worker failed: {exc}",
                             "cell": None, "execution_count": None})
+                    reruns = _reruns(client, future.key)
+                    if reruns:  # the scheduler ran it again after its worker died: each was an attempt
+                        outcome.attempts = (outcome.attempts or 0) + reruns
                     if task.run_id not in started:
                         started.add(task.run_id)
                         emit(("started", task.run_id, outcome.attempts or 1))

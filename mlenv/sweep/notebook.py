@@ -35,6 +35,20 @@ class NotebookInfo:
     language: str
     has_parameters_cell: bool
     parameters: dict[str, Parameter]
+    location: str = ""  # as given: a path, or the URL a remote notebook was read from
+
+    @property
+    def is_remote(self) -> bool:
+        from mlenv.sweep.store import is_url
+
+        return is_url(self.location)
+
+    @property
+    def folder(self) -> str:
+        """Where its kernels start: the notebook's folder, or the current one for a remote notebook."""
+        import os
+
+        return os.getcwd() if self.is_remote else str(self.path.resolve().parent)
 
     @property
     def sha256(self) -> str:
@@ -53,20 +67,29 @@ def _literal_type(value: Any) -> str | None:
 
 
 def load_notebook(path: str | Path, kernel: str | None = None) -> NotebookInfo:
-    """Read and inspect a notebook; every problem is one clear error raised before any run starts."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.ipynb"))[:5]
-        raise UsageError(f"{path} is a folder, not a notebook",
-                         hint=f"pass one notebook: {', '.join(found)}" if found else "pass the .ipynb file to sweep")
-    if not path.is_file():
-        raise UsageError(f"notebook {path} does not exist", hint="check the path (relative to the current folder)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpecError("not a readable notebook: the file is not UTF-8 text", path=str(path),
-                        hint="sweep takes a Jupyter .ipynb file") from None
-    nb = parse_notebook(text, str(path))
+    """Read (a path or a URL papermill reads) and inspect a notebook; every problem is one clear error
+    raised before any run starts."""
+    from mlenv.sweep.store import is_url, read_notebook_text
+
+    if is_url(path):
+        location = str(path)
+        text = read_notebook_text(location)
+        path = Path(location.split("?")[0].rsplit("/", 1)[-1] or "notebook.ipynb")  # for names only
+    else:
+        path = Path(path)
+        location = str(path)
+        if path.is_dir():
+            found = sorted(p.name for p in path.glob("*.ipynb"))[:5]
+            raise UsageError(f"{path} is a folder, not a notebook",
+                             hint=f"pass one notebook: {', '.join(found)}" if found else "pass the .ipynb file to sweep")
+        if not path.is_file():
+            raise UsageError(f"notebook {path} does not exist", hint="check the path (relative to the current folder)")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SpecError("not a readable notebook: the file is not UTF-8 text", path=str(path),
+                            hint="sweep takes a Jupyter .ipynb file") from None
+    nb = parse_notebook(text, location)
     kernelspec = nb.metadata.get("kernelspec") or {}
     kernel_name = kernel or kernelspec.get("name")
     if not kernel_name:
@@ -78,7 +101,7 @@ def load_notebook(path: str | Path, kernel: str | None = None) -> NotebookInfo:
     cell = next((c for c in nb.cells if "parameters" in (c.metadata.get("tags") or [])), None)
     parameters = inspect_parameters(cell, kernel_name, language) if cell is not None else {}
     return NotebookInfo(path=path, text=text, kernel=kernel_name, language=language,
-                        has_parameters_cell=cell is not None, parameters=parameters)
+                        has_parameters_cell=cell is not None, parameters=parameters, location=location)
 
 
 def parse_notebook(text: str, where: str):
