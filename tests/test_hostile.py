@@ -390,3 +390,12 @@ def test_broken_spec_symlink_does_not_fall_back_to_the_parent_project(locked):
     for command in (["lock", "--check"], ["lock"], ["doctor"]):
         result = run_mlenv(*command, cwd=child)
         assert_one_clear_message(result, 3, "broken symlink")
+
+
+# --- item 13: an unknown --group is a typo, not an empty group ----------------------------------------
+
+@pytest.mark.parametrize("command", [["sync", "--target", "cpu"], ["doctor", "--target", "cpu"]])
+def test_unknown_group_is_an_error_listing_the_locks_groups(locked, command):
+    result = run_mlenv(*command, "--group", "dve", cwd=locked)
+    assert_one_clear_message(result, 2, "unknown dependency group 'dve'", "did you mean 'dev'?", "groups: dev")
+    assert not (locked / ".venv").exists()

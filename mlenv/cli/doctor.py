@@ -27,6 +27,7 @@ def doctor_command(
 
     mlenv = application(ctx)
     spec, lock = mlenv.spec, mlenv.lock
+    lock.require_groups(group)
     executor = None
     if box:
         from mlenv.cli.boxes import box_executor

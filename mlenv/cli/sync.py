@@ -26,6 +26,7 @@ def sync_command(
 
     mlenv = application(ctx)
     spec, lock = mlenv.spec, mlenv.lock
+    lock.require_groups(group)
     gpu_probe = detect.probe_gpus()
     locked = lock.target(target) if target else pick_target(lock, detect.platform_name(), has_gpu=bool(gpu_probe.gpus))
     from mlenv.lock import install_groups

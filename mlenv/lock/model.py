@@ -205,8 +205,30 @@ class Lock:
                 hint=did_you_mean(name, self.targets) or f"locked targets: {', '.join(self.targets)}",
             ) from None
 
+    def group_names(self) -> list[str]:
+        """The dependency groups the lock knows (from its packages and every target's inputs)."""
+        names = {group for package in self.packages for group in package.groups}
+        for target in self.targets.values():
+            groups = target.inputs.get("groups")
+            if isinstance(groups, dict):
+                names.update(groups)
+        return sorted(names - {MAIN_GROUP})
+
+    def require_groups(self, groups: tuple[str, ...] | list[str] | None) -> None:
+        """A ``--group`` the lock does not have is a typo, not an empty group: say so with the choices."""
+        known = self.group_names()
+        unknown = [group for group in groups or () if group not in known]
+        if unknown:
+            from mlenv.errors import UsageError, did_you_mean
+
+            listing = f"the lock's groups: {', '.join(known)}" if known else "the lock has no dependency groups"
+            guess = did_you_mean(unknown[0], known)
+            raise UsageError(f"unknown dependency group {unknown[0]!r}",
+                             hint=f"{guess} ({listing})" if guess else listing)
+
     def packages_for(self, target: str, groups: tuple[str, ...] | None = None) -> list[LockedPackage]:
         """Packages a target installs; ``groups=None`` means the main dependencies and every group."""
+        self.require_groups(groups)
         chosen = []
         for package in self.packages:
             if target not in package.targets:
