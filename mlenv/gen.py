@@ -102,6 +102,7 @@ def generate(
                 plan, dockerfile=(relative_root / dockerfile).as_posix(), context=relative_root.as_posix())))
     if not check and not force:
         refuse_foreign([path for path, _ in outputs], root)
+    ignore_text = render_dockerignore(spec) if what in ("dockerfile", "all") else ""  # rendered before any write
     for path, text in outputs:
         _emit(path, text, result, check)
     ignore = root / ".dockerignore"
@@ -111,7 +112,7 @@ def generate(
         elif check:
             result.files.append(Generated(ignore, "stale"))
         else:
-            atomic_write(ignore, render_dockerignore(spec))
+            atomic_write(ignore, ignore_text)
             result.files.append(Generated(ignore, "written"))
     if not check:
         for plan in result.plans.values():

@@ -12,7 +12,7 @@ import functools
 import json
 from pathlib import Path
 
-from mlenv import __version__
+from mlenv import __version__, validate
 from mlenv.image.plan import DEFAULT_UID, ImagePlan, image_targets
 from mlenv.lock.model import Lock
 from mlenv.spec import Spec
@@ -43,12 +43,14 @@ def templates_dir() -> Path:
 def _environment():
     import jinja2
 
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
+    validate.install_filters(environment)  # sh, dockerfile_string, ignore_line: quoting by destination
+    return environment
 
 
 def render_template(name: str, **values) -> str:
@@ -62,6 +64,10 @@ def render_template(name: str, **values) -> str:
 
 
 def render_dockerfile(plan: ImagePlan) -> str:
+    # validated at spec load; checked again here because --base-image and older specs arrive too
+    validate.require(plan.user, validate.posix_user, "[image] user")
+    validate.require(list(plan.system_packages), validate.debian_packages, "[image] system-packages")
+    validate.require(plan.base_image, validate.image_reference, "base image")
     if plan.base_digest:
         base_comment = f"base image {plan.base_ref}, pinned by digest (mlenv.lock); override with --base-image or [image] base"
     else:
@@ -90,7 +96,11 @@ def render_dockerfile(plan: ImagePlan) -> str:
 
 def render_dockerignore(spec: Spec) -> str:
     output = str(spec.sweep.get("output", "")).strip("/")
+    # a remote (s3://) or outside folder is not in the build context; anything else is one literal
+    # pattern (the template's ignore_line refuses a second line, a `!` re-include or a comment)
     extra = output if output and "://" not in output and not output.startswith(("/", "..")) and output != "sweeps" else ""
+    if extra:
+        validate.require(extra, validate.relative_path, "[sweep] output")
     text = render_template("dockerignore.j2", sweep_output=extra)
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 

