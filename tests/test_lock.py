@@ -305,6 +305,14 @@ def test_the_driver_floor_is_what_the_resolved_wheels_need(tmp_path, torch_index
     gpu = read(tmp_path, "mlenv.lock")["target"][0]
     assert (gpu["cuda"], gpu["driver-min"]) == ("12.4", "570.26")
 
+    # doctor holds a machine to that floor: driver 550.90.07 runs CUDA 12.4, not these wheels fully
+    from tests.test_hardware import gpu_env
+
+    doctor = run_mlenv("doctor", "--target", "gpu", "--json", cwd=tmp_path, env=gpu_env(tmp_path, "8xa100"))
+    findings = json.loads(doctor.stdout)["findings"]
+    driver = next(f for f in findings if f["check"] == "driver")
+    assert (driver["expected"], driver["found"], driver["severity"]) == (">= 570.26", "550.90.07", "warning")
+
 
 def test_an_unpublished_torch_and_cuda_pair_is_refused_before_the_network(tmp_path, torch_index):
     torch_spec(tmp_path, torch_index, dependencies=("torch==2.5.1",), mirrors=("cu128",),
