@@ -139,9 +139,9 @@ def user_data(**changes):
 ])
 def test_hostile_values_never_reach_the_script(change, message):
     from mlenv.boxes import cloudinit
-    from mlenv.errors import UsageError
+    from mlenv.errors import MlenvError
 
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(MlenvError, match=message):
         cloudinit.render(user_data(**change))
 
 
@@ -458,3 +458,35 @@ def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, proj
         assert sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'").strip() == "1.1"
     finally:
         container.remove(force=True)
+
+
+def test_the_cli_as_the_readme_shows(aws, project):
+    """up --dry-run / up / up again / ls / stop / start / gc / down through `mlenv`, pointed at moto
+    by AWS_ENDPOINT_URL alone."""
+    def mlenv(*args: str):
+        result = run_mlenv(*args, cwd=project)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    empty = {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
+    plan = mlenv("up", "gpu1", "--provider", "aws", "--dry-run").stdout
+    assert "t3.medium" in plan and f"from {CALLER_IP}/32 only" in plan and tagged_resources() == empty
+    mlenv("up", "gpu1", "--provider", "aws", "--yes", "--idle", "20m")
+    mlenv("up", "gpu1", "--provider", "aws", "--yes")  # idempotent: finds it by its tags
+    listed = json.loads(mlenv("ls", "--json", "--provider", "aws").stdout)
+    assert [(b["name"], b["provider"], b["state"], b["instance_type"]) for b in listed] == \
+        [("gpu1", "aws", "running", "t3.medium")]
+    assert len(tagged_resources()["instances"]) == 1
+    mlenv("stop", "gpu1", "--provider", "aws")
+    assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout)[0]["state"] == "stopped"
+    mlenv("start", "gpu1", "--provider", "aws")
+    assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout)[0]["state"] == "running"
+    boto("ec2").create_security_group(GroupName="mlenv-demo-old", Description="left by a killed up",
+                                      TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                                          {"Key": "mlenv:box", "Value": "old"}, {"Key": "mlenv:project", "Value": "demo"}]}])
+    orphans = json.loads(mlenv("gc", "--json", "--provider", "aws").stdout)
+    assert [(o["kind"], o["box"]) for o in orphans] == [("security-group", "old")]
+    mlenv("gc", "--yes", "--provider", "aws")
+    mlenv("down", "gpu1", "--yes", "--provider", "aws")
+    assert tagged_resources() == empty
+    assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout) == []

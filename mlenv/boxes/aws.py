@@ -241,6 +241,8 @@ class AWSProvider:
             ssh_user=tags.get(TAG_USER),
             host_keys=[host_key] if host_key else [],
             extra={
+                # running, but its keys not read yet: `mlenv up` then defers the ssh entry
+                "host_keys_pending": state == "running" and not host_key,
                 "instance_id": inst["InstanceId"],
                 "ami": inst.get("ImageId"),
                 "spot": tags.get(TAG_SPOT) == "true",
@@ -257,7 +259,13 @@ class AWSProvider:
 
     def get(self, name: str) -> Box | None:
         inst = self._instance(validate_box_name(name))
-        return self._box(inst) if inst else None
+        if inst is None:
+            return None
+        if inst["State"]["Name"] == "running" and TAG_HOST_KEY not in _tags(inst):
+            # booted since `up` gave up waiting: one look at the console (no wait)
+            if self._learn_host_keys(inst, _quiet, timeout=0):
+                inst = self._describe(inst["InstanceId"])
+        return self._box(inst)
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -550,13 +558,14 @@ class AWSProvider:
             time.sleep(delay)
             delay = min(delay * 2, 5)
 
-    def _learn_host_keys(self, inst: dict, progress: Progress) -> list[str]:
+    def _learn_host_keys(self, inst: dict, progress: Progress, timeout: float | None = None) -> list[str]:
         """Read the host keys the first-boot script prints on the console, and keep the ed25519 one
         in a tag (so another machine of the owner can pin it too)."""
         from mlenv.boxes import cloudinit
 
         instance_id = inst["InstanceId"]
-        timeout = float(os.environ.get("MLENV_BOOT_TIMEOUT", BOOT_TIMEOUT_S))
+        if timeout is None:
+            timeout = float(os.environ.get("MLENV_BOOT_TIMEOUT", BOOT_TIMEOUT_S))
         deadline = time.monotonic() + timeout
         progress(f"waiting for the host keys on {instance_id}'s console")
         while True:
@@ -571,7 +580,8 @@ class AWSProvider:
                 progress("host keys read from the console")
                 return keys
             if cloudinit.setup_state(text) == "failed" or time.monotonic() >= deadline:
-                progress("host keys not on the console yet: the first connection will ask to confirm the fingerprint")
+                progress(f"host keys not on the console yet (still booting?): `mlenv ssh {_tags(inst).get(TAG_BOX, '')}` "
+                         "pins them once they are")
                 return []
             time.sleep(5)
 

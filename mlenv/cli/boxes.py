@@ -81,6 +81,11 @@ def _register(box, yes: bool = False) -> None:
     from mlenv import connect, console
     from mlenv.cli.connect import confirm
 
+    if not box.host_keys and box.extra.get("host_keys_pending"):
+        # a cloud box still booting: its keys come from its console, never from trust on first use
+        console.warn(f"box {box.name} has not printed its host keys yet; `mlenv ssh {box.name}` pins them "
+                     "once it has booted")
+        return
     connect.register(box, assume_yes=yes, confirm=confirm, warn=console.warn)
 
 
