@@ -490,3 +490,11 @@ def test_the_cli_as_the_readme_shows(aws, project):
     mlenv("down", "gpu1", "--yes", "--provider", "aws")
     assert tagged_resources() == empty
     assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout) == []
+
+
+def test_with_a_registry_the_plan_names_the_image_and_builds_nothing(aws, project):
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text() + '\n[image]\nregistry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"\n')
+    text = "\n".join(provider(project).plan(request()))
+    assert "environment: image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/... (dev image of target cpu" in text
+    assert "set [devbox] instance-profile" in text  # ECR pulls need the instance role

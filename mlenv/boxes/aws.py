@@ -334,7 +334,7 @@ class AWSProvider:
             raise UsageError(f"AMI {ami} does not exist in {self.region}")
         return images[0]
 
-    def plan_up(self, req: UpRequest, *, with_user_data: bool = True) -> Plan:
+    def plan_up(self, req: UpRequest, *, with_user_data: bool = True, progress: Progress = lambda _line: None) -> Plan:
         spec = self._require_spec()
         target = self._target(req)
         instance_type = req.instance_type or self.devbox.get("instance-type")
@@ -374,10 +374,11 @@ class AWSProvider:
         notes = []
         profile = self.devbox.get("instance-profile")
         if registry:
-            image_ref = self._registry_image(spec, lock, target.name)
-            from mlenv.image.registry import is_ecr, registry_host, split_ref
+            # the pinned reference exists once `up` has built/pushed it; the plan names where
+            image_ref = f"{registry.rstrip('/')}/... (dev image of target {target.name}, built and pushed if missing)"
+            from mlenv.image.registry import is_ecr, registry_host
 
-            if is_ecr(registry_host(split_ref(image_ref)[0])) and not profile:
+            if is_ecr(registry_host(registry.rstrip("/") + "/x")) and not profile:
                 notes.append("note: the box logs in to ECR through its instance role: set [devbox] instance-profile "
                              "to a profile allowed ecr:GetAuthorizationToken and ecr:BatchGetImage")
         cidrs = self.caller_cidrs()
@@ -391,26 +392,26 @@ class AWSProvider:
             notes=notes,
         )
         if with_user_data:
+            if registry:
+                plan.image_ref = self._registry_image(spec, lock, target.name, progress)
             plan.user_data = self._user_data(req, plan, spec, lock, locked)
         return plan
 
-    def _registry_image(self, spec, lock, target_name: str) -> str:
-        """The dev image `mlenv build --push` put in [image] registry, pinned by its digest."""
+    def _registry_image(self, spec, lock, target_name: str, progress: Progress) -> str:
+        """The target's dev image in [image] registry, pinned by digest: built and pushed first when
+        the registry does not have it yet (``mlenv build --stage dev --push``, the same content tag)."""
+        from mlenv.image.build import build_target
         from mlenv.image.registry import registry_digest
 
         if lock is None:
-            raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`, then `mlenv build --push`")
-        locked = lock.target(target_name)
-        ref = locked.image.get("pushed") or locked.image.get("ref")
-        if not ref or not str(ref).startswith(spec.image["registry"]):
-            raise UsageError(f"no image of target {target_name!r} in {spec.image['registry']} is recorded in the lock",
-                             hint=f"run `mlenv build --target {target_name} --push`")
-        if "@sha256:" in ref:
-            return ref
-        digest = registry_digest(ref)
-        if digest is None:
-            raise UsageError(f"{ref} is not in the registry", hint=f"run `mlenv build --target {target_name} --push`")
-        return f"{ref.split('@')[0]}@{digest}"
+            raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
+        progress(f"making sure {spec.image['registry']} has the dev image of target {target_name}")
+        outcome = build_target(spec, lock, target_name, stage="dev", push_image=True)
+        digest = outcome.pushed_digest or registry_digest(outcome.tag)
+        if not digest:
+            raise ToolMissingError(f"{outcome.tag} is not readable from its registry",
+                                   hint="check the registry and your login (ECR: AWS credentials)")
+        return f"{outcome.tag}@{digest}"
 
     def _user_data(self, req: UpRequest, plan: Plan, spec, lock, locked) -> bytes:
         from mlenv.boxes import cloudinit
@@ -445,7 +446,7 @@ class AWSProvider:
             box = self._box(existing)
             action = "start it" if box.state == "stopped" else "nothing to create"
             return [f"box {req.name} exists ({existing['InstanceId']}, {box.state}): `up` would {action}"]
-        return self.plan_up(req, with_user_data=True).lines()
+        return self.plan_up(req, with_user_data=not self._require_spec().image.get("registry")).lines()
 
     # --- creating -------------------------------------------------------------------------------
 
@@ -454,7 +455,7 @@ class AWSProvider:
         if existing is not None:
             progress(f"box {req.name} exists ({existing['InstanceId']}, {existing['State']['Name']})")
             return self._resume(existing, progress)
-        plan = self.plan_up(req)
+        plan = self.plan_up(req, progress=progress)
         made: list[tuple[str, str]] = []  # (kind, id), undone in reverse on failure
         try:
             return self._create(req, plan, made, progress)
