@@ -211,3 +211,26 @@ def test_max_lifetime_stops_the_processes_mlenv_started_and_stop_start_down(lapt
     assert provider(project).get("lab2").state == "stopped"
     provider(project).down("lab2")
     assert provider(project).get("lab2") is None and not folder.exists()
+
+
+def test_the_cli_as_the_readme_shows(laptop, project, lab_machine):
+    """`[devbox] provider = "ssh"`, mlenv's key authorized on the machine, then `mlenv up --yes`,
+    `ls`, `ssh -- CMD`, `doctor --box`, `stop`, `start`, `down` as a user types them."""
+    def mlenv(*args: str, expect: int = 0):
+        result = run_mlenv(*args, cwd=project, env={"HOME": str(laptop)})
+        assert result.returncode == expect, result.stdout + result.stderr
+        return result
+
+    mlenv("up", "exp1", "--yes", "--idle", "30m")
+    listed = json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout)
+    assert [(b["name"], b["provider"], b["state"], b["ssh_user"]) for b in listed] == \
+        [("exp1", "ssh", "running", lab_machine["user"])]
+    # the host key was pinned by `up --yes`: plain ssh through mlenv's entry, strict checking on
+    assert mlenv("ssh", "exp1", "--", "echo", "hello from the lab").stdout.strip() == "hello from the lab"
+    mlenv("doctor", "--box", "exp1")  # the lock's packages, found in the box's venv: clean
+    mlenv("stop", "exp1")
+    assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout)[0]["state"] == "stopped"
+    mlenv("start", "exp1")
+    mlenv("down", "exp1", "--yes")
+    assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout) == []
+    assert not (lab_machine["home"] / ".mlenv" / "boxes" / "exp1").exists()

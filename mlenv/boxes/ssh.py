@@ -214,7 +214,8 @@ class SSHProvider:
     # --- reading ---------------------------------------------------------------------------------
 
     def list(self) -> list[Box]:
-        if not self.configured:
+        if not self.configured or not _trusted_host_keys(*self._endpoint()[:2]):
+            # a machine this laptop trusts no key of holds no box made from here (up pins the key)
             return []
         boxes = []
         for record in self._records():
@@ -412,7 +413,7 @@ class SSHProvider:
 
     def orphans(self) -> list[Orphan]:
         """Box folders without a box.json: an ``up`` killed before it finished."""
-        if not self.configured:
+        if not self.configured or not _trusted_host_keys(*self._endpoint()[:2]):
             return []
         return [Orphan(self.name, "folder", f"~/{BOXES_DIR}/{r['folder']}", r["folder"] if
                        validate.BOX_NAME.fullmatch(r["folder"]) else None, "an unfinished `mlenv up`", 0.0)
