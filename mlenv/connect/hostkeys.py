@@ -67,7 +67,7 @@ def pin(name: str, keys: list[PublicKey]) -> None:
     lines = [line for line in _read() if line.partition(" ")[0] != alias(name)]
     lines += [f"{alias(name)} {key.line(comment=False)}" for key in keys]
     paths.ensure_private_dir(paths.mlenv_ssh_dir())
-    atomic_write(paths.known_hosts(), "".join(line + "\n" for line in lines), mode=0o600)
+    atomic_write(paths.known_hosts(), "".join(line + "\n" for line in lines), private=True)
 
 
 def unpin(name: str) -> None:

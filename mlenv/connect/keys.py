@@ -122,7 +122,7 @@ def generate(name: str) -> LocalKey:
     folder = paths.ensure_private_dir(paths.keys_dir())
     private_path = folder / f"{name}-{key_id}"
     public_line = f"{public} {COMMENT_PREFIX}{name}"
-    atomic_write(private_path, private_bytes, mode=0o600)
+    atomic_write(private_path, private_bytes, private=True)
     atomic_write(private_path.with_name(private_path.name + ".pub"), public_line + "\n", mode=0o644)
     return LocalKey(name, private_path, public_line)
 
@@ -141,7 +141,7 @@ def load(private_path: Path) -> LocalKey:
 
 
 def make_current(key: LocalKey) -> None:
-    atomic_write(paths.keys_dir() / "current", key.private_path.name + "\n", mode=0o600)
+    atomic_write(paths.keys_dir() / "current", key.private_path.name + "\n", private=True)
 
 
 def local_key() -> LocalKey:

@@ -89,7 +89,7 @@ def load() -> dict[str, Record]:
 def save(records: dict[str, Record]) -> None:
     paths.ensure_private_dir(paths.mlenv_ssh_dir())
     data = {"boxes": [asdict(records[name]) for name in sorted(records)]}
-    atomic_write(paths.registry(), json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
+    atomic_write(paths.registry(), json.dumps(data, indent=2, sort_keys=True) + "\n", private=True)
 
 
 def get(name: str) -> Record | None:

@@ -69,7 +69,7 @@ def render(records: dict[str, Record]) -> str:
 
 def write(records: dict[str, Record]) -> None:
     paths.ensure_private_dir(paths.mlenv_ssh_dir())
-    atomic_write(paths.ssh_config(), render(records), mode=0o600)
+    atomic_write(paths.ssh_config(), render(records), private=True)
 
 
 # --- the Include line in ~/.ssh/config ----------------------------------------------------------------
@@ -146,23 +146,8 @@ def ensure_include(*, dry_run: bool = False) -> IncludeResult:
     if dry_run:
         return IncludeResult("would-add", path, line, diff=diff)
     paths.ensure_private_dir(path.parent)
-    atomic_write(path, new, mode=(path.stat().st_mode & 0o7777) if path.exists() else 0o600)
+    atomic_write(path, new, private=not path.exists())  # an existing file keeps its mode
     return IncludeResult("added", path, line, diff=diff)
-
-
-def remove_include() -> bool:
-    """Take mlenv's ``Include`` line out again (the rest byte for byte); False when absent or not writable."""
-    path = paths.user_ssh_config()
-    if not path.exists() or _unwritable_reason(path):
-        return False
-    data = path.read_bytes()
-    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
-    index = _include_index(lines)
-    if index is None:
-        return False
-    raw_lines = data.splitlines(keepends=True)
-    atomic_write(path, b"".join(raw_lines[:index] + raw_lines[index + 1:]))
-    return True
 
 
 # --- what in the user's config would override mlenv's blocks --------------------------------------------
