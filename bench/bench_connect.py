@@ -22,7 +22,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Row, Skip, command_runner, in_process, interleave, print_table, python, repetitions  # noqa: E402
+from common import (
+    Row,
+    Skip,
+    command_runner,
+    in_process,
+    interleave,
+    print_table,
+    python,
+    repetitions,
+)
 
 BENCHMARK = "connect"
 

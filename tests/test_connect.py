@@ -8,6 +8,7 @@ every test, so the real ~/.ssh is never read or written.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import secrets
 import shutil
@@ -273,10 +274,10 @@ def test_hostile_values_never_reach_the_ssh_config(home, sshd, field, value):
     from mlenv import connect
     from mlenv.errors import MlenvError
 
-    box = _box(sshd)
-    setattr(box, field, value)
+    hostile = _box(sshd)
+    setattr(hostile, field, value)
     with pytest.raises(MlenvError):
-        connect.register(box, assume_yes=True)
+        connect.register(hostile, assume_yes=True)
     assert not (home / ".ssh" / "mlenv" / "config").exists()
 
 
@@ -415,11 +416,11 @@ def test_keys_revoke_removes_a_lost_laptops_key_from_every_box(home, sshd, tmp_p
     from mlenv import connect
     from mlenv.connect import keys
 
-    box = _user_box(sshd)
+    user_box = _user_box(sshd)
     lost = keys.generate("lost-laptop")  # another machine's key, installed on the box earlier
     sshd.authorize_user('from="127.0.0.1" ' + lost.public_line)  # options before the key are understood
     sshd.authorize_user("# a comment the user wrote")
-    connect.register(box, assume_yes=True)
+    connect.register(user_box, assume_yes=True)
     assert _logs_in(home, sshd, lost.private_path)
     listed = run_mlenv("keys", "ls")
     assert "lost-laptop" in listed.stdout and "(this machine)" in listed.stdout
@@ -503,9 +504,9 @@ def test_ssh_executor_keeps_the_executor_contract(home, sshd):
     from mlenv.execute import SSHExecutor, copy_tree_from, run_python, write_file
 
     sshd.authorize_user(local_key().public_line)
-    box = _box(sshd, "u1", user=sshd.user)
-    connect.register(box, assume_yes=True)
-    executor = SSHExecutor(box)
+    user_box = _box(sshd, "u1", user=sshd.user)
+    connect.register(user_box, assume_yes=True)
+    executor = SSHExecutor(user_box)
     try:
         assert executor.where == "box u1"
         done = executor.run(["sh", "-c", 'echo "$1 $GREETING"; echo oops >&2; exit 3', "sh", "it's"],
@@ -519,3 +520,45 @@ def test_ssh_executor_keeps_the_executor_contract(home, sshd):
         assert [path.read_bytes() for path in copied] == [b"written over ssh"]
     finally:
         executor.close()
+
+
+# --- end to end with the docker provider ------------------------------------------------------------------
+
+from tests.test_boxes import box, box_project, up  # noqa: F401 - the boxes module's fixtures
+
+
+@pytest.mark.docker
+def test_docker_box_plain_ssh_code_link_start_on_connect_rotate_and_down(box_project, box):  # noqa: F811
+    project = box_project
+    up(project, box)  # README: `mlenv up NAME --provider docker --yes` (+ this machine's build options)
+    user_config = project.home / ".ssh" / "config"
+    assert user_config.read_text().startswith(f"Include {project.home}/.ssh/mlenv/config\n")
+
+    plain = subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", f"mlenv-{box}", "true"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert plain.returncode == 0, plain.stderr  # pinned through the engine: no question, strict checking
+    code = project.mlenv("code", box)
+    assert code.returncode == 0, code.stderr
+    assert code.stdout.strip().startswith(f"vscode-remote://ssh-remote+mlenv-{box}/home/")
+    assert code.stdout.strip().endswith("/work")
+
+    # the box's keys file is the login user's to manage: rotate, and only the new key gets in
+    old_key = json.loads(project.mlenv("keys", "ls", "--json").stdout)["this_machine"]["fingerprint"]
+    rotated = project.mlenv("keys", "rotate", box)
+    assert rotated.returncode == 0, rotated.stderr
+    listed = json.loads(project.mlenv("keys", "ls", "--json").stdout)
+    ours = next(item for item in listed["boxes"] if item["box"] == box)
+    assert [key["fingerprint"] for key in ours["keys"]] == [listed["this_machine"]["fingerprint"]] != [old_key]
+    assert subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", f"mlenv-{box}", "true"],
+                          capture_output=True, timeout=60, check=False).returncode == 0
+
+    # start on connect: a stopped box comes back when an IDE (here: ssh) connects
+    assert project.mlenv("ssh-config", box, "--start-on-connect").returncode == 0
+    assert project.mlenv("stop", box).returncode == 0
+    resumed = subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", f"mlenv-{box}", "echo", "back"],
+                             capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **project.env})
+    assert resumed.returncode == 0 and resumed.stdout.strip() == "back", resumed.stderr
+
+    assert project.mlenv("down", box, "--yes").returncode == 0
+    assert f"Host mlenv-{box}\n" not in (project.home / ".ssh" / "mlenv" / "config").read_text()
+    assert f"mlenv-{box} " not in (project.home / ".ssh" / "mlenv" / "known_hosts").read_text()
