@@ -5,6 +5,7 @@ What the box providers call:
     forget(name)                   after down: removes the entry and the pinned key
     wait_for_ssh(box, timeout)     until sshd answers (backoff; exit 6 on timeout)
     endpoint(box)                  where/how mlenv itself logs in (used by ``SSHExecutor``)
+    stdio(name)                    ``mlenv ssh --stdio NAME``: start a stopped box, then relay (ProxyCommand)
 """
 
 from __future__ import annotations
@@ -190,3 +191,38 @@ def forget(name: str) -> bool:
         sshconfig.write(records)
     return had
 
+
+# --- start on connect ------------------------------------------------------------------------------
+
+def current_box(name: str, *, start: bool = False, progress: Callable[[str], None] | None = None) -> Any:
+    """Box ``name`` as its provider sees it now (address after a stop/start), started first when
+    ``start`` and it is stopped; the ssh entry follows a changed address."""
+    from mlenv import boxes
+
+    record = registry.get(name)
+    if record is None:
+        raise MlenvError(f"no box {name!r} is registered on this machine",
+                         hint=f"`mlenv up {name}` creates and registers it; `mlenv ls` lists your boxes")
+    provider = boxes.provider(record.provider)
+    box = provider.get(name)
+    if box is None or box.state == "terminated":
+        raise MlenvError(f"box {name!r} no longer exists ({record.provider})",
+                         hint=f"`mlenv up {name}` makes a new one")
+    if box.state in ("stopped", "stopping") and start:
+        if progress:
+            progress(f"box {name} is {box.state}: starting it")
+        box = provider.start(name, progress or (lambda message: None))
+    if box.state != "running":
+        raise MlenvError(f"box {name!r} is {box.state}", hint=f"start it with `mlenv start {name}`")
+    if (box.ssh_host, box.ssh_port) != (record.host, record.port):
+        register(box, warn=progress)  # pinned key unchanged (it is checked); only the address moves
+    return box
+
+
+def stdio(name: str, *, progress: Callable[[str], None] | None = None, timeout: float = 600) -> None:
+    """``mlenv ssh --stdio NAME`` (ssh's ProxyCommand): start the box if it is stopped, wait for its
+    sshd, then relay this process's stdin/stdout to it.  Messages go to ``progress`` (stderr):
+    stdout belongs to the SSH stream."""
+    box = current_box(name, start=True, progress=progress)
+    session.wait_for_ssh(box.ssh_host, int(box.ssh_port or 22), timeout=timeout, name=name, progress=progress)
+    session.relay_stdio(box.ssh_host, int(box.ssh_port or 22))
