@@ -454,8 +454,16 @@ def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, proj
             time.sleep(0.5)
         decision = json.loads(sh(f"head -n1 {WATCHDOG_LOG}"))
         assert decision  # one JSON line per poll
-        # the lock is synced into the venv
+        # the lock is synced into the venv, and the box's executor runs there (as mlenv would over
+        # SSH; here the docker CLI stands in for the SSH hop)
         assert sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'").strip() == "1.1"
+        from mlenv.boxes.aws import BOX_VENV, ContainerOverSSH
+        from mlenv.boxes.ssh import VenvExecutor
+        from mlenv.execute import LocalExecutor, run_python
+
+        hop = ContainerOverSSH(LocalExecutor(), name, where="box boot1")
+        on_box = VenvExecutor(hop, BOX_VENV, "/var/lib/mlenv/keepalive", where="box boot1")
+        assert run_python(on_box, "import sys, tinylib; print(sys.prefix)").strip() == BOX_VENV
     finally:
         container.remove(force=True)
 

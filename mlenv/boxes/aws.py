@@ -41,7 +41,9 @@ from mlenv.errors import MlenvError, ToolMissingError, UsageError
 
 TAG_BOX, TAG_OWNER, TAG_PROJECT, TAG_LOCK = "mlenv:box", "mlenv:owner", "mlenv:project", "mlenv:lock"
 TAG_TARGET, TAG_USER, TAG_CREATED, TAG_HOST_KEY = "mlenv:target", "mlenv:user", "mlenv:created", "mlenv:host-key"
-TAG_SPOT, TAG_DISK = "mlenv:spot", "mlenv:disk-gb"
+TAG_SPOT, TAG_DISK, TAG_MODE = "mlenv:spot", "mlenv:disk-gb", "mlenv:mode"
+BOX_CONTAINER = "mlenv-dev"  # the image's container on the box (templates/cloud-init.sh.j2)
+BOX_VENV = "/opt/mlenv/venv"  # the lock synced there when no registry is set
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 EC2_STATES = {"pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopped",
               "shutting-down": "stopping", "terminated": "terminated"}
@@ -247,6 +249,7 @@ class AWSProvider:
                 "ami": inst.get("ImageId"),
                 "spot": tags.get(TAG_SPOT) == "true",
                 "disk_gb": _float(tags.get(TAG_DISK)),
+                "mode": tags.get(TAG_MODE),
                 "availability_zone": inst.get("Placement", {}).get("AvailabilityZone"),
             },
             project=tags.get(TAG_PROJECT),
@@ -487,7 +490,8 @@ class AWSProvider:
         self.call("allowing SSH", "ec2", "authorize_security_group_ingress", GroupId=group["GroupId"],
                   IpPermissions=[_ssh_permission(plan.cidrs)])
         instance_tags = {**plan.tags, TAG_USER: plan.user, TAG_CREATED: str(int(time.time())),
-                         TAG_SPOT: "true" if plan.spot else "false", TAG_DISK: str(plan.disk_gb)}
+                         TAG_SPOT: "true" if plan.spot else "false", TAG_DISK: str(plan.disk_gb),
+                         TAG_MODE: "image" if plan.image_ref else "venv"}
         launch: dict[str, Any] = dict(
             ImageId=plan.ami,
             InstanceType=plan.instance_type,
@@ -742,9 +746,29 @@ class AWSProvider:
                 continue
 
     def executor(self, box: Box):
+        """Commands in the box's environment: inside the image's container (the keep-alive folder is
+        mounted there), or on the instance with the synced venv first on PATH."""
+        from mlenv.boxes.ssh import VenvExecutor
         from mlenv.execute import SSHExecutor
 
-        return SSHExecutor(box)
+        ssh = SSHExecutor(box)
+        if box.extra.get("mode") == "image":
+            return ContainerOverSSH(ssh, BOX_CONTAINER, where=f"box {box.name}")
+        return VenvExecutor(ssh, BOX_VENV, KEEPALIVE_DIR, where=f"box {box.name}")
+
+
+class ContainerOverSSH:
+    """``docker exec`` into the box's container, over SSH (the login user is in the docker group)."""
+
+    keepalive_dir = KEEPALIVE_DIR
+
+    def __init__(self, inner, container: str, *, where: str) -> None:
+        self.inner, self.container, self.where = inner, container, where
+
+    def run(self, argv, *, input=None, env=None, timeout=None):
+        options = [f"--env={key}={value}" for key, value in (env or {}).items()]
+        return self.inner.run(["docker", "exec", "-i", *options, self.container, *argv], input=input,
+                              timeout=timeout)
 
 
 class AwsError(MlenvError):
