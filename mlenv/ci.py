@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mlenv import __version__
 from mlenv.errors import SpecError, UsageError
@@ -39,6 +39,10 @@ DEFAULT_GPU_RUNS_ON = ("self-hosted", "linux", "x64", "gpu")
 DEFAULT_BRANCHES = ("main",)
 IMAGE_STAGE = "dev"  # has the dependency groups (test tools) and mlenv itself, but not the code
 SWEEP_OUTPUT = "ci-sweeps"
+# Notebooks must run in the locked venv (/opt/venv), not in the venv that carries mlenv and papermill:
+# jupyter_client starts its own interpreter for a kernelspec whose argv is plain "python".  The
+# locked venv's ipykernel registers itself (absolute path) in the user's kernels, which come first.
+KERNEL_SETUP = 'python -m ipykernel install --user --name python3 > /dev/null && exec "$@"'
 
 
 # --- the pinned actions ----------------------------------------------------------------------------
@@ -373,6 +377,7 @@ def render_github(spec, lock, settings: CISettings | None = None) -> str:
         python=spec.python_minor,
         stage=IMAGE_STAGE,
         sweep_output=SWEEP_OUTPUT,
+        kernel_setup=shell_word(KERNEL_SETUP),
         actions=ACTIONS,
         q=yaml_string,
         x=expression,
@@ -407,16 +412,34 @@ class WorkflowFile:
     text: str = field(repr=False, default="")
 
 
-def init(spec, lock, *, provider: str = "github", force: bool = False, check: bool = False) -> list[WorkflowFile]:
+def advice(spec, lock, settings: CISettings) -> list[str]:
+    """What would make the generated jobs fail although the workflow itself is right."""
+    notes = []
+    for name in settings.targets:
+        locked = {package.name for package in lock.packages_for(name)}
+        if settings.test_command and settings.test_command.split()[0] == "pytest" and "pytest" not in locked:
+            notes.append(f"target {name}: the test command runs pytest, which is not in the lock; "
+                         'add "pytest" to [dependency-groups] dev and run `mlenv lock`')
+        if settings.notebooks and name == settings.notebook_target and "ipykernel" not in locked:
+            notes.append(f"target {name}: no ipykernel in the lock, so the notebooks job has no kernel in the locked "
+                         'environment; add "ipykernel" to [dependency-groups] dev and run `mlenv lock`')
+    return notes
+
+
+def init(spec, lock, *, provider: str = "github", force: bool = False, check: bool = False,
+         warn: Callable[[str], None] | None = None) -> list[WorkflowFile]:
     """Write (or with ``check`` only compare) the workflows for ``provider``.
 
     A file mlenv wrote and nobody edited is replaced when the spec or lock changed; a file edited by
-    hand (or not written by mlenv) is kept unless ``force``.
+    hand (or not written by mlenv) is kept unless ``force``.  ``warn`` hears advice about the lock.
     """
     if provider not in PROVIDERS:
         raise UsageError(f"unknown CI provider {provider!r}", hint=f"one of: {', '.join(PROVIDERS)}")
     path = spec.root / WORKFLOW_PATH
-    text = render_github(spec, lock)
+    settings = read_settings(spec, lock)
+    for note in advice(spec, lock, settings) if warn else ():
+        warn(note)
+    text = render_github(spec, lock, settings)
     current = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
     if current == text:
         return [WorkflowFile(path, "unchanged", text)]

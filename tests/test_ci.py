@@ -326,26 +326,55 @@ class Job:
         return result
 
 
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "execution_count": None, "id": "params", "metadata": {"tags": ["parameters"]},
+         "outputs": [], "source": ["lr = 0.5"]},
+        {"cell_type": "code", "execution_count": None, "id": "work", "metadata": {}, "outputs": [],
+         "source": ["import sys, tinydep\n", "print('lr', lr, 'tinydep', tinydep.__version__, sys.prefix)"]},
+    ],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                 "language_info": {"name": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
 @pytest.fixture
 def ci_project(tmp_path, local_index, mlenv_wheel_url):
-    """One CPU target built on the local base image, with unittest tests that import a locked package.
+    """One CPU target on the local base image: tinydep from the loopback index, ipykernel (for the
+    notebook) from PyPI, unittest tests and a notebook that import the locked package.
 
     ``mlenv-requirement`` points at this checkout's wheel: nothing here can install mlenv from PyPI.
     """
-    root = make_project(tmp_path / "demo", local_index.url,
-                        image='[image]\nbase = "localhost/python:3.11-slim-bookworm"\n',
-                        extra=('[ci]\ntest-command = "python -m unittest discover -s tests -v"\n'
-                               f"mlenv-requirement = {json.dumps(mlenv_wheel_url)}\n"))
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "mlenv.toml").write_text(
+        '[project]\nname = "demo"\npython = "3.11"\ndependencies = ["tinydep"]\n\n'
+        '[dependency-groups]\ndev = ["ipykernel"]\n\n'
+        f'[[index]]\nname = "local"\nurl = "{local_index.url}"\nexplicit = true\n\n'
+        '[sources]\ntinydep = "local"\n\n'
+        '[targets.cpu]\nplatform = "linux/x86_64"\n\n'
+        '[image]\nbase = "localhost/python:3.11-slim-bookworm"\n\n'
+        '[ci]\ntest-command = "python -m unittest discover -s tests -v"\n'
+        'notebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01] }\n'
+        f"mlenv-requirement = {json.dumps(mlenv_wheel_url)}\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_demo.py").write_text(
         "import unittest\n\nimport tinydep\n\n\nclass Locked(unittest.TestCase):\n"
         "    def test_locked_version(self):\n        self.assertEqual(tinydep.__version__, '1.1')\n")
+    (root / "notebooks").mkdir()
+    (root / "notebooks" / "train.ipynb").write_text(json.dumps(NOTEBOOK, indent=1))
+    locked = run_mlenv("lock", cwd=root)
+    require(locked.returncode == 0 or "pypi.org" not in locked.stderr, "PyPI (ipykernel for the notebook job)")
+    assert locked.returncode == 0, locked.stderr
     assert run_mlenv("gen", "dockerfile", "--no-resolve-digest", cwd=root).returncode == 0
-    assert run_mlenv("ci", "init", cwd=root).returncode == 0
+    result = run_mlenv("ci", "init", cwd=root)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
     return root
 
 
 @pytest.mark.docker
+@pytest.mark.network
 def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, base_image, docker_client, tmp_path):
     """A pull request, end to end: lock job, image job (built, not pushed, handed over as a tarball),
     test job (loads it, runs doctor and the tests inside it)."""
@@ -407,6 +436,20 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
         assert "/opt/venv/bin/python" in doctor.stdout + doctor.stderr
         tests = test.run("Tests inside the image")
         assert "test_locked_version" in tests.stderr and "OK" in tests.stderr
+
+        # notebooks job: the sweep runs inside the same image, in the locked environment's kernel
+        notebooks = Job(workflow, "notebooks", ci_project, env=env, needs=needs, events=pull_request)
+        shutil.copy(tarball, notebooks.temp / "mlenv-image.tar")  # download-artifact, again
+        notebooks.run("Load the pull request's image")
+        notebooks.run("Sweep notebooks/train.ipynb", timeout=900)
+        results = json.loads((ci_project / "ci-sweeps" / "train" / "results.json").read_text())
+        assert results, results
+        outputs = sorted((ci_project / "ci-sweeps" / "train").rglob("*.ipynb"))
+        assert len(outputs) == 2
+        printed = "".join(json.dumps(json.loads(path.read_text())["cells"][-1]["outputs"]) for path in outputs)
+        assert "lr 0.1 tinydep 1.1 /opt/venv" in printed and "lr 0.01 tinydep 1.1 /opt/venv" in printed
+        upload = notebooks.with_("Upload notebooks and results")
+        assert (ci_project / upload["path"]).is_dir() and upload["if-no-files-found"] == "error"
     finally:
         docker_client.images.remove(image_id, force=True)
 

@@ -26,7 +26,7 @@ def ci_init(
 
     mlenv = application(ctx)
     spec = mlenv.spec
-    files = ci.init(spec, mlenv.lock, provider=provider, force=force, check=check or dry_run)
+    files = ci.init(spec, mlenv.lock, provider=provider, force=force, check=check or dry_run, warn=mlenv.warn)
     for workflow in files:
         if dry_run:
             sys.stdout.write(workflow.text)
