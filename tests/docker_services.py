@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -59,13 +58,12 @@ def _wait(check, seconds: float, what: str) -> None:
 @pytest.fixture(scope="session")
 def docker_engine():
     """DOCKER_HOST of a running engine (started here unless one answers on our socket already)."""
-    started = None
     if not _engine_answers(DOCKER_HOST):
         require(shutil.which("dockerd") is not None, "dockerd (apt-get install docker.io)")
         require(os.geteuid() == 0, "root, to run dockerd")
         DOCKER_ROOT.mkdir(parents=True, exist_ok=True)
         log = open(DOCKER_ROOT / "log", "ab")
-        started = subprocess.Popen(
+        subprocess.Popen(
             ["dockerd", "--data-root", str(DOCKER_ROOT / "data"), "--exec-root", str(DOCKER_ROOT / "exec"),
              "--pidfile", str(DOCKER_ROOT / "pid"), "-H", DOCKER_HOST],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -74,12 +72,8 @@ def docker_engine():
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DOCKER_HOST", DOCKER_HOST)
         yield DOCKER_HOST
-    if started is not None:
-        started.send_signal(signal.SIGTERM)
-        try:
-            started.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            started.kill()
+    # An engine started here stays up: other test sessions on this machine may be building on it
+    # right now (stopping it killed their builds), and the next session reuses it.
 
 
 @pytest.fixture(scope="session")

