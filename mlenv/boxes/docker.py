@@ -332,12 +332,10 @@ class DockerProvider:
             if project != spec.name:
                 raise UsageError(f"box {req.name} belongs to project {project!r}, not {spec.name!r}",
                                  hint="pick another name, or `mlenv down` that box first")
-            box = self._box(existing)
-            if box.state == "running":
+            if existing.status == "running":
                 progress(f"box {req.name} is already running")
-            else:
-                box = self.start(req.name, progress)
-            return self.get(req.name) or box
+                return self._box(existing, details=True)
+            return self._start(existing, progress)
         target = self._target(req, spec, lock)
         user = self._user(spec)
         progress(f"dev image for target {target}")
@@ -413,6 +411,7 @@ class DockerProvider:
             else:
                 raise MlenvError(f"could not find a free port for box {req.name}")
             self._wait_for_ssh(container, port, progress)
+            container.reload()
         except BaseException:
             # Ctrl-C or a failure: remove what this call made; anything left (a second Ctrl-C) is
             # labelled, so `mlenv ls` / `mlenv gc` show and remove it
@@ -422,7 +421,7 @@ class DockerProvider:
                 except Exception:  # noqa: BLE001 - best effort, gc covers the rest
                     pass
             raise
-        return self.get(req.name)  # type: ignore[return-value]
+        return self._box(container, details=True)
 
     def _wait_for_ssh(self, container, port: int, progress: Progress) -> None:
         deadline = time.monotonic() + SSH_READY_TIMEOUT
@@ -455,14 +454,18 @@ class DockerProvider:
         _engine_call(f"stopping box {name}", lambda: container.stop(timeout=20))
 
     def start(self, name: str, progress: Progress) -> Box:
-        container = self._require(name)
-        box = self._box(container)
-        if box.state != "running":
+        return self._start(self._require(name), progress)
+
+    def _start(self, container, progress: Progress) -> Box:
+        name = (container.labels or {}).get(LABEL_BOX, container.name)
+        if container.status != "running":
             progress(f"starting box {name}")
             _engine_call(f"starting box {name}", container.start)
+        box = self._box(container)
         if box.ssh_port:
             self._wait_for_ssh(container, box.ssh_port, progress)
-        return self.get(name)  # type: ignore[return-value]
+        container.reload()
+        return self._box(container, details=True)
 
     def down(self, name: str) -> None:
         from docker.errors import NotFound
