@@ -66,6 +66,12 @@ def _provably_fresh() -> int | None:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["lock"]:
+        # nothing to resolve when the lock provably matches: answer like the full command would
+        targets = _provably_fresh()
+        if targets is not None:
+            print("✓ mlenv.lock is up to date; nothing to resolve", file=sys.stderr)
+            sys.exit(0)
     if sys.argv[1:] in _FAST_ARGS:
         targets = _provably_fresh()
         if targets is not None:

@@ -434,3 +434,17 @@ def test_an_alternative_that_needs_other_main_pins_says_so(tmp_path, local_index
     result = lock(tmp_path, expect=5)
     assert "could not lock target 'cpu + group cpuonly'" in result.stderr
     assert "tinydep" in result.stderr and "resolved on top of the pins of the main dependencies" in result.stderr
+
+
+def test_targets_that_resolve_alike_are_resolved_once_and_each_is_checked(tmp_path, local_index):
+    targets = ('[targets.cpu]\nplatform = "linux/x86_64"\n\n[targets.big]\nplatform = "linux/x86_64"\ncpu-min = 16\n\n'
+               '[targets.mac]\nplatform = "macos/arm64"\n')
+    write_spec(tmp_path, local_index.url, targets=targets)
+    result = lock(tmp_path, "--debug")
+    assert "pip compile for target 'cpu, big'" in result.stderr or "pip compile for target 'big, cpu'" in result.stderr
+    assert "pip compile for target 'cpu'" not in result.stderr and "pip compile for target 'mac'" in result.stderr
+    assert versions(tmp_path, "cpu") == versions(tmp_path, "big")
+
+    # nothing to do: answered from digests, without loading the CLI
+    again = lock(tmp_path)
+    assert "up to date; nothing to resolve" in again.stderr

@@ -148,18 +148,17 @@ class TargetFailed(Exception):
         self.target, self.error = target, error
 
 
-def _resolve_with_alternatives(spec: Spec, target: Target, resolve) -> tuple[list[ResolvedPackage], BuildFacts]:
-    """Main + shared groups once, then each exclusive group on top of those pins, merged with markers."""
-    check_published(spec, target)
+def _resolve_with_alternatives(spec: Spec, target: Target, resolve, label: str):
+    """Main + shared groups once, then each exclusive group on top of those pins, merged with markers.
+    Returns the merged packages and, per installable set (None: no alternative), what it installs."""
     alternatives = [g for item in spec.exclusive_groups for g in item]
     shared = tuple(g for g in spec.groups if g not in alternatives)
-    base = resolve(target, shared, None, target.name)
+    base = resolve(target, shared, None, label)
     merged = {p.name: p for p in base}
-    sets = [(None, base)]
+    sets: list[tuple[str | None, list[ResolvedPackage]]] = [(None, base)]
     for group in alternatives:
-        label = f"{target.name} + group {group}"
         try:
-            extra = resolve(target, (*shared, group), base, label)
+            extra = resolve(target, (*shared, group), base, f"{label} + group {group}")
         except ResolutionError as exc:
             raise ResolutionError(exc.message, hint=f"group {group!r} is an alternative: it is resolved on top of the "
                                   "pins of the main dependencies and shared groups (the `you require X==...` above); "
@@ -172,17 +171,22 @@ def _resolve_with_alternatives(spec: Spec, target: Target, resolve) -> tuple[lis
                 merged[package.name] = replace(package, groups=(group,))
             elif known.version != package.version:
                 raise ResolutionError(
-                    f"could not lock target {target.name!r}: group {group!r} needs {package.name} {package.version}, "
+                    f"could not lock target {label!r}: group {group!r} needs {package.name} {package.version}, "
                     f"but the main dependencies lock {package.name} {known.version}",
                     hint=f"an alternative installs on top of the main pins: constrain {package.name} in dependencies "
                          f"so both agree, or move it into each alternative group")
             elif group in package.groups and group not in known.groups and MAIN_GROUP not in known.groups:
                 merged[package.name] = replace(known, groups=tuple(sorted({*known.groups, group})))
-    problems: list[str] = []
-    facts = check_builds(target, list(merged.values()))
-    problems += facts.problems
-    for group, packages in sets:
-        names = {p.name for p in base} | {p.name for p in packages}
+    return sorted(merged.values(), key=lambda p: p.name), sets
+
+
+def _check_target(target: Target, packages: list[ResolvedPackage], sets) -> BuildFacts:
+    """The facts a lock states, checked: CUDA builds match the target, no module from two distributions."""
+    facts = check_builds(target, packages)
+    problems = list(facts.problems)
+    base = sets[0][1]
+    for group, installed in sets:
+        names = {p.name for p in base} | {p.name for p in installed}
         for module, providers in module_clashes(names):
             within = f" with group {group!r}" if group else ""
             problems.append(f"{' and '.join(providers)} both install the module {module!r}{within}: keep one "
@@ -190,9 +194,7 @@ def _resolve_with_alternatives(spec: Spec, target: Target, resolve) -> tuple[lis
     if problems:
         raise ResolutionError(f"could not lock target {target.name!r}:\n" + "\n".join(f"  {p}" for p in problems),
                               hint="the lock states facts that were checked; fix the requirements or the target")
-    return sorted(merged.values(), key=lambda p: p.name), facts
-
-
+    return facts
 
 
 def lock_project(
@@ -243,7 +245,7 @@ def lock_project(
 
     def resolution_key(target: Target) -> tuple:
         routing = torch_routing(spec, target)
-        return (target.python_platform, _resolution_project(spec, target, routing, tuple(spec.groups)), target.cuda)
+        return (target.python_platform, _resolution_project(spec, target, routing, tuple(spec.groups)))
 
     def resolve_one(target: Target, groups, base, label):
         previous_pylock = root / pylock_name(target.name)
@@ -253,32 +255,50 @@ def lock_project(
             preferences=base,
         )
 
-    def resolve(target: Target):
+    failures: list[TargetFailed] = []
+    for target in list(to_resolve):
         try:
-            return _resolve_with_alternatives(spec, target, resolve_one)
+            check_published(spec, target)  # a torch/CUDA pair never published: said before the network
         except MlenvError as exc:
-            return TargetFailed(target.name, exc)
-
+            failures.append(TargetFailed(target.name, exc))
+    failed = {f.target for f in failures}
     leaders: dict[tuple, Target] = {}
     follower_of: dict[str, str] = {}
     for target in to_resolve:
-        leader = leaders.setdefault(resolution_key(target), target)
-        follower_of[target.name] = leader.name
-    unique = [t for t in to_resolve if follower_of[t.name] == t.name]
+        if target.name not in failed:
+            leader = leaders.setdefault(resolution_key(target), target)
+            follower_of[target.name] = leader.name
+    unique = [t for t in to_resolve if follower_of.get(t.name) == t.name]
+    labels = {leader.name: ", ".join(n for n, of in follower_of.items() if of == leader.name) for leader in unique}
+
+    def resolve(target: Target):
+        try:
+            return _resolve_with_alternatives(spec, target, resolve_one, labels[target.name])
+        except MlenvError as exc:
+            return TargetFailed(labels[target.name], exc)
+
     # uv.find_uv_bin() reads sysconfig, whose first use is not thread-safe: find uv before the threads
     if unique:
         uv_binary()
     with ThreadPoolExecutor(max_workers=max(1, len(unique))) as pool:
         by_leader = dict(zip((t.name for t in unique), pool.map(resolve, unique)))
-    failures = [outcome for outcome in by_leader.values() if isinstance(outcome, TargetFailed)]
+    failures += [outcome for outcome in by_leader.values() if isinstance(outcome, TargetFailed)]
+    results: dict[str, list[ResolvedPackage]] = {}
+    facts: dict[str, BuildFacts] = {}
+    for target in to_resolve:
+        outcome = by_leader.get(follower_of.get(target.name, ""))
+        if outcome is None or isinstance(outcome, TargetFailed):
+            continue
+        try:
+            facts[target.name] = _check_target(target, *outcome)
+        except MlenvError as exc:
+            failures.append(TargetFailed(target.name, exc))
+            continue
+        results[target.name] = outcome[0]
+        for message in facts[target.name].warnings:
+            warn(message)
     if failures:
         raise _combined(failures)
-    results = {name: by_leader[leader][0] for name, leader in follower_of.items()}
-    facts = {name: by_leader[leader][1] for name, leader in follower_of.items()}
-    for name in sorted(facts):
-        if name == follower_of[name]:
-            for message in facts[name].warnings:
-                warn(message)
 
     packages: dict[tuple[str, str, str], LockedPackage] = {}
     if previous:
