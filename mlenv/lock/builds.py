@@ -31,8 +31,9 @@ from mlenv.lock.model import MAIN_GROUP
 from mlenv.spec import Index, Spec, Target
 
 PYTORCH_WHL = "https://download.pytorch.org/whl"
-# nvidia-* wheels whose version is the CUDA runtime version they ship (cuDNN, NCCL, cuFFT... are not)
-_RUNTIME_VERSIONED = {"nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-cuda-cupti", "nvidia-nvjitlink", "nvidia-cublas"}
+# nvidia-* wheels whose version is the CUDA runtime version they ship; the libraries (cuBLAS, cuDNN,
+# NCCL, nvJitLink, ...) version on their own schedule (CUDA 13.2 ships cuBLAS 13.4)
+_RUNTIME_VERSIONED = {"nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-cuda-cupti"}
 _MAJOR_SUFFIX = re.compile(r"^(nvidia-.+)-cu(\d+)$")
 
 
@@ -189,11 +190,16 @@ def check_builds(target: Target, packages) -> BuildFacts:
                                   f"declares CUDA {target.cuda} (fix: require the torch build for {wanted}, or set "
                                   f"cuda to a CUDA {major} release)")
         elif runtime and Version(runtime) > Version(facts.driver_runtime or target.cuda):
-            floor = catalog.driver_for_cuda(runtime) or _nearest_floor(runtime)
-            facts.driver_min, facts.driver_runtime = floor, runtime
-            facts.warnings.append(f"target {target.name!r}: {package.name} {package.version} needs the CUDA {runtime} "
-                                  f"runtime: driver floor raised to {floor} (CUDA {target.cuda} alone needs "
-                                  f"{release.driver_min})")
+            facts.driver_runtime, newest = runtime, package
+    if facts.driver_runtime != target.cuda:
+        runtime = facts.driver_runtime
+        floor = catalog.driver_for_cuda(runtime)
+        unknown = "" if floor else (f"; mlenv's data has no driver floor for CUDA {runtime} yet, so this is the "
+                                    "floor of the nearest release it knows")
+        facts.driver_min = floor or _nearest_floor(runtime)
+        facts.warnings.append(f"target {target.name!r}: {newest.name} {newest.version} needs the CUDA {runtime} "
+                              f"runtime: driver floor raised to {facts.driver_min} (CUDA {target.cuda} alone needs "
+                              f"{release.driver_min}){unknown}")
     return facts
 
 

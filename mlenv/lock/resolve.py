@@ -332,7 +332,12 @@ def resolve_target(
                 warn(f"{label}: uv: {_user_words(message, spec)}")
         pylock = tomllib.loads((work / output_name).read_text())
 
-        # Pass 2 starts from exactly pass 1's pins, so it re-derives the same resolution.
+        # Pass 2 starts from exactly pass 1's pins, so it re-derives the same resolution.  It is only
+        # needed for what pass 1 does not say: which groups reach a package (when there are groups)
+        # and which index served it (when an index other than the default may serve any package).
+        ambiguous_index = any(not index.explicit and not index.default for index in spec.indexes)
+        if not groups and not ambiguous_index:
+            return _from_pylock_alone(spec, target, routing, pylock)
         pins = {}
         for entry in pylock.get("packages", []):
             direct = entry.get("archive") or entry.get("vcs") or entry.get("directory")
@@ -375,3 +380,25 @@ def resolve_target(
             )
         )
     return resolved
+
+
+def _from_pylock_alone(spec: Spec, target: Target, routing: Routing, pylock: dict) -> list[ResolvedPackage]:
+    """No groups and no index that could serve any package: everything is main, and a package comes
+    from the index its source pins it to, else from the default index."""
+    from packaging.requirements import Requirement
+
+    # uv applies sources to direct requirements only; anything else came from the default index
+    direct = {canonicalize_name(Requirement(item).name) for item in spec.dependencies} | set(routing.packages)
+    sources = {name: index for name, index in {**spec.sources_for(target), **routing.sources()}.items()
+               if name in direct}
+    default = spec.default_index().name
+    return [
+        ResolvedPackage(
+            name=canonicalize_name(entry["name"]),
+            version=entry["version"],
+            index="url" if entry.get("archive") else sources.get(canonicalize_name(entry["name"]), default),
+            groups=(MAIN_GROUP,),
+            artifacts=_artifacts(entry),
+        )
+        for entry in pylock.get("packages", [])
+    ]
