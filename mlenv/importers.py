@@ -42,6 +42,7 @@ from packaging.utils import canonicalize_name
 
 from mlenv.errors import SpecError
 from mlenv.fsutil import read_text
+from mlenv.spec import parse_requirement
 from mlenv.validate import CREDENTIAL_HINT, redact_text, redact_url
 
 PYPI_URLS = {"https://pypi.org/simple", "https://pypi.python.org/simple", "https://pypi.org/simple/"}
@@ -320,12 +321,15 @@ class RequirementsReader:
 
     def __init__(self, imported: Imported, root: Path, top_level: dict[Path, str]) -> None:
         self.imported, self.root, self.top_level = imported, root, top_level
+        self._rel: dict[Path, str] = {}  # asked once per line: resolving each time was most of init's time
 
     def rel(self, path: Path) -> str:
-        try:
-            return path.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return str(path)
+        if path not in self._rel:
+            try:
+                self._rel[path] = path.resolve().relative_to(self.root.resolve()).as_posix()
+            except ValueError:
+                self._rel[path] = str(path)
+        return self._rel[path]
 
     def read(self, path: Path, group: str) -> _Parsed:
         parsed = _Parsed()
@@ -430,7 +434,7 @@ class RequirementsReader:
                           "write it as `name @ url`, or publish the package to an index")
             return
         try:
-            requirement = Requirement(text)
+            requirement = parse_requirement(text)
         except InvalidRequirement as exc:
             message = str(exc).splitlines()[0]
             raise SpecError(f"invalid requirement {text!r}: {message}", path=self.rel(path), line=number,
@@ -480,7 +484,7 @@ def _merge_constraints(imported: Imported, constraints: list[Req], rel: str) -> 
     direct = {}
     for group in [MAIN, *imported.groups]:
         for position, text in enumerate(imported.requirements_of(group)):
-            direct.setdefault(canonicalize_name(Requirement(text).name), []).append((group, position))
+            direct.setdefault(canonicalize_name(parse_requirement(text).name), []).append((group, position))
     merged = 0
     for item in constraints:
         origin = item.origin
@@ -578,7 +582,7 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
             if not isinstance(item, str):
                 raise SpecError(f"{where}: expected strings, got {item!r}", path=rel)
             try:
-                result.append(Req(Requirement(item), f"{rel} {where}", item.strip()))
+                result.append(Req(parse_requirement(item), f"{rel} {where}", item.strip()))
             except InvalidRequirement as exc:
                 raise SpecError(f"{where}: invalid requirement {item!r}: {str(exc).splitlines()[0]}", path=rel) from None
         return result
@@ -1073,7 +1077,7 @@ def exclusive_variants(imported: Imported) -> list[list[str]]:
 def torch_pin(imported: Imported) -> str | None:
     """The torch release the main dependencies pin (``torch==2.5.1``), if any."""
     for text in imported.dependencies:
-        requirement = Requirement(text)
+        requirement = parse_requirement(text)
         if canonicalize_name(requirement.name) == "torch":
             for specifier in requirement.specifier:
                 if specifier.operator in ("==", "==="):

@@ -21,21 +21,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from mlenv import validate
 from mlenv.errors import SpecError, UsageError, did_you_mean
 from mlenv.hardware import catalog
 from mlenv.hardware.detect import MachineInfo, TorchBuild, cuda_for_driver, detect_machine, driver_meets, torch_build
 from mlenv.importers import (
     MAIN, PYTORCH_HOST, TORCH_FAMILY, Imported, ImportedIndex, Note, import_project, torch_pin,
 )
-from mlenv.spec import PLATFORM_ALIASES, PLATFORMS, SPEC_FILE, parse_spec
+from mlenv.spec import PLATFORM_ALIASES, PLATFORMS, SPEC_FILE, parse_spec, target_limits
 
 TARGET_OPTION_KEYS = ("cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min")
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_PYTHON = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class InitPlan:
     indexes: list[ImportedIndex]
     notes: list[Note] = field(default_factory=list)  # the importers' plus init's own
     text: str = ""
+    validated: str = ""  # the text plan_init already parsed back (write_plan need not do it twice)
 
     @property
     def path(self) -> Path:
@@ -119,8 +120,11 @@ def parse_target_option(text: str) -> ProposedTarget:
     numbers: dict[str, int] = {}
     for key in ("gpu-count", "gpu-memory-min", "cpu-min", "ram-min"):
         if key in values:
-            if not values[key].isdigit() or int(values[key]) < 1:
+            if not (values[key].isascii() and values[key].isdigit()) or int(values[key]) < 1:
                 raise UsageError(f"--target {text!r}: {key} must be a positive integer, got {values[key]!r}")
+            problem = target_limits()[key](int(values[key]))
+            if problem:
+                raise UsageError(f"--target {text!r}: {key}: {problem}")
             numbers[key] = int(values[key])
     if numbers.get("gpu-count") and cuda is None:
         raise UsageError(f"--target {text!r}: gpu-count needs cuda=...")
@@ -220,7 +224,8 @@ def propose_targets(machine: MachineInfo, imported: Imported, torch: TorchBuild 
 def _torch_packages(imported: Imported) -> list[str]:
     names = list(imported.cuda_packages)
     for text in [*imported.dependencies, *(req for group in imported.groups.values() for req in group)]:
-        name = canonicalize_name(Requirement(text).name)
+        # validated requirements start with their name: no second parse of every line
+        name = canonicalize_name(_REQUIREMENT_NAME.match(text).group(0))
         if name in TORCH_FAMILY and name not in names:
             names.append(name)
     return names
@@ -282,8 +287,8 @@ def plan_init(root: Path, *, name: str | None = None, python: str | None = None,
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder", hint="pass an existing folder with --path")
     machine = machine or detect_machine()
-    if python is not None and not _PYTHON.match(python):
-        raise UsageError(f"--python {python!r}: expected a version such as 3.11 or 3.11.9")
+    if python is not None and validate.python_version(python):
+        raise UsageError(f"--python: {validate.python_version(python)}")
     if name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '-' and '_'")
     explicit_targets = [parse_target_option(text) for text in targets or []]
@@ -330,6 +335,7 @@ def plan_init(root: Path, *, name: str | None = None, python: str | None = None,
     plan.text = render(plan)
     try:
         parse_spec(plan.text, plan.path)
+        plan.validated = plan.text
     except SpecError as exc:
         # the inputs were read fine, so this is a proposal mlenv cannot express: say what, keep nothing
         raise SpecError(f"the proposed {SPEC_FILE} does not validate: {exc.message}",
@@ -343,7 +349,7 @@ def _python_version_file(root: Path) -> str | None:
         words = (root / ".python-version").read_text(encoding="utf-8").split()
     except (OSError, UnicodeDecodeError):
         return None
-    return words[0] if words and _PYTHON.match(words[0]) else None
+    return words[0] if words and not validate.python_version(words[0]) else None
 
 
 def _find_torch(root: Path) -> TorchBuild | None:
@@ -456,7 +462,8 @@ def write_plan(plan: InitPlan, *, force: bool = False) -> Path:
     from mlenv.fsutil import atomic_write
 
     check_writable(plan.root, force)
-    parse_spec(plan.text, plan.path)
+    if plan.validated != plan.text:
+        parse_spec(plan.text, plan.path)
     atomic_write(plan.path, plan.text)
     return plan.path
 

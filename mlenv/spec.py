@@ -8,6 +8,7 @@ validated here too, so a typo there fails at load time, not halfway through a bu
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -274,8 +275,32 @@ TOP_LEVEL = ("project", "dependency-groups", "index", "sources", "targets", "imp
 PROJECT_KEYS = ("name", "python", "dependencies", "exclusive-groups")
 INDEX_KEYS = ("name", "url", "explicit", "default")
 TARGET_KEYS = ("platform", "cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min", "sources")
-_PYTHON = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
 _CUDA_INDEX = re.compile(r"/cu(\d{2,3})(?:/|$)")
+
+
+@functools.lru_cache(maxsize=None)
+def parse_requirement(text: str) -> Requirement:
+    """A PEP 508 requirement, parsed once per distinct text in this process: `mlenv init` reads each
+    line, proposes, then validates the proposal with this parser, and a 100k-line file must stay fast.
+    The object is shared: never mutate it (copy with ``Requirement(str(requirement))``)."""
+    return Requirement(text)
+
+
+@functools.cache
+def target_limits() -> dict[str, Check]:
+    """Upper bounds of a target's numbers: no machine has more GPUs than the largest one in mlenv's
+    instance catalog, no GPU more memory than the largest in the hardware catalog.  CPU and RAM caps
+    sit above any single server sold, to catch typos (an extra digit), not to judge hardware."""
+    from mlenv.boxes import catalog as instances
+
+    largest = max(instances.instance_types(), key=lambda row: row.gpu_count)
+    memory = max(catalog.gpu_model(name).memory_gb for name in catalog.gpu_names())
+    return {
+        "gpu-count": validate.int_between(1, largest.gpu_count, f"the largest machine mlenv knows, {largest.describe()}"),
+        "gpu-memory-min": validate.int_between(1, memory, "GB; no GPU in mlenv's catalog has more"),
+        "cpu-min": validate.int_between(1, 4096, "CPUs"),
+        "ram-min": validate.int_between(1, 65536, "GB"),
+    }
 
 
 class _Validator:
@@ -302,7 +327,7 @@ class _Validator:
         self.check(value, _string_list, where)
         for position, item in enumerate(value):
             try:
-                url = Requirement(item).url
+                url = parse_requirement(item).url
             except InvalidRequirement as exc:
                 raise self.fail(where, validate.redact_text(f"invalid requirement {item!r}: {exc}")) from None
             if url and validate.url_secret(url):
@@ -335,10 +360,10 @@ def parse_spec(text: str, path: Path) -> Spec:
     python = project.get("python")
     if python is None:
         raise v.fail(("project",), "project.python is required", 'e.g. python = "3.11"')
-    if not isinstance(python, str) or not _PYTHON.match(python):
+    if validate.python_version(python):
         raise v.fail(
             ("project", "python"),
-            f"project.python must be one version such as \"3.11\" or \"3.11.9\", got {python!r}",
+            f"project.python: {validate.python_version(python)}",
             "an environment has exactly one Python; pick the version the team runs",
         )
     dependencies = v.requirements(project.get("dependencies", []), ("project", "dependencies"))
@@ -436,6 +461,7 @@ def parse_spec(text: str, path: Path) -> Spec:
         for key in ("gpu-count", "gpu-memory-min", "cpu-min", "ram-min"):
             if key in table:
                 v.check(table[key], INT, where + (key,))
+                v.check(table[key], target_limits()[key], where + (key,))
         cuda, gpu = table.get("cuda"), table.get("gpu")
         if cuda is not None:
             if isinstance(cuda, float):

@@ -49,6 +49,10 @@ _SSH_SCHEMES = {"ssh", "git+ssh", "sftp"}
 URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
+# CPython minors mlenv locks for (uv installs and resolves these); a typo such as "3.99" is refused
+SUPPORTED_PYTHONS = tuple(f"3.{minor}" for minor in range(8, 15))
+
+
 class OutsideProject(MlenvError):
     """A path built from input (a name in the spec or lock) would leave the project folder."""
 
@@ -160,6 +164,31 @@ def hostname(value: Any) -> str | None:
     if len(value) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return f"invalid host name {value!r}: letters, digits, '-' and '.', or an IP address"
     return None
+
+
+def python_version(value: Any) -> str | None:
+    """One CPython version ("3.11" or "3.11.9") of a minor mlenv supports."""
+    problem = _text(value, "a Python version")
+    if problem:
+        return problem
+    if not re.fullmatch(r"3\.\d{1,2}(\.\d{1,2})?", value):
+        return f'expected one version such as "3.11" or "3.11.9", got {value!r}'
+    if ".".join(value.split(".")[:2]) not in SUPPORTED_PYTHONS:
+        return f"there is no Python {value} that mlenv can lock; supported: {', '.join(SUPPORTED_PYTHONS)}"
+    return None
+
+
+def int_between(low: int, high: int, why: str = "") -> Check:
+    """An integer in ``[low, high]``; ``why`` says where the upper bound comes from."""
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected an integer, got {type(value).__name__}"
+        if not low <= value <= high:
+            return f"expected {low} to {high}{f' ({why})' if why else ''}, got {value}"
+        return None
+
+    return check
 
 
 def each(check: Check, what: str = "a list") -> Check:

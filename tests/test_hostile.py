@@ -452,3 +452,51 @@ def test_generated_dockerfile_quotes_values_and_passes_hadolint(locked):
     assert "install -y --no-install-recommends curl=7.88.1-10+deb12u8 libc6:amd64 libgl1" in text
     lint = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+# --- item 11: out-of-range values ---------------------------------------------------------------------
+
+def spec_with(folder: Path, *, python: str = "3.11", target: str = "") -> Path:
+    (folder / "mlenv.toml").write_text(f'[project]\nname = "demo"\npython = "{python}"\n\n'
+                                       f'[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n{target}')
+    return folder
+
+
+def test_a_python_that_does_not_exist_is_refused_with_the_supported_ones(tmp_path):
+    result = run_mlenv("lock", cwd=spec_with(tmp_path, python="3.99"))
+    assert_one_clear_message(result, 3, "mlenv.toml:3", "3.99", "supported: 3.8, 3.9, 3.10, 3.11, 3.12, 3.13, 3.14")
+    (tmp_path / "new").mkdir()
+    result = run_mlenv("init", "--yes", "--python", "3.99", "--target", "cpu=linux/x86_64", cwd=tmp_path / "new")
+    assert_one_clear_message(result, 2, "3.99", "supported:")
+    assert not (tmp_path / "new" / "mlenv.toml").exists()
+
+
+def _max_gpus() -> int:
+    from mlenv.boxes.catalog import instance_types
+
+    return max(row.gpu_count for row in instance_types())
+
+
+MAX_GPUS = _max_gpus()
+
+
+@pytest.mark.parametrize("line,words", [
+    ("gpu-count = 12345678901234567890", ("gpu-count", "largest machine mlenv knows")),
+    (f"gpu-count = {MAX_GPUS + 1}", ("gpu-count", f"expected 1 to {MAX_GPUS}")),
+    ("gpu-count = 0", ("gpu-count",)),
+    ("gpu-memory-min = 100000", ("gpu-memory-min", "no GPU")),
+    ("cpu-min = 99999999", ("cpu-min",)),
+    ("ram-min = -1", ("ram-min",)),
+])
+def test_out_of_range_target_numbers(tmp_path, line, words):
+    result = run_mlenv("lock", cwd=spec_with(tmp_path, target=line + "\n"))
+    assert_one_clear_message(result, 3, "mlenv.toml:8", *words)
+
+
+def test_out_of_range_target_numbers_on_the_init_command_line(tmp_path):
+    result = run_mlenv("init", "--yes", "--target", "gpu=linux/x86_64:cuda=12.4,gpu-count=12345678901234567890",
+                       cwd=tmp_path)
+    assert_one_clear_message(result, 2, "gpu-count", f"expected 1 to {MAX_GPUS}")
+    result = run_mlenv("init", "--yes", "--target", "gpu=linux/x86_64:cuda=12.4,gpu-count=²", cwd=tmp_path)
+    assert_one_clear_message(result, 2, "positive integer")
+    assert not (tmp_path / "mlenv.toml").exists()
