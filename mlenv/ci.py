@@ -190,7 +190,7 @@ def read_settings(spec, lock) -> CISettings:
     """Validate ``[ci]`` (plus the names it pulls from the spec and lock) for a workflow."""
     from mlenv.image.plan import containerizable
 
-    ci: dict[str, Any] = dict(spec.ci)
+    ci: dict[str, Any] = spec.ci.written()
     linux = [name for name in spec.targets if name in lock.targets and containerizable(lock.targets[name])]
     targets = tuple(ci.get("targets") or linux)
     if not targets:
@@ -289,7 +289,7 @@ def read_settings(spec, lock) -> CISettings:
         raise _spec_error(spec, "mlenv-requirement", f"{requirement!r} is not a requirement on mlenv",
                           'e.g. "mlenv==0.1.0" or "mlenv @ https://example.com/mlenv-0.1.0-py3-none-any.whl"') from None
 
-    image_name = str(spec.image.get("name") or spec.name).lower()
+    image_name = str(spec.image.name or spec.name).lower()
     if not _IMAGE_NAME.match(image_name):
         raise SpecError(f"[image] name {image_name!r} is not a valid image repository name", path=str(spec.path),
                         hint="lower-case letters, digits, and . _ - / between them")

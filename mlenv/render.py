@@ -95,7 +95,7 @@ def render_dockerfile(plan: ImagePlan) -> str:
 
 
 def render_dockerignore(spec: Spec) -> str:
-    output = str(spec.sweep.get("output", "")).strip("/")
+    output = (spec.sweep.output or "").strip("/")
     # a remote (s3://) or outside folder is not in the build context; anything else is one literal
     # pattern (the template's ignore_line refuses a second line, a `!` re-include or a comment)
     extra = output if output and "://" not in output and not output.startswith(("/", "..")) and output != "sweeps" else ""

@@ -12,9 +12,9 @@ import functools
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -107,10 +107,10 @@ class Spec:
     indexes: tuple[Index, ...]
     sources: dict[str, str]
     targets: dict[str, Target]
-    image: dict[str, Any] = field(default_factory=dict)
-    devbox: dict[str, Any] = field(default_factory=dict)
-    ci: dict[str, Any] = field(default_factory=dict)
-    sweep: dict[str, Any] = field(default_factory=dict)
+    image: ImageSettings = field(default_factory=lambda: ImageSettings())
+    devbox: DevboxSettings = field(default_factory=lambda: DevboxSettings())
+    ci: CiSettings = field(default_factory=lambda: CiSettings())
+    sweep: SweepSettings = field(default_factory=lambda: SweepSettings())  # (the classes are defined below)
     # sets of dependency groups that are alternatives (installed one at a time, locked apart)
     exclusive_groups: tuple[tuple[str, ...], ...] = ()
     sha256: str = ""  # digest of the exact bytes this spec was parsed from (set by load_spec)
@@ -209,67 +209,128 @@ STR, BOOL, INT = _is(str, "a string"), _is(bool, "true or false"), _positive_int
 TABLE = _is(dict, "a table")
 NUMBER = _is((int, float), "a number")
 
-# Keys each optional section accepts.  A feature that grows a setting adds one line here.
-SECTIONS: dict[str, dict[str, Check]] = {
-    "image": {
-        "name": STR,
-        "base": STR,
-        "devel": BOOL,
-        "docker": STR,
-        "registry": STR,
-        "system-packages": _string_list,
-        "ca-bundle": STR,
-        "user": STR,
-    },
-    "devbox": {
-        "provider": _one_of("docker", "ssh", "aws"),
-        "target": STR,
-        "idle": _duration,
-        "idle-connected": _duration,
-        "max-lifetime": _duration,
-        "host": STR,
-        "user": STR,
-        "port": INT,
-        "region": STR,
-        "instance-type": STR,
-        "ami": STR,
-        "ami-parameter": STR,
-        "disk-gb": INT,
-        "spot": BOOL,
-        "ssh-cidrs": _string_list,  # aws: where SSH may come from (default: the caller's address /32)
-        "instance-profile": STR,  # aws: IAM instance profile (ECR pulls through the instance role)
-    },
-    "ci": {  # validated for workflows (labels, paths, quoting) by mlenv.ci.read_settings
-        "runs-on": STR,
-        "gpu-runs-on": _string_list,
-        "targets": _string_list,
-        "push": BOOL,
-        "registry": _one_of("ghcr", "ecr"),
-        "aws-role": STR,
-        "aws-region": STR,
-        "cache": _one_of("registry", "gha"),
-        "test-command": STR,
-        "notebooks": _string_list,
-        "notebook-parameters": TABLE,
-        "notebook-target": STR,
-        "branches": _string_list,
-        "mlenv-requirement": STR,
-    },
-    "sweep": {
-        "notebook": STR,
-        "parameters": TABLE,
-        "mode": _one_of("grid", "zip", "random"),
-        "samples": INT,
-        "seed": _is(int, "an integer"),
-        "jobs": INT,
-        "timeout": NUMBER,
-        "retries": _is(int, "an integer"),
-        "output": STR,
-        "sort": STR,
-        "kernel": STR,
-        "cluster": STR,
-    },
+
+# --- the optional sections: one frozen dataclass each ---------------------------------------------
+
+
+def setting(check: Check, default: Any = None, *, parse: Callable[[Any], Any] | None = None,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """One key of a section.  The key users write is the field name with '-' for '_'
+    (``system_packages`` is ``system-packages``); ``check`` validates the raw TOML value, ``parse`` turns
+    it into the attribute's value (lists become tuples by default)."""
+    metadata = {"check": check, "parse": parse}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _seconds(value: Any) -> int:
+    seconds = parse_duration(value)
+    assert seconds is not None  # checked by _duration first
+    return seconds
+
+
+@dataclass(frozen=True)
+class Section:
+    """Settings of one optional table of mlenv.toml; unset keys keep their defaults."""
+
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # keys the user wrote
+    label: ClassVar[str] = "section"
+
+    @classmethod
+    def keys(cls) -> dict[str, Any]:
+        """TOML key -> dataclass field, for every key the section accepts."""
+        return {f.name.replace("_", "-"): f for f in fields(cls) if "check" in f.metadata}
+
+    def written(self) -> dict[str, Any]:
+        """The keys the user wrote, by their TOML names, with their parsed values (for layering)."""
+        return {key: getattr(self, f.name) for key, f in self.keys().items() if key in self.given}
+
+
+@dataclass(frozen=True)
+class ImageSettings(Section):
+    label = "image"
+    name: str | None = setting(validate.image_reference)
+    base: str | None = setting(validate.image_reference)
+    devel: bool = setting(BOOL, False)
+    docker: str | None = setting(validate.line)
+    registry: str | None = setting(validate.image_reference)
+    system_packages: tuple[str, ...] = setting(validate.debian_packages, ())
+    ca_bundle: str | None = setting(validate.line)
+    user: str | None = setting(validate.posix_user)
+
+
+@dataclass(frozen=True)
+class DevboxSettings(Section):
+    label = "devbox"
+    provider: str | None = setting(_one_of("docker", "ssh", "aws"))
+    target: str | None = setting(validate.name)
+    idle: int | None = setting(_duration, parse=_seconds)  # seconds
+    idle_connected: int | None = setting(_duration, parse=_seconds)
+    max_lifetime: int | None = setting(_duration, parse=_seconds)
+    host: str | None = setting(validate.hostname)
+    user: str | None = setting(validate.login)
+    port: int | None = setting(INT)
+    region: str | None = setting(validate.line)
+    instance_type: str | None = setting(validate.line)
+    ami: str | None = setting(validate.line)
+    ami_parameter: str | None = setting(validate.line)
+    disk_gb: int | None = setting(INT)
+    spot: bool = setting(BOOL, False)
+    ssh_cidrs: tuple[str, ...] = setting(_string_list, ())  # aws: where SSH may come from (default: the caller /32)
+    instance_profile: str | None = setting(validate.line)  # aws: IAM instance profile (ECR pulls via the instance role)
+
+
+@dataclass(frozen=True)
+class CiSettings(Section):
+    """Read for workflows (labels, paths, quoting checked further) by ``mlenv.ci.read_settings``."""
+
+    label = "ci"
+    runs_on: str | None = setting(validate.line)
+    gpu_runs_on: tuple[str, ...] = setting(_string_list, ())
+    targets: tuple[str, ...] = setting(validate.each(validate.name, "a list of target names"), ())
+    push: bool = setting(BOOL, True)
+    registry: str = setting(_one_of("ghcr", "ecr"), "ghcr")
+    aws_role: str | None = setting(validate.line)
+    aws_region: str | None = setting(validate.line)
+    cache: str = setting(_one_of("registry", "gha"), "registry")
+    test_command: str | None = setting(validate.line)
+    notebooks: tuple[str, ...] = setting(validate.each(validate.relative_path, "a list of notebook paths"), ())
+    notebook_parameters: dict[str, Any] = setting(TABLE, factory=dict)
+    notebook_target: str | None = setting(validate.name)
+    branches: tuple[str, ...] = setting(_string_list, ())
+    mlenv_requirement: str | None = setting(validate.line)
+
+
+@dataclass(frozen=True)
+class SweepSettings(Section):
+    label = "sweep"
+    notebook: str | None = setting(validate.line)  # a path; may be absolute (it never reaches a generated file)
+    parameters: dict[str, Any] = setting(TABLE, factory=dict)
+    mode: str | None = setting(_one_of("grid", "zip", "random"))
+    samples: int | None = setting(INT)
+    seed: int | None = setting(_is(int, "an integer"))
+    jobs: int | None = setting(INT)
+    timeout: float | None = setting(NUMBER)
+    retries: int | None = setting(_is(int, "an integer"))
+    output: str | None = setting(validate.relative_path_or_url)
+    sort: str | None = setting(validate.line)
+    kernel: str | None = setting(validate.line)
+    cluster: str | None = setting(validate.url)
+
+
+# The optional tables of mlenv.toml.  A feature that grows a setting adds one line to its class.
+SECTIONS: dict[str, type[Section]] = {
+    "image": ImageSettings,
+    "devbox": DevboxSettings,
+    "ci": CiSettings,
+    "sweep": SweepSettings,
 }
+S = TypeVar("S", bound=Section)
 
 TOP_LEVEL = ("project", "dependency-groups", "index", "sources", "targets", "imported", *SECTIONS)
 PROJECT_KEYS = ("name", "python", "dependencies", "exclusive-groups")
@@ -322,6 +383,17 @@ class _Validator:
         problem = check(value)
         if problem:
             raise self.fail(where, f"{'.'.join(map(str, where))}: {problem}")
+
+    def section(self, cls: type[S], table: Any, where: tuple) -> S:
+        self.check(table, TABLE, where)
+        accepted = cls.keys()
+        self.keys(table, tuple(accepted), where, f"[{'.'.join(map(str, where))}]" if where else f"the {cls.label} settings")
+        values = {}
+        for key, value in table.items():
+            spec_field = accepted[key]
+            self.check(value, spec_field.metadata["check"], where + (key,))
+            values[spec_field.name] = (spec_field.metadata["parse"] or _frozen)(value)
+        return cls(given=frozenset(table), **values)
 
     def requirements(self, value: Any, where: tuple) -> tuple[str, ...]:
         self.check(value, _string_list, where)
@@ -530,15 +602,8 @@ def parse_spec(text: str, path: Path) -> Spec:
         if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise v.fail(("imported", "files", relative), f"imported file {relative!r}: expected \"sha256:<64 hex>\"")
 
-    sections: dict[str, dict] = {}
-    for section, checks in SECTIONS.items():
-        table = data.get(section, {})
-        v.check(table, TABLE, (section,))
-        v.keys(table, checks, (section,), f"[{section}]")
-        for key, value in table.items():
-            v.check(value, checks[key], (section, key))
-        sections[section] = table
-    devbox_target = sections["devbox"].get("target")
+    sections = {name: v.section(cls, data.get(name, {}), (name,)) for name, cls in SECTIONS.items()}
+    devbox_target = sections["devbox"].target
     if devbox_target and devbox_target not in targets:
         raise v.fail(("devbox", "target"), f"unknown target {devbox_target!r}", did_you_mean(devbox_target, targets))
 
@@ -562,6 +627,12 @@ def _not_a_spec_file(path: Path) -> SpecError:
         return SpecError(f"{path} is a broken symlink (to {os.readlink(path)})",
                          hint="fix or remove the link; mlenv does not fall back to a parent folder's spec")
     return SpecError(f"{path} is not a file", hint=f"move the folder {path.name} aside, then run `mlenv init`")
+
+
+def parse_section(cls: type[S], table: dict, *, text: str, path: Path, where: tuple = ()) -> S:
+    """Validate one section's keys found elsewhere (``mlenv sweep -f sweep.toml``) exactly like the
+    spec's own table, with ``file:line:col`` errors; ``where`` is the table's key path in ``text``."""
+    return _Validator(text, path).section(cls, table, where)
 
 
 def find_spec(start: Path | None = None) -> Path:

@@ -191,6 +191,36 @@ def int_between(low: int, high: int, why: str = "") -> Check:
     return check
 
 
+def line(value: Any) -> str | None:
+    """Free text that stays on one line (a label, a command, a region): no control characters."""
+    return _text(value, "a string")
+
+
+def login(value: Any) -> str | None:
+    """An account to log in as over ssh: a POSIX user name (root allowed, unlike ``posix_user``)."""
+    problem = _text(value, "a user name")
+    if problem:
+        return problem
+    if not POSIX_USER.fullmatch(value):
+        return f"invalid user name {value!r}: lowercase letters, digits, '_' and '-', starting with a letter or '_'"
+    return None
+
+
+def url(value: Any) -> str | None:
+    """``scheme://...`` on one line (an s3:// prefix, a tcp:// scheduler address)."""
+    problem = _text(value, "a URL")
+    if problem:
+        return problem
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", value):
+        return f"invalid URL {value!r}: expected scheme://..., e.g. s3://bucket/prefix"
+    return None
+
+
+def relative_path_or_url(value: Any) -> str | None:
+    """Where results go: a folder inside the project, or a URL (``s3://bucket/prefix``)."""
+    return url(value) if isinstance(value, str) and "://" in value else relative_path(value)
+
+
 def each(check: Check, what: str = "a list") -> Check:
     """A check applied to every item of a list."""
 

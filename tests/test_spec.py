@@ -83,7 +83,7 @@ def test_a_full_spec_loads_with_per_target_index_pins():
     assert spec.sources_for(gpu) == {"torch": "pytorch-cu124"}
     assert spec.sources_for(spec.targets["cpu"]) == {"torch": "pytorch-cpu"}
     assert spec.targets["mac"].python_platform == "aarch64-apple-darwin"
-    assert spec.sweep == {"jobs": 2}
+    assert spec.sweep.jobs == 2 and spec.sweep.written() == {"jobs": 2} and spec.image.user is None
 
 
 def test_malformed_toml_points_at_line_and_column():
@@ -121,6 +121,45 @@ def test_bad_specs_name_the_line_and_the_fix(text, at, message, hint):
     assert message in error.message
     if hint:
         assert hint in (error.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("section_line", "message"),
+    [
+        ('[image]\nuser = "app; touch x"', "invalid user name 'app; touch x'"),
+        ('[image]\nuser = "root"', "must not be root"),
+        ('[image]\nsystem-packages = ["git", "curl\\nRUN touch /x"]', "control characters"),
+        ('[image]\nsystem-packages = ["git curl"]', "invalid Debian package name 'git curl'"),
+        ('[image]\nbase = "python:3.11\\nRUN touch /x"', "control characters"),
+        ('[image]\nbase = "Python:3.11"', "invalid image reference 'Python:3.11'"),
+        ('[sweep]\noutput = "out\\n!.env\\n!*.pem"', "control characters"),
+        ('[sweep]\noutput = "/etc"', "must be relative to the project folder"),
+        ('[sweep]\noutput = "../elsewhere"', "must stay inside the project folder"),
+        ('[sweep]\ncluster = "tcp://host:8786 --x"', "invalid URL"),
+        ('[devbox]\nmax-lifetime = "2 hours"', "duration"),
+        ('[devbox]\nhost = "-oProxyCommand=x"', "invalid host name"),
+        ('[devbox]\nport = 0', "positive integer"),
+        ('[ci]\ntargets = ["cpu/../x"]', "invalid name"),
+    ],
+)
+def test_section_values_are_validated_by_what_they_are(section_line, message):
+    header, key_line = section_line.split("\n", 1)
+    text = GOOD.replace(f"{header}\n", f"{header}\n{key_line}\n", 1)
+    error = error_of(text)
+    assert message in error.message
+    assert error.line == line_of(text, key_line.split(" =")[0] + " ="), str(error)
+
+
+def test_sections_are_typed_settings():
+    text = GOOD.replace("[image]\n", '[image]\nuser = "dev"\nsystem-packages = ["git", "libgl1"]\n')
+    text = text.replace('idle = "30m"', 'idle = "30m"\nmax-lifetime = "2h"\nspot = true')
+    text = text.replace("[sweep]\n", '[sweep]\noutput = "s3://bucket/runs"\nparameters = { lr = [0.1, 0.01] }\n')
+    spec = parse(text)
+    assert spec.image.user == "dev" and spec.image.system_packages == ("git", "libgl1") and spec.image.base is None
+    assert (spec.devbox.idle, spec.devbox.max_lifetime, spec.devbox.spot, spec.devbox.port) == (1800, 7200, True, None)
+    assert spec.sweep.output == "s3://bucket/runs" and spec.sweep.parameters == {"lr": [0.1, 0.01]}
+    assert spec.sweep.written() == {"jobs": 2, "output": "s3://bucket/runs", "parameters": {"lr": [0.1, 0.01]}}
+    assert spec.ci.targets == () and spec.ci.push is True and spec.ci.registry == "ghcr"
 
 
 def test_cuda_version_must_support_the_gpu():

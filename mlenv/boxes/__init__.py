@@ -65,7 +65,7 @@ def provider(name: str, spec: Spec | None = None) -> Provider:
 
 def default_provider_name(spec: Spec | None) -> str:
     """``[devbox] provider``, else docker (no cloud account needed)."""
-    return (spec.devbox.get("provider") if spec is not None else None) or DEFAULT_PROVIDER
+    return (spec.devbox.provider if spec is not None else None) or DEFAULT_PROVIDER
 
 
 # --- keep-alives: files on the box whose content is an expiry epoch --------------------------------

@@ -38,6 +38,7 @@ from mlenv.boxes.model import (
     validate_box_name,
 )
 from mlenv.errors import MlenvError, ToolMissingError, UsageError
+from mlenv.spec import DevboxSettings
 
 TAG_BOX, TAG_OWNER, TAG_PROJECT, TAG_LOCK = "mlenv:box", "mlenv:owner", "mlenv:project", "mlenv:lock"
 TAG_TARGET, TAG_USER, TAG_CREATED, TAG_HOST_KEY = "mlenv:target", "mlenv:user", "mlenv:created", "mlenv:host-key"
@@ -114,7 +115,7 @@ class AWSProvider:
 
     def __init__(self, spec=None, *, session=None) -> None:
         self.spec = spec
-        self.devbox: dict[str, Any] = dict(spec.devbox) if spec is not None else {}
+        self.devbox = spec.devbox if spec is not None else DevboxSettings()
         self._session = session
         self._clients: dict[str, Any] = {}
         self._region: str | None = None
@@ -128,7 +129,7 @@ class AWSProvider:
 
             # botocore reads AWS_DEFAULT_REGION and the profile; AWS_REGION is what the other SDKs
             # and the CLI v2 read, and users set it: honour both
-            region = self.devbox.get("region") or os.environ.get("AWS_REGION") or None
+            region = self.devbox.region or os.environ.get("AWS_REGION") or None
             self._session = boto3.session.Session(region_name=region)
         return self._session
 
@@ -279,7 +280,7 @@ class AWSProvider:
 
     def _target(self, req: UpRequest):
         spec = self._require_spec()
-        name = req.target or self.devbox.get("target")
+        name = req.target or self.devbox.target
         if name is None:
             linux = [t for t in spec.targets.values() if t.platform in catalog.EC2_ARCH]
             if not linux:
@@ -290,7 +291,7 @@ class AWSProvider:
     def caller_cidrs(self) -> list[str]:
         """Where SSH may come from: ``[devbox] ssh-cidrs``, else ``MLENV_CALLER_IP``, else this
         machine's public address as AWS sees it (checkip.amazonaws.com), as a single-address block."""
-        configured = self.devbox.get("ssh-cidrs")
+        configured = self.devbox.ssh_cidrs
         if configured:
             return [_cidr(value, "[devbox] ssh-cidrs") for value in configured]
         address = os.environ.get("MLENV_CALLER_IP")
@@ -310,12 +311,12 @@ class AWSProvider:
 
     def _ami(self, target, arch: str) -> tuple[str, str]:
         """(AMI id, where it came from): [devbox] ami, else the SSM parameter for the target."""
-        explicit = self.devbox.get("ami")
+        explicit = self.devbox.ami
         if explicit:
             if not _AMI_ID.fullmatch(explicit):
                 raise UsageError(f"[devbox] ami {explicit!r} is not an AMI id", hint="e.g. ami-0abcdef1234567890")
             return explicit, "[devbox] ami"
-        parameter = self.devbox.get("ami-parameter") or AMI_PARAMETERS[("cuda" if target.cuda else "cpu", arch)]
+        parameter = self.devbox.ami_parameter or AMI_PARAMETERS[("cuda" if target.cuda else "cpu", arch)]
         if not _SSM_NAME.fullmatch(parameter):
             raise UsageError(f"[devbox] ami-parameter {parameter!r} is not an SSM parameter name",
                              hint="e.g. /aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
@@ -340,7 +341,7 @@ class AWSProvider:
     def plan_up(self, req: UpRequest, *, with_user_data: bool = True, progress: Progress = lambda _line: None) -> Plan:
         spec = self._require_spec()
         target = self._target(req)
-        instance_type = req.instance_type or self.devbox.get("instance-type")
+        instance_type = req.instance_type or self.devbox.instance_type
         if instance_type:
             row = catalog.check_type_name(instance_type)
         else:
@@ -355,9 +356,9 @@ class AWSProvider:
         root_device = image.get("RootDeviceName") or "/dev/sda1"
         snapshot_gb = max((m.get("Ebs", {}).get("VolumeSize", 0) for m in image.get("BlockDeviceMappings", [])
                            if m.get("DeviceName") == root_device), default=0)
-        disk_gb = max(req.disk_gb or self.devbox.get("disk-gb") or DEFAULT_DISK_GB["cuda" if target.cuda else "cpu"],
+        disk_gb = max(req.disk_gb or self.devbox.disk_gb or DEFAULT_DISK_GB["cuda" if target.cuda else "cpu"],
                       snapshot_gb)
-        user = self.devbox.get("user") or _login_user(image)
+        user = self.devbox.user or _login_user(image)
         from mlenv import validate
 
         if not validate.POSIX_USER.fullmatch(user):
@@ -373,9 +374,9 @@ class AWSProvider:
             TAG_TARGET: target.name,
         }
         image_ref = None
-        registry = spec.image.get("registry")
+        registry = spec.image.registry
         notes = []
-        profile = self.devbox.get("instance-profile")
+        profile = self.devbox.instance_profile
         if registry:
             # the pinned reference exists once `up` has built/pushed it; the plan names where
             image_ref = f"{registry.rstrip('/')}/... (dev image of target {target.name}, built and pushed if missing)"
@@ -389,7 +390,7 @@ class AWSProvider:
             notes.append("warning: [devbox] ssh-cidrs opens SSH to the whole internet")
         plan = Plan(
             box=req.name, target=target.name, instance_type=instance_type, price=row.price if row else None,
-            spot=bool(req.spot or self.devbox.get("spot")), ami=ami, ami_source=ami_source,
+            spot=bool(req.spot or self.devbox.spot), ami=ami, ami_source=ami_source,
             root_device=root_device, disk_gb=int(disk_gb), user=user, cidrs=cidrs, tags=tags,
             alarm_window_s=max(req.idle_s, req.idle_connected_s), image_ref=image_ref, instance_profile=profile,
             notes=notes,
@@ -408,7 +409,7 @@ class AWSProvider:
 
         if lock is None:
             raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
-        progress(f"making sure {spec.image['registry']} has the dev image of target {target_name}")
+        progress(f"making sure {spec.image.registry} has the dev image of target {target_name}")
         outcome = build_target(spec, lock, target_name, stage="dev", push_image=True)
         digest = outcome.pushed_digest or registry_digest(outcome.tag)
         if not digest:
@@ -449,7 +450,7 @@ class AWSProvider:
             box = self._box(existing)
             action = "start it" if box.state == "stopped" else "nothing to create"
             return [f"box {req.name} exists ({existing['InstanceId']}, {box.state}): `up` would {action}"]
-        return self.plan_up(req, with_user_data=not self._require_spec().image.get("registry")).lines()
+        return self.plan_up(req, with_user_data=not self._require_spec().image.registry).lines()
 
     # --- creating -------------------------------------------------------------------------------
 

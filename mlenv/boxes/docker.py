@@ -275,7 +275,7 @@ class DockerProvider:
     def _target(self, req: UpRequest, spec, lock) -> str:
         from mlenv.image.plan import image_targets
 
-        requested = req.target or spec.devbox.get("target")
+        requested = req.target or spec.devbox.target
         names = image_targets(spec, lock, requested)
         if len(names) > 1:
             raise UsageError("the spec has several linux targets", hint=f"pick one with --target ({', '.join(names)})")
@@ -303,7 +303,7 @@ class DockerProvider:
     def _user(spec) -> str:
         from mlenv.image.plan import DEFAULT_USER
 
-        user = spec.image.get("user", DEFAULT_USER)
+        user = spec.image.user or DEFAULT_USER
         problem = validate.posix_user(user)
         if problem:
             raise UsageError(f"[image] user: {problem}")

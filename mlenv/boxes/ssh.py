@@ -22,11 +22,11 @@ import platform
 import re
 import shlex
 import time
-from typing import Any
 
 from mlenv import validate
 from mlenv.boxes.model import Box, Orphan, Progress, UpRequest, current_owner, validate_box_name
 from mlenv.errors import MlenvError, ToolMissingError, UsageError
+from mlenv.spec import DevboxSettings
 
 BOXES_DIR = ".mlenv/boxes"  # under the login user's home on the host
 TOOL_DIR = ".mlenv/bin"
@@ -135,7 +135,7 @@ class SSHProvider:
 
     def __init__(self, spec=None) -> None:
         self.spec = spec
-        self.devbox: dict[str, Any] = dict(spec.devbox) if spec is not None else {}
+        self.devbox = spec.devbox if spec is not None else DevboxSettings()
         self._home: str | None = None
         self._executor = None
 
@@ -143,20 +143,20 @@ class SSHProvider:
 
     @property
     def configured(self) -> bool:
-        return bool(self.devbox.get("host"))
+        return bool(self.devbox.host)
 
     def _endpoint(self) -> tuple[str, int, str]:
-        host = self.devbox.get("host")
+        host = self.devbox.host
         if not host:
             raise UsageError("the ssh provider needs a machine", hint='set [devbox] host = "gpu-server.lab" '
                              '(and user, port) in mlenv.toml')
         problem = validate.hostname(host)
         if problem:
             raise UsageError(f"[devbox] host: {problem}")
-        user = self.devbox.get("user") or _local_user()
+        user = self.devbox.user or _local_user()
         if not validate.POSIX_USER.fullmatch(user):
             raise UsageError(f"[devbox] user {user!r} is not a user name")
-        port = int(self.devbox.get("port") or 22)
+        port = int(self.devbox.port or 22)
         if not 0 < port < 65536:
             raise UsageError(f"[devbox] port {port} is not a TCP port")
         return host, port, user
@@ -235,7 +235,7 @@ class SSHProvider:
     def _target(self, req: UpRequest):
         if self.spec is None:
             raise UsageError("creating a box needs a project", hint="run `mlenv up` in a folder with mlenv.toml")
-        name = req.target or self.devbox.get("target")
+        name = req.target or self.devbox.target
         if name is None:
             linux = [t for t in self.spec.targets.values() if t.platform.startswith("linux/")]
             if not linux:

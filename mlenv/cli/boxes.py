@@ -124,8 +124,9 @@ def up_command(
     spec = application(ctx).spec
     settings = spec.devbox
 
-    def duration(value: Optional[str], key: str, default: int) -> int:
-        given = value if value is not None else settings.get(key)
+    def duration(value: Optional[str], configured: Optional[int], key: str, default: int) -> int:
+        """--KEY, else [devbox] KEY (already seconds), else the default."""
+        given = value if value is not None else configured
         return boxes.parse_duration(given, f"--{key}") if given is not None else default
 
     build_args = {}
@@ -140,15 +141,15 @@ def up_command(
     request = boxes.UpRequest(
         name=name,
         target=target,
-        idle_s=duration(idle, "idle", boxes.model.DEFAULT_IDLE_S),
-        idle_connected_s=duration(idle_connected, "idle-connected", boxes.model.DEFAULT_IDLE_CONNECTED_S),
-        max_lifetime_s=duration(max_lifetime, "max-lifetime", boxes.model.DEFAULT_MAX_LIFETIME_S),
-        instance_type=instance_type or settings.get("instance-type"),
-        spot=spot or bool(settings.get("spot", False)),
+        idle_s=duration(idle, settings.idle, "idle", boxes.model.DEFAULT_IDLE_S),
+        idle_connected_s=duration(idle_connected, settings.idle_connected, "idle-connected", boxes.model.DEFAULT_IDLE_CONNECTED_S),
+        max_lifetime_s=duration(max_lifetime, settings.max_lifetime, "max-lifetime", boxes.model.DEFAULT_MAX_LIFETIME_S),
+        instance_type=instance_type or settings.instance_type,
+        spot=spot or settings.spot,
         dry_run=dry_run,
         assume_yes=yes,
-        region=settings.get("region"),
-        disk_gb=settings.get("disk-gb"),
+        region=settings.region,
+        disk_gb=settings.disk_gb,
         build_options=build,
     )
     chosen = boxes.provider(provider or boxes.default_provider_name(spec), spec)

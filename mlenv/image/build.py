@@ -81,8 +81,8 @@ def build_target(
             hint="run `mlenv lock` (or build anyway with --allow-stale)",
         )
     connect()  # unreachable engine: one clear error before anything is written
-    builder = find_builder(spec.image.get("docker"))
-    settings_ca = ca_bundle_path or spec.image.get("ca-bundle")
+    builder = find_builder(spec.image.docker)
+    settings_ca = ca_bundle_path or spec.image.ca_bundle
     bundle = ca_bundle(settings_ca)
 
     plan = plan_image(spec, lock, target_name, base_image=base_image, resolve_digest=registry_digest)

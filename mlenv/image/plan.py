@@ -132,7 +132,7 @@ def plan_image(
             hint="generate images for a linux/* target",
         )
     settings = spec.image
-    ref = base_image or settings.get("base") or default_base_image(lock, target, devel=settings.get("devel", False))
+    ref = base_image or settings.base or default_base_image(lock, target, devel=settings.devel)
     recorded = target.image.get("digest") if target.image.get("ref") == ref else None
     digest = recorded
     if "@" in ref:
@@ -152,11 +152,11 @@ def plan_image(
         pylock=target.pylock_path,
         pylock_sha256=target.pylock_sha256,
         groups=tuple(groups),
-        user=settings.get("user", DEFAULT_USER),
-        system_packages=tuple(sorted(set(settings.get("system-packages", ())))),
-        image_name=settings.get("name", ""),
-        registry=settings.get("registry"),
-        ca_bundle=ca_bundle or settings.get("ca-bundle"),
+        user=settings.user or DEFAULT_USER,
+        system_packages=tuple(sorted(set(settings.system_packages))),
+        image_name=settings.name or "",
+        registry=settings.registry,
+        ca_bundle=ca_bundle or settings.ca_bundle,
     )
 
 

@@ -38,20 +38,11 @@ def notebook_stem(notebook: Path | str) -> str:
     return PurePosixPath(str(notebook).split("?")[0]).stem if is_url(notebook) else Path(notebook).stem
 
 
-def _check_table(table: dict, text: str, path: Path, prefix: tuple) -> None:
-    from mlenv.spec import SECTIONS
-    from mlenv.tomlpos import locate
-    from mlenv.errors import did_you_mean
+def _check_table(table: dict, text: str, path: Path, prefix: tuple) -> dict[str, Any]:
+    """The [sweep] keys of a file, validated by the spec's own [sweep] model (file:line:col errors)."""
+    from mlenv.spec import SweepSettings, parse_section
 
-    checks = SECTIONS["sweep"]
-    for key, value in table.items():
-        position = locate(text, prefix + (key,)) or (None, None)
-        if key not in checks:
-            raise SpecError(f"unknown key {key!r} in the sweep settings", path=str(path), line=position[0],
-                            col=position[1], hint=did_you_mean(key, checks) or f"allowed: {', '.join(checks)}")
-        problem = checks[key](value)
-        if problem:
-            raise SpecError(f"{key}: {problem}", path=str(path), line=position[0], col=position[1])
+    return parse_section(SweepSettings, table, text=text, path=path, where=prefix).written()
 
 
 def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
@@ -66,8 +57,7 @@ def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
     prefix: tuple = ()
     if set(data) == {"sweep"} and isinstance(data["sweep"], dict):
         data, prefix = data["sweep"], ("sweep",)
-    _check_table(data, text, path, prefix)
-    return data, path.resolve().parent
+    return _check_table(data, text, path, prefix), path.resolve().parent
 
 
 def _project_settings(notebook: Path | str | None, cwd: Path) -> tuple[dict[str, Any], Path] | None:
@@ -78,7 +68,7 @@ def _project_settings(notebook: Path | str | None, cwd: Path) -> tuple[dict[str,
     except SpecError:
         return None  # a sweep needs no project: a notebook is enough
     spec = load_spec(spec_path)
-    settings = dict(spec.sweep)
+    settings = spec.sweep.written()
     if not settings:
         return None
     configured = settings.get("notebook")
