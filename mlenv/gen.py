@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mlenv import validate
 from mlenv.errors import UsageError
 from mlenv.fsutil import atomic_write
 from mlenv.image.plan import ImagePlan, image_targets, plan_image, record_base_image
@@ -100,6 +101,8 @@ def generate(
             relative_root = Path(*([".."] * (len(config.relative_to(root).parts) - 1)))
             outputs.append((config, render_devcontainer(
                 plan, dockerfile=(relative_root / dockerfile).as_posix(), context=relative_root.as_posix())))
+    for path in [path for path, _ in outputs] + [root / ".dockerignore"]:
+        validate.inside(root, path)  # a symlinked .devcontainer/ must not lead a write out of the project
     if not check and not force:
         refuse_foreign([path for path, _ in outputs], root)
     ignore_text = render_dockerignore(spec) if what in ("dockerfile", "all") else ""  # rendered before any write

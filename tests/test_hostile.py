@@ -500,3 +500,12 @@ def test_out_of_range_target_numbers_on_the_init_command_line(tmp_path):
     result = run_mlenv("init", "--yes", "--target", "gpu=linux/x86_64:cuda=12.4,gpu-count=²", cwd=tmp_path)
     assert_one_clear_message(result, 2, "positive integer")
     assert not (tmp_path / "mlenv.toml").exists()
+
+
+def test_a_symlinked_folder_does_not_lead_generated_files_out_of_the_project(locked, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (locked / ".devcontainer").symlink_to(outside, target_is_directory=True)
+    result = run_mlenv("gen", "devcontainer", "--target", "cpu", "--no-resolve-digest", cwd=locked)
+    assert_one_clear_message(result, 3, "outside the project folder")
+    assert list(outside.iterdir()) == []
