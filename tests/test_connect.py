@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import require, run_mlenv
 
@@ -281,6 +283,40 @@ def test_hostile_values_never_reach_the_ssh_config(home, sshd, field, value):
     assert not (home / ".ssh" / "mlenv" / "config").exists()
 
 
+def _valid_or_spiked(valid: st.SearchStrategy) -> st.SearchStrategy:
+    """Valid values, valid values with anything appended (newlines, spaces, quotes), and any text."""
+    return st.one_of(valid, st.tuples(valid, st.text(max_size=12)).map("".join), st.text(max_size=30))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=_valid_or_spiked(st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True)),
+       host=_valid_or_spiked(st.one_of(st.ip_addresses().map(str),
+                                       st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z]{2,5})?",
+                                                     fullmatch=True))),
+       user=_valid_or_spiked(st.from_regex(r"[a-z_][a-z0-9_-]{0,12}", fullmatch=True)),
+       port=st.integers(min_value=-5, max_value=70000))
+def test_whatever_is_accepted_renders_as_exactly_one_host_block(home, name, host, user, port):
+    """Property: any value the registry accepts renders to the fixed set of lines, one keyword and
+    one value each; anything that could add a line, a word or an option is refused."""
+    from mlenv.connect import sshconfig
+    from mlenv.connect.registry import Record
+    from mlenv.errors import MlenvError
+
+    try:
+        record = Record(name=name, provider="ssh", host=host, port=port, user=user, identity="/k/id")
+    except MlenvError:
+        event("refused")
+        return
+    event("accepted")
+    lines = sshconfig.render_block(record).splitlines()
+    assert lines[0] == f"Host mlenv-{name}" and len(lines[0].split()) == 2
+    keywords = [line.split()[0] for line in lines[1:]]
+    assert keywords == ["HostName", "Port", "User", "IdentityFile", "IdentitiesOnly", "HostKeyAlias",
+                        "UserKnownHostsFile", "StrictHostKeyChecking", "CheckHostIP", "UpdateHostKeys",
+                        "ServerAliveInterval", "ServerAliveCountMax"]
+    assert all(len(line.split()) == 2 for line in lines)
+
+
 def test_forget_removes_the_entry_and_the_pin(home, sshd):
     from mlenv import connect
     from mlenv.connect import hostkeys
@@ -530,8 +566,11 @@ from tests.test_boxes import box, box_project, up  # noqa: F401 - the boxes modu
 @pytest.mark.docker
 def test_docker_box_plain_ssh_code_link_start_on_connect_rotate_and_down(box_project, box):  # noqa: F811
     project = box_project
-    up(project, box)  # README: `mlenv up NAME --provider docker --yes` (+ this machine's build options)
     user_config = project.home / ".ssh" / "config"
+    planned = project.mlenv("up", box, "--provider", "docker", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert f"+Include {project.home}/.ssh/mlenv/config" in planned.stdout and not user_config.exists()
+    up(project, box)  # README: `mlenv up NAME --provider docker --yes` (+ this machine's build options)
     assert user_config.read_text().startswith(f"Include {project.home}/.ssh/mlenv/config\n")
 
     plain = subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", f"mlenv-{box}", "true"],

@@ -154,7 +154,7 @@ def up_command(
     )
     chosen = boxes.provider(provider or boxes.default_provider_name(spec), spec)
     if dry_run:
-        for line in chosen.plan(request):
+        for line in chosen.plan(request) + connect.plan(name):
             console.out.print(line, markup=False, highlight=False)
         return
     request.authorized_keys = [connect.local_key().public_line]

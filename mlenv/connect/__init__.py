@@ -148,11 +148,11 @@ def register(box: Any, *, assume_yes: bool = False, confirm: Confirm | None = No
     return Registration(alias(record.name), record, keys, pinned_by, include, warnings)
 
 
-def plan(box: Any) -> list[str]:
-    """What ``register`` would write, for ``--dry-run``: the ssh config block and the Include diff."""
-    record = _record(box, start_on_connect=None)
-    lines = [f"ssh config {registry.paths.ssh_config()}:"]
-    lines += ["    " + line for line in sshconfig.render_block(record).splitlines()]
+def plan(name: str) -> list[str]:
+    """What registering box ``name`` will change on this machine, for ``up --dry-run``: its entry in
+    mlenv's ssh config and the diff of the one line added to ``~/.ssh/config`` (or the by-hand note)."""
+    lines = [f"ssh: `Host {alias(name)}` in {registry.paths.ssh_config()} (host key pinned in "
+             f"{registry.paths.known_hosts()}, StrictHostKeyChecking yes)"]
     include = sshconfig.ensure_include(dry_run=True)
     if include.status == "manual":
         lines.append(include.manual_message)
