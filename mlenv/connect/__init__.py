@@ -151,8 +151,9 @@ def register(box: Any, *, assume_yes: bool = False, confirm: Confirm | None = No
 def plan(name: str) -> list[str]:
     """What registering box ``name`` will change on this machine, for ``up --dry-run``: its entry in
     mlenv's ssh config and the diff of the one line added to ``~/.ssh/config`` (or the by-hand note)."""
-    lines = [f"ssh: `Host {alias(name)}` in {registry.paths.ssh_config()} (host key pinned in "
-             f"{registry.paths.known_hosts()}, StrictHostKeyChecking yes)"]
+    entry = (f"ssh: `Host {alias(name)}` in {registry.paths.ssh_config()} (host key pinned in "
+             f"{registry.paths.known_hosts()}, StrictHostKeyChecking yes)")
+    lines = [entry]
     include = sshconfig.ensure_include(dry_run=True)
     if include.status == "manual":
         lines.append(include.manual_message)
