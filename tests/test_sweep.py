@@ -155,10 +155,81 @@ def test_sort_and_report_are_self_contained():
         parse_sort("acc:up")
     page = summary.to_html()
     assert page.count("<svg") == 2  # one metric x two parameters
-    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "(log)" in page  # lr spans two decades
     assert "<sgd>" not in page and "&lt;sgd&gt;" in page  # user values are escaped, in tables and plots
     assert summary.to_csv().splitlines()[0] == "run_id,status,lr,opt,acc,duration_s,attempts,error,output"
+
+
+def _report_case():
+    from mlenv.sweep.results import RunRecord, Summary, parse_sort
+
+    records, index = [], 0
+    for lr in (0.1, 0.01, 0.001):
+        for depth in (1, 2):
+            for opt in ("adam", "sgd"):
+                index += 1
+                parameters = {"lr": lr, "depth": depth, "opt": opt, "seed": 7}
+                if index in (3, 8):
+                    records.append(RunRecord(f"r{index}", parameters, "failed", {}, 1.0, 1,
+                                             {"ename": "ValueError", "evalue": "boom", "cell": 2}))
+                else:
+                    records.append(RunRecord(f"r{index}", parameters, "completed",
+                                             {"acc": round(0.5 + index / 100, 3), "loss": round(0.5 - index / 100, 3)}))
+    return Summary("nb.ipynb", "python3", "grid", "out", ["lr", "depth", "opt", "seed"], records, parse_sort("acc:desc"),
+                   environment={"lock": "0123abcd", "target": "cpu"})
+
+
+def test_report_marks_the_best_run_and_failed_runs_everywhere_and_stays_offline():
+    summary = _report_case()
+    page = summary.to_html()
+    best = summary.best()
+    assert best.run_id == "r12"
+    scatter = page.count('aria-label="acc against') + page.count('aria-label="loss against')
+    assert scatter == 2 * 3  # seed has one value: no plot for it
+    assert 'aria-label="acc against seed"' not in page
+    # the best run: ringed in every plot (and on top of the parallel view), highlighted in the table
+    assert page.count('class="run best" data-run="r12"') == scatter + 1
+    assert '<tr class="best"><td><span class="best-badge"' in page and "★ best by acc:desc:" in page
+    # failed runs: a distinct mark at their parameter values in every plot, dashed in the parallel view
+    assert page.count('class="run failed-run" data-run="r3"') == scatter
+    assert page.count('stroke-dasharray="4 3" stroke-opacity="0.8" class="run" data-run="r8"') == 1
+    # hovering tells the run and its values
+    assert "<title>r12\nlr=0.001, depth=2, opt=sgd, seed=7\nacc=0.62</title>" in page
+    assert "<title>r3\nlr=0.1, depth=2, opt=adam, seed=7\nfailed: cell 2: ValueError: boom</title>" in page
+    # a parallel-coordinates view with three swept parameters, one line per run
+    assert page.count("<polyline") == 12 and "All swept parameters against acc" in page
+    assert "0123abcd" in page and "cpu" in page  # what the runs ran in
+    # one offline file: nothing is fetched
+    assert page.count("<script") == 1 and "<script>" in page
+    for fetch in ("src=", "@import", "url(", 'href="http', "fetch(", "XMLHttpRequest"):
+        assert fetch not in page
+    two = _report_case()
+    two.parameter_names = ["lr", "depth"]
+    assert "<polyline" not in two.to_html()  # fewer than three swept parameters: no parallel view
+
+
+def test_report_renders_and_sorts_in_a_real_browser(tmp_path):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    require(browser is not None, "chromium (apt-get install chromium) to render the report")
+    (tmp_path / "report.html").write_text(_report_case().to_html())
+
+    def rows(fragment: str) -> list[str]:
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                              f"file://{tmp_path / 'report.html'}{fragment}"], capture_output=True, text=True,
+                             timeout=120).stdout
+        body = dom.split('<table id="runs">')[1].split("</tbody>")[0]
+        return re.findall(r"<tr[^>]*><td>(?:<span[^>]*>★ </span>)?(r\d+)</td>", body)
+
+    assert rows("")[0] == "r12"  # as written: by --sort
+    by_acc = rows("#sort=acc")  # ascending: the other way round from --sort
+    assert by_acc[:2] == ["r1", "r2"] and by_acc[-2:] in (["r3", "r8"], ["r8", "r3"])  # no value: last
+    assert sorted(rows("#sort=-lr")[:4]) == ["r1", "r2", "r3", "r4"]  # lr 0.1 first
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+                    f"--screenshot={shot}", f"file://{tmp_path / 'report.html'}"], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a page with plots, not a blank one
 
 
 # --- real runs: papermill + ipykernel ------------------------------------------------------------

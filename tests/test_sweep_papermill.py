@@ -258,3 +258,53 @@ def test_cluster_without_distributed_names_the_install_command(tmp_path):
     assert result.returncode == 6, result.stderr
     assert "pip install 'distributed'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- item 11: sweeps run in the locked environment ------------------------------------------------
+
+WHERE_BODY = "import sys, mlenv\nmlenv.record('python', sys.executable)\nmlenv.record('x', x)"
+
+
+@pytest.mark.network
+def test_a_locked_project_sweeps_in_its_synced_venv_or_stops_on_drift(tmp_path):
+    # A real project locked against PyPI: its only dependency is what a kernel needs (ipykernel).
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mlenv.toml").write_text('[project]\nname = "demo"\npython = "3.11"\ndependencies = ["ipykernel"]\n\n'
+                                        '[targets.cpu]\nplatform = "linux/x86_64"\n')
+    locked = run_mlenv("lock", cwd=project)
+    require(locked.returncode == 0, f"locking ipykernel from PyPI: {locked.stderr[-300:]}")
+    notebook = make_notebook(project / "where.ipynb", "x = 1", WHERE_BODY)
+    user_kernels = subprocess.run([sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+                                  capture_output=True, text=True, check=True).stdout
+
+    # no .venv yet: the notebook's kernel (python3, this interpreter) is checked and does not match
+    drift = run_mlenv("sweep", str(notebook), "-o", str(tmp_path / "drift"), cwd=project)
+    assert drift.returncode == 1, drift.stderr
+    assert "does not match mlenv.lock target 'cpu'" in drift.stderr
+    assert "the lock pins" in drift.stderr and "--allow-drift" in drift.stderr and "more" in drift.stderr
+    assert not (tmp_path / "drift").exists()  # before any run
+    allowed = run_mlenv("sweep", str(notebook), "-o", str(tmp_path / "drift"), "--allow-drift", cwd=project)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "--allow-drift" in allowed.stderr
+    environment = results(tmp_path / "drift")["environment"]
+    assert environment["target"] == "cpu" and "findings: " in environment["drift"]
+    assert environment["interpreter"] == sys.executable
+
+    # synced: the sweep runs its kernels from the project's .venv, through a throwaway kernelspec
+    synced = run_mlenv("sync", cwd=project)
+    assert synced.returncode == 0, synced.stderr
+    result = run_mlenv("sweep", str(notebook), "-p", "x=1,2", "-o", str(tmp_path / "venv"), cwd=project)
+    assert result.returncode == 0, result.stderr
+    data = results(tmp_path / "venv")
+    assert {run["metrics"]["python"] for run in data["runs"]} == {str(project / ".venv" / "bin" / "python")}
+    import hashlib
+
+    lock_hash = hashlib.sha256((project / "mlenv.lock").read_bytes()).hexdigest()[:16]
+    assert data["environment"]["lock"] == lock_hash and data["environment"]["target"] == "cpu"
+    assert data["environment"]["kernel"] == "mlenv-venv-python3" and "drift" not in data["environment"]
+    report = (tmp_path / "venv" / "report.html").read_text()
+    assert lock_hash in report and "cpu" in report
+    # nothing was added to the user's Jupyter folders
+    assert subprocess.run([sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+                          capture_output=True, text=True, check=True).stdout == user_kernels

@@ -31,6 +31,8 @@ def sweep(
     cluster: Optional[str] = typer.Option(None, "--cluster", metavar="tcp://HOST:8786", help="Run on a Dask cluster."),
     on: Optional[str] = typer.Option(None, "--on", metavar="BOX", help="Run on a dev box over SSH."),
     resume: bool = typer.Option(False, "--resume", help="Skip runs whose output already completed."),
+    allow_drift: bool = typer.Option(False, "--allow-drift",
+                                     help="Run although the kernel does not match mlenv.lock (recorded in results)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
@@ -51,8 +53,8 @@ def sweep(
                          hint="drop --jobs, or size the cluster with `dask worker --nworkers N`")
     options = resolve_options(notebook, param, yaml_parameters=yaml_param, raw_parameters=raw_param, file=file, zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs,
                               timeout=timeout, retries=retries, output=output, sort=sort, kernel=kernel,
-                              cluster=cluster, resume=resume)
-    plan = plan_sweep(options)
+                              cluster=cluster, resume=resume, allow_drift=allow_drift)
+    plan = plan_sweep(options, warn=lambda message: console.warn(escape(message)))
     if dry_run:
         print_plan(plan, json_out=json_out)
         return

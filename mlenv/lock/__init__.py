@@ -122,7 +122,7 @@ def install_groups(lock: Lock, target: LockedTarget, groups: tuple[str, ...] | N
     unknown names and two alternatives of one exclusive set."""
     from mlenv.errors import UsageError, did_you_mean
 
-    known = sorted({g for p in lock.packages_for(target.name) for g in p.groups} | set(target.inputs.get("groups", {}))
+    known = sorted(({g for p in lock.packages_for(target.name) for g in p.groups} | set(target.inputs.get("groups", {})))
                    - {"main"})
     sets = exclusive_sets(target.inputs)
     alternatives = {g for item in sets for g in item}

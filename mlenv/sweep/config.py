@@ -28,6 +28,7 @@ class SweepOptions:
     kernel: str | None = None
     cluster: str | None = None
     resume: bool = False
+    allow_drift: bool = False  # run although the kernel does not match mlenv.lock (recorded)
 
     def output_location(self) -> str:
         return self.output or str(Path("sweeps") / notebook_stem(self.notebook))
@@ -96,6 +97,7 @@ def resolve_options(
     kernel: str | None = None,
     cluster: str | None = None,
     resume: bool = False,
+    allow_drift: bool = False,
     cwd: Path | None = None,
 ) -> SweepOptions:
     cwd = cwd or Path.cwd()
@@ -157,4 +159,5 @@ def resolve_options(
         seed=merged.get("seed"), jobs=merged.get("jobs"), timeout=merged.get("timeout"),
         retries=merged.get("retries", 1), output=merged.get("output") or str(cwd / "sweeps" / notebook_stem(path)),
         sort=merged.get("sort"), kernel=merged.get("kernel"), cluster=merged.get("cluster"), resume=resume,
+        allow_drift=allow_drift,
     )

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.markup import escape
+
 from mlenv.errors import Interrupted, SpecError, UsageError, did_you_mean
 from mlenv.sweep.config import SweepOptions
 from mlenv.sweep.execute import COMPLETED, NOT_RUN, RunOutcome, RunTask
@@ -24,6 +26,12 @@ class Plan:
     notebook: NotebookInfo
     runs: list[Run]
     store: Any
+    locked: Any = None  # environment.LockedKernel: the kernel checked against mlenv.lock (None: no lock)
+    project: Any = None  # (spec, lock, lock bytes) of a locked project, for checking Dask workers
+
+    @property
+    def kernel(self) -> str:
+        return self.locked.kernel if self.locked else self.notebook.kernel
 
     @property
     def parameter_names(self) -> list[str]:
@@ -37,8 +45,15 @@ class SweepResult:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)  # per run, for the benchmark
 
 
-def plan_sweep(options: SweepOptions) -> Plan:
-    """Everything that can be wrong with the input is found here, before any kernel starts."""
+def plan_sweep(options: SweepOptions, warn=None) -> Plan:
+    """Everything that can be wrong with the input is found here, before any kernel starts.
+
+    In a locked project this includes the kernel's environment (see ``mlenv.sweep.environment``);
+    ``warn(message)`` hears about drift allowed with ``allow_drift``.
+    """
+    from pathlib import Path
+
+    from mlenv.sweep.environment import check_locked_kernel
     from mlenv.sweep.store import open_store
 
     info = load_notebook(options.notebook, options.kernel)
@@ -60,7 +75,10 @@ def plan_sweep(options: SweepOptions) -> Plan:
     parse_sort(options.sort)  # a malformed --sort fails now, not after the runs
     store = open_store(options.output_location())
     store.check()
-    return Plan(options, info, runs, store)
+    locked, project = check_locked_kernel(Path(info.folder), info.kernel, info.language,
+                                          allow_drift=options.allow_drift, warn=warn or (lambda message: None),
+                                          check_local=not options.cluster)
+    return Plan(options, info, runs, store, locked, project)
 
 
 def _resumable(plan: Plan, run: Run) -> RunRecord | None:
@@ -80,11 +98,17 @@ def _resumable(plan: Plan, run: Run) -> RunRecord | None:
                      resumed=True)
 
 
-def make_runner(options: SweepOptions):
+def make_runner(options: SweepOptions, plan: Plan | None = None, warn=None):
     if options.cluster:
         from mlenv.sweep.dask_runner import DaskRunner
 
-        return DaskRunner(options.cluster)
+        runner = DaskRunner(options.cluster)
+        if plan is not None and plan.project is not None:
+            from mlenv.sweep.environment import check_workers
+
+            runner.check_environment = lambda client: check_workers(
+                client, plan.project, plan.kernel, allow_drift=options.allow_drift, warn=warn or (lambda message: None))
+        return runner
     from mlenv.sweep.runner import LocalRunner
 
     return LocalRunner(options.jobs)
@@ -111,12 +135,14 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
     todo = [run for run in plan.runs if not records[run.run_id].resumed]
     cwd = plan.notebook.folder
     tasks = [RunTask(run_id=run.run_id, parameters=run.parameters, notebook_text=plan.notebook.text,
-                     notebook_sha256=plan.notebook.sha256, kernel=plan.notebook.kernel, cwd=cwd,
+                     notebook_sha256=plan.notebook.sha256, kernel=plan.kernel, cwd=cwd,
                      timeout=options.timeout, retries=options.retries) for run in todo]
-    runner = runner or make_runner(options)
+    runner = runner or make_runner(options, plan, warn=lambda message: console.print(
+        f"[yellow]warning:[/] {escape(message)}", highlight=False))
     result = SweepResult(summary=Summary(
         notebook=plan.notebook.path.name, kernel=plan.notebook.kernel, mode=options.mode,
-        output=str(plan.store), parameter_names=plan.parameter_names, records=[], sort=parse_sort(options.sort)))
+        output=str(plan.store), parameter_names=plan.parameter_names, records=[], sort=parse_sort(options.sort),
+        environment=dict(plan.locked.record) if plan.locked else {}))
 
     def finished(outcome: RunOutcome) -> None:
         publishing = time.perf_counter()
@@ -138,6 +164,8 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
         progress.handle(event)
 
     prepare = getattr(runner, "prepare", None)
+    if plan.locked:
+        plan.locked.activate()  # its temporary kernelspec, before the workers fork
     with SigtermAsInterrupt() as sigterm:
         try:
             if prepare is not None:
@@ -146,6 +174,10 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
                 runner.run(tasks, emit)
         except KeyboardInterrupt as stop:
             result.interrupted = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        finally:
+            if plan.locked:
+                plan.locked.cleanup()
+        result.summary.environment.update(getattr(runner, "environment", None) or {})
         sigterm.armed = False  # a SIGTERM from now on is noted, not raised: the results get written
         result.summary.records = [records[run.run_id] for run in plan.runs]
         write_results(plan.store, result.summary)

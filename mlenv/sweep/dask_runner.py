@@ -56,6 +56,8 @@ class DaskRunner:
 
     def __init__(self, address: str, connect_timeout: float | None = None) -> None:
         self.address = address
+        self.check_environment = None  # client -> the record of what the workers run (a locked project)
+        self.environment: dict[str, str] = {}
         _require_distributed()
         self.connect_timeout = connect_timeout or float(os.environ.get("MLENV_DASK_CONNECT_TIMEOUT", "10"))
 
@@ -86,6 +88,8 @@ class DaskRunner:
                 except (TimeoutError, OSError):
                     raise ToolMissingError(f"the Dask cluster at {self.address} has no workers",
                                            hint=f"start some: `dask worker {self.address}` in the locked image") from None
+            if self.check_environment is not None:
+                self.environment = self.check_environment(client)  # drift stops here, before any run
             token = uuid.uuid4().hex[:8]
             for task in tasks:
                 task.prestart = False  # a long-lived worker must not keep an idle kernel around

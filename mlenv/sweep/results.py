@@ -104,6 +104,8 @@ class Summary:
     parameter_names: list[str]
     records: list[RunRecord]
     sort: SortKey | None = None
+    # what the runs ran in, for results.json and the report: lock hash, target, interpreter (when locked)
+    environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def metric_names(self) -> list[str]:
@@ -129,6 +131,9 @@ class Summary:
         """Where the results folder's file ``name`` is (a path or a URL)."""
         return f"{self.output.rstrip('/')}/{name}"
 
+    def warnings(self) -> list[str]:
+        return [problem for problem in [self.sort_problem()] if problem]
+
     def sort_problem(self) -> str | None:
         return sort_problem(self.sort, self.metric_names + self.parameter_names)
 
@@ -149,7 +154,8 @@ class Summary:
             "mode": self.mode,
             "sort": str(self.sort) if self.sort else None,
             "best": (self.best().run_id if self.best() else None),
-            "warnings": [problem for problem in [self.sort_problem()] if problem],
+            "warnings": self.warnings(),
+            "environment": self.environment,
             "parameters": self.parameter_names,
             "metrics": self.metric_names,
             "counts": self.counts(),
@@ -172,6 +178,13 @@ class Summary:
             ])
         return buffer.getvalue()
 
+    def plot_metric(self) -> str | None:
+        """The metric the report plots against each parameter first: --sort's, else the first numeric one."""
+        numeric = [name for name in self.metric_names if _numeric_metric(self.records, name)]
+        if self.sort and self.sort.metric in numeric:
+            return self.sort.metric
+        return numeric[0] if numeric else None
+
     def to_html(self) -> str:
         from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -180,15 +193,28 @@ class Summary:
         # HTML: autoescaped, unlike the shared environment for Dockerfiles and JSON
         env = Environment(loader=FileSystemLoader(str(templates_dir())), autoescape=True,
                           undefined=StrictUndefined, keep_trailing_newline=True)
-        plots = [
-            {"metric": metric, "parameter": parameter, "svg": scatter_svg(self.records, parameter, metric)}
-            for metric in self.metric_names if _numeric_metric(self.records, metric)
-            for parameter in self.parameter_names
-        ]
+        best = self.best()
+        swept = [name for name in self.parameter_names  # a parameter with one value explains nothing
+                 if len({_cell(record.parameters.get(name)) for record in self.records}) > 1]
+        metrics = [name for name in self.metric_names if _numeric_metric(self.records, name)]
+        first = self.plot_metric()
+        metrics = ([first] if first else []) + [name for name in metrics if name != first]
+        plots = [{"metric": metric, "parameter": parameter,
+                  "svg": scatter_svg(self.records, parameter, metric, self.parameter_names, best)}
+                 for metric in metrics for parameter in swept]
+        parallel = parallel_svg(self.records, swept, first, self.parameter_names, best) \
+            if first and len(swept) >= 3 else None
         return env.get_template("report.html.j2").render(
-            summary=self, records=self.sorted_records(), metrics=self.metric_names, plots=plots,
-            fmt=_cell, output_name=lambda record: Path(record.output).name if record.output else "",
+            summary=self, records=self.sorted_records(), metrics=self.metric_names, plots=plots, best=best,
+            parallel=parallel, plot_metric=first, fmt=_cell, sort_value=_sort_value,
+            output_name=lambda record: Path(record.output).name if record.output else "",
         )
+
+
+def _sort_value(value: Any) -> str:
+    """What the report's table sorts a cell by (data-v): numbers as numbers, the rest as text."""
+    number = _number(value)
+    return repr(number) if number is not None else _cell(value)
 
 
 def _cell(value: Any) -> str:
@@ -211,27 +237,47 @@ def _numeric_metric(records: list[RunRecord], metric: str) -> bool:
     return any(_number(record.metrics.get(metric)) is not None for record in records)
 
 
-# --- inline SVG plots: no scripts, no CDN, readable offline -------------------------------------
+# --- inline SVG plots: no CDN, readable offline; hovering a mark shows its <title> ----------------
 
-WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 360, 240, 56, 16, 24, 44
+WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 360, 250, 56, 16, 24, 54
+FAILED_BAND = 14  # failed runs have no metric: they sit in a band under the plot, at their parameter value
+BEST_COLOR, RUN_COLOR, FAILED_COLOR = "#d97706", "#2f6db5", "#b3261e"
 
 
-def scatter_svg(records: list[RunRecord], parameter: str, metric: str) -> str:
-    points = [(record.parameters.get(parameter), _number(record.metrics.get(metric)), record.run_id)
-              for record in records if _number(record.metrics.get(metric)) is not None]
-    xs = [x for x, _, _ in points]
-    numeric = all(_number(x) is not None for x in xs)
-    log = numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 100
-    if numeric:
-        positions = [math.log10(x) if log else float(x) for x in xs]
-        categories: list[str] = []
+def _describe(record: RunRecord, parameter_names: list[str], metric: str | None) -> str:
+    """The hover text of a mark: run id, its parameter values, the metric (or why it has none)."""
+    values = ", ".join(f"{name}={_cell(record.parameters.get(name))}" for name in parameter_names)
+    if record.failed or record.status != "completed":
+        outcome = f"{record.status}: {record.error_text()}" if record.error else record.status
     else:
-        categories = sorted({_cell(x) for x in xs}, key=lambda text: (len(text), text))
-        positions = [float(categories.index(_cell(x))) for x in xs]
-    ys = [y for _, y, _ in points]
+        outcome = f"{metric}={_cell(record.metrics.get(metric))}" if metric else record.status
+    return f"{record.run_id}\n{values}\n{outcome}"
+
+
+def _axis_positions(values: list[Any]) -> tuple[list[float], list[str], bool]:
+    """Where values sit on an axis: numbers (log-scaled over two decades or more), or categories."""
+    numeric = bool(values) and all(_number(value) is not None for value in values)
+    if numeric:
+        log = min(values) > 0 and max(values) / min(values) >= 100
+        return [math.log10(value) if log else float(value) for value in values], [], log
+    categories = sorted({_cell(value) for value in values}, key=lambda text: (len(text), text))
+    return [float(categories.index(_cell(value))) for value in values], categories, False
+
+
+def scatter_svg(records: list[RunRecord], parameter: str, metric: str, parameter_names: list[str] | None = None,
+                best: RunRecord | None = None) -> str:
+    """``metric`` against ``parameter``: a dot per run, the best run ringed, failed runs as ✕ under the axis."""
+    parameter_names = parameter_names or [parameter]
+    shown = [record for record in records if record.status != "not-run"]
+    measured = [record for record in shown if _number(record.metrics.get(metric)) is not None]
+    failed = [record for record in shown if record.failed and _number(record.metrics.get(metric)) is None]
+    placed = measured + failed
+    positions, categories, log = _axis_positions([record.parameters.get(parameter) for record in placed])
+    x_of = {id(record): position for record, position in zip(placed, positions)}
+    ys = [_number(record.metrics.get(metric)) for record in measured]
     x_low, x_high = _span(positions, pad=0.5 if categories else 0.05)
     y_low, y_high = _span(ys, pad=0.08)
-    plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
+    plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B - (FAILED_BAND if failed else 0)
 
     def px(value: float) -> float:
         return PAD_L + (value - x_low) / (x_high - x_low) * plot_w
@@ -247,21 +293,108 @@ def scatter_svg(records: list[RunRecord], parameter: str, metric: str) -> str:
         y = py(tick)
         parts.append(f'<line x1="{PAD_L - 4}" x2="{PAD_L + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
                      f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(f"{tick:.4g}")}</text>')
+    bottom = PAD_T + plot_h + (FAILED_BAND if failed else 0)
+    if failed:
+        band_y = PAD_T + plot_h + FAILED_BAND / 2
+        parts.append(f'<text x="{PAD_L - 6}" y="{band_y + 4:.1f}" text-anchor="end" class="failed">failed</text>')
     if categories:
         x_labels = [(float(i), label) for i, label in enumerate(categories)]
     else:
         x_labels = [(tick, f"{10 ** tick:.3g}" if log else f"{tick:.4g}") for tick in _ticks(x_low, x_high)]
     for tick, label in x_labels:
         x = px(tick)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{PAD_T + plot_h}" y2="{PAD_T + plot_h + 4}" stroke="#888"/>'
-                     f'<text x="{x:.1f}" y="{PAD_T + plot_h + 16}" text-anchor="middle">{esc(label)}</text>')
-    for (x_raw, y, run), position in zip(points, positions):
-        parts.append(f'<circle cx="{px(position):.1f}" cy="{py(y):.1f}" r="4" fill="#2f6db5" fill-opacity="0.75">'
-                     f'<title>{esc(run)}: {esc(parameter)}={esc(_cell(x_raw))}, {esc(metric)}={y:.6g}</title></circle>')
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#888"/>'
+                     f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{esc(label)}</text>')
+    for record in measured:
+        x, y = px(x_of[id(record)]), py(_number(record.metrics.get(metric)))
+        tip = f"<title>{esc(_describe(record, parameter_names, metric))}</title>"
+        if record is best:
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="none" stroke="{BEST_COLOR}" stroke-width="2.5" '
+                         f'class="best-mark"/><circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="{BEST_COLOR}" '
+                         f'class="run best" data-run="{esc(record.run_id)}">{tip}</circle>')
+        else:
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{RUN_COLOR}" fill-opacity="0.75" '
+                         f'class="run" data-run="{esc(record.run_id)}">{tip}</circle>')
+    for record in failed:
+        x, y = px(x_of[id(record)]), PAD_T + plot_h + FAILED_BAND / 2
+        parts.append(f'<path d="M{x - 4:.1f},{y - 4:.1f} L{x + 4:.1f},{y + 4:.1f} M{x - 4:.1f},{y + 4:.1f} '
+                     f'L{x + 4:.1f},{y - 4:.1f}" stroke="{FAILED_COLOR}" stroke-width="2" class="run failed-run" '
+                     f'data-run="{esc(record.run_id)}"><title>{esc(_describe(record, parameter_names, metric))}'
+                     f'</title></path>')
     parts.append(f'<text x="{PAD_L + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle" class="axis">'
                  f'{esc(parameter)}{" (log)" if log else ""}</text>')
     parts.append(f'<text x="14" y="{PAD_T + plot_h / 2:.0f}" text-anchor="middle" class="axis" '
                  f'transform="rotate(-90 14 {PAD_T + plot_h / 2:.0f})">{esc(metric)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+PC_WIDTH, PC_HEIGHT, PC_PAD_X, PC_PAD_T, PC_PAD_B = 760, 300, 60, 30, 40
+
+
+def parallel_svg(records: list[RunRecord], parameters: list[str], metric: str, parameter_names: list[str],
+                 best: RunRecord | None = None) -> str:
+    """Parallel coordinates: an axis per swept parameter and one for ``metric``; a line per run,
+    coloured by the metric (darker = better by --sort, else higher), the best run on top, failed dashed."""
+    esc = html.escape
+    shown = [record for record in records if record.status != "not-run"]
+    axes = parameters + [metric]
+    columns: dict[str, tuple[list[float], list[str], bool]] = {}
+    for name in parameters:
+        columns[name] = _axis_positions([record.parameters.get(name) for record in shown])
+    values = [_number(record.metrics.get(metric)) for record in shown]
+    measured = [value for value in values if value is not None]
+    step = (PC_WIDTH - 2 * PC_PAD_X) / (len(axes) - 1)
+    plot_h = PC_HEIGHT - PC_PAD_T - PC_PAD_B
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{PC_WIDTH}" height="{PC_HEIGHT}" '
+             f'viewBox="0 0 {PC_WIDTH} {PC_HEIGHT}" role="img" aria-label="parallel coordinates of the runs">']
+
+    def scale(value: float, low: float, high: float) -> float:
+        return PC_PAD_T + plot_h - (value - low) / (high - low) * plot_h
+
+    y_of: dict[str, list[float | None]] = {}
+    for name in parameters:
+        positions, _, _ = columns[name]
+        low, high = _span(positions, pad=0.05)
+        y_of[name] = [scale(position, low, high) for position in positions]
+    m_low, m_high = _span(measured, pad=0.05)
+    y_of[metric] = [scale(value, m_low, m_high) if value is not None else PC_PAD_T + plot_h + 16 for value in values]
+    low_is_good = best is not None and best.metrics.get(metric) is not None and measured and \
+        _number(best.metrics.get(metric)) == min(measured) and min(measured) != max(measured)
+    lines = []
+    for index, record in enumerate(shown):
+        points = " ".join(f"{PC_PAD_X + position * step:.1f},{y_of[name][index]:.1f}" for position, name in enumerate(axes))
+        value = values[index]
+        if value is None:
+            style = f'stroke="{FAILED_COLOR}" stroke-dasharray="4 3" stroke-opacity="0.8"'
+        else:
+            share = 0.5 if m_high == m_low else (value - m_low) / (m_high - m_low)
+            share = 1 - share if low_is_good else share
+            style = f'stroke="{RUN_COLOR}" stroke-opacity="{0.25 + 0.6 * share:.2f}"'
+        if record is best:
+            style = f'stroke="{BEST_COLOR}" stroke-width="3"'
+        line = (f'<polyline points="{points}" fill="none" {style} class="run{" best" if record is best else ""}" '
+                f'data-run="{esc(record.run_id)}"><title>{esc(_describe(record, parameter_names, metric))}</title>'
+                f'</polyline>')
+        lines.append((record is best, line))
+    parts.extend(line for _, line in sorted(lines, key=lambda item: item[0]))  # the best run drawn last, on top
+    for position, name in enumerate(axes):
+        x = PC_PAD_X + position * step
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{PC_PAD_T}" y2="{PC_PAD_T + plot_h}" stroke="#555"/>'
+                     f'<text x="{x:.1f}" y="{PC_PAD_T - 10}" text-anchor="middle" class="axis">{esc(name)}</text>')
+        if name == metric:
+            labels = [(scale(tick, m_low, m_high), f"{tick:.4g}") for tick in _ticks(m_low, m_high)]
+        else:
+            positions, categories, log = columns[name]
+            low, high = _span(positions, pad=0.05)
+            if categories:
+                labels = [(scale(float(i), low, high), label) for i, label in enumerate(categories)]
+            else:
+                labels = [(scale(tick, low, high), f"{10 ** tick:.3g}" if log else f"{tick:.4g}")
+                          for tick in _ticks(low, high)]
+        for y, label in labels:
+            if PC_PAD_T - 1 <= y <= PC_PAD_T + plot_h + 1:
+                parts.append(f'<text x="{x + 4:.1f}" y="{y + 3:.1f}">{esc(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
