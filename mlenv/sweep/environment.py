@@ -2,8 +2,8 @@
 
 In a project with ``mlenv.lock`` the kernel's interpreter (``argv[0]`` of its kernelspec) is probed
 with the doctor's probe and compared with the lock target before any run starts.  When the project
-has a synced ``.venv`` and the notebook's kernel is not installed there, the sweep runs its kernels
-from the ``.venv`` instead, through a kernelspec written to a temporary folder (nothing is written
+has a synced ``.venv`` (or a venv is active, as in mlenv's images and boxes) and the notebook's kernel
+is not installed there, the sweep runs its kernels from that venv instead, through a kernelspec written to a temporary folder (nothing is written
 to the user's Jupyter folders).  Drift stops the sweep with the doctor's findings unless the user
 allows it; what ran is recorded in results.json and the report.  Dask workers are checked the same
 way, each with its own kernelspec.
@@ -123,7 +123,7 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
     ``check_local=False`` (a Dask sweep): only find the project and lock; workers are checked by
     ``check_workers``.  Returns the kernel and the project tuple for that.
     """
-    from mlenv.doctor import diagnose, pick_target, probe
+    from mlenv.doctor import default_interpreter, diagnose, pick_target, probe
     from mlenv.execute import LocalExecutor
     from mlenv.hardware import detect
     from mlenv.lock import check_lock
@@ -133,10 +133,13 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
         return None, project
     spec, lock, lock_bytes = project
     program, kernelspec = kernel_interpreter(kernel)
-    venv = spec.root / ".venv"
-    venv_python = venv / "bin" / "python"
+    # the environment a user means, as for `mlenv doctor`: an activated venv (a box or an image sets
+    # one), else the project's synced .venv
+    has_venv = bool(os.environ.get("VIRTUAL_ENV")) or (spec.root / ".venv" / "bin" / "python").exists()
+    venv_python = Path(default_interpreter(spec.root)) if has_venv else None
+    venv = venv_python.parent.parent if venv_python else None
     chosen, jupyter_path = kernel, None
-    if venv_python.exists() and not _in_venv(program, kernelspec.resource_dir, venv):
+    if venv_python and venv_python.exists() and not _in_venv(program, kernelspec.resource_dir, venv):
         program = str(venv_python)
         chosen = "mlenv-venv-" + kernel
     where = f"kernel {chosen} ({program})"
