@@ -41,9 +41,11 @@ DEFAULT_BRANCHES = ("main",)
 IMAGE_STAGE = "dev"  # has the dependency groups (test tools) and mlenv itself, but not the code
 SWEEP_OUTPUT = "ci-sweeps"
 # Notebooks must run in the locked venv (/opt/venv), not in the venv that carries mlenv and papermill:
-# jupyter_client starts its own interpreter for a kernelspec whose argv is plain "python".  The
-# locked venv's ipykernel registers itself (absolute path) in the user's kernels, which come first.
-KERNEL_SETUP = 'python -m ipykernel install --user --name python3 > /dev/null && exec "$@"'
+# that venv ships its own python3 kernelspec (argv "python", which jupyter_client swaps for its own
+# interpreter) and jupyter prefers it over the user's.  The locked venv's ipykernel writes a
+# kernelspec with its absolute path, and JUPYTER_PATH puts that one first.
+KERNEL_SETUP = ("python -m ipykernel install --prefix /tmp/mlenv-kernel --name python3 > /dev/null"
+                " && JUPYTER_PATH=/tmp/mlenv-kernel/share/jupyter exec \"$@\"")
 
 
 # --- the pinned actions ----------------------------------------------------------------------------
