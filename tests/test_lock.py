@@ -448,3 +448,29 @@ def test_targets_that_resolve_alike_are_resolved_once_and_each_is_checked(tmp_pa
     # nothing to do: answered from digests, without loading the CLI
     again = lock(tmp_path)
     assert "up to date; nothing to resolve" in again.stderr
+
+
+def test_a_build_failure_shows_its_real_cause_without_debug(tmp_path, local_index):
+    """An sdist whose build backend dies: the exception line is the reason, not a cut traceback."""
+    import io
+    import tarfile
+
+    files = {
+        "brokenpkg-1.0/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                                        'backend-path = ["."]\n\n[project]\nname = "brokenpkg"\nversion = "1.0"\n'
+                                        'dynamic = ["dependencies"]\n',  # uv must ask the backend
+        "brokenpkg-1.0/backend.py": "import pkg_resources_of_the_past  # a backend that needs a gone module\n",
+    }
+    sdist = local_index.folder / "brokenpkg-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    url = f"http://127.0.0.1:{local_index.port}/files/{sdist.name}"
+    write_spec(tmp_path, local_index.url, dependencies=("tinylib", f"brokenpkg @ {url}"))
+    result = lock(tmp_path, expect=5)
+    assert "could not lock target 'cpu'" in result.stderr
+    assert "No module named 'pkg_resources_of_the_past'" in result.stderr
+    assert 'File "' not in result.stderr, "traceback frames say where, not why"

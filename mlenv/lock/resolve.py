@@ -138,20 +138,33 @@ def _where_required(spec: Spec | None, text: str) -> list[str]:
             for name in sorted(mentioned & places.keys()) if len(places[name]) > 1]
 
 
-def _explain(stderr: str, spec: Spec | None) -> tuple[list[str], bool]:
-    """The lines of uv's report that say what failed and why; True when lines were left out."""
-    lines, cut, in_traceback = [], False, False
+def _explain(stderr: str, spec: Spec | None) -> tuple[list[str], list[str], bool]:
+    """The lines of uv's report that say what failed and why, its hint lines, and True when lines
+    were left out (so that --debug adds something)."""
+    lines, hints, cut = [], [], False
+    in_traceback = after_frame = in_hint = False
     for raw in _clean(stderr):
         line = raw.strip().lstrip("│├╰─▶×").strip()
         line = re.sub(r"^(error|cause|Caused by):\s*", "", line)
+        if line.startswith("hint:"):
+            in_hint = True
+            line = line.removeprefix("hint:").strip()
+        if in_hint:
+            if line:
+                hints.append(line)
+            continue
         if not line or line.startswith(_NOISE) or line.startswith("warning:"):
             continue
         if line.startswith("Traceback (most recent call last)"):
             in_traceback, cut = True, True
             continue
         if in_traceback:
-            # frames and source lines say where; the exception line at the end says why
-            if raw.startswith(("      File ", "        ")) or line.startswith(("File \"", "^")):
+            # frames and their source lines say where; the exception line at the end says why
+            if line.startswith('File "'):
+                after_frame = True
+                continue
+            if after_frame:
+                after_frame = False
                 continue
             in_traceback = False
         if line in ("[stderr]", "[stdout]", "--- stderr", "--- stdout"):
@@ -161,12 +174,17 @@ def _explain(stderr: str, spec: Spec | None) -> tuple[list[str], bool]:
     if len(unique) > 14:
         # keep the head (what failed) and the tail (the cause), never half a line
         unique, cut = unique[:4] + ["..."] + unique[-9:], True
-    return unique, cut
+    if hints:
+        # uv's hints can go on to uv-only settings; the first sentence is the advice, whole
+        text = " ".join(hints)
+        first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)
+        hints, cut = [first[0]], cut or len(first) > 1
+    return unique, hints, cut
 
 
 def explain_failure(target: str, stderr: str, spec: Spec | None = None) -> MlenvError:
     """uv's failure as one error: unreachable index -> exit 6 naming the URL, else exit 5."""
-    lines, cut = _explain(stderr, spec)
+    lines, hints, cut = _explain(stderr, spec)
     fetch = next((m.group(1) for line in lines if (m := _FETCH.search(line))), None)
     if fetch:
         cause = lines[-1] if lines else ""
@@ -179,8 +197,7 @@ def explain_failure(target: str, stderr: str, spec: Spec | None = None) -> Mlenv
                       "explicit = true; mlenv sends the torch packages to it (or pin them in [sources])")
         return ToolMissingError(f"could not lock target {target!r}: cannot reach {base} ({cause})",
                                 hint=f"check the URL and the network, or {mirror}")
-    hints = [line.removeprefix("hint:").strip() for line in lines if line.startswith("hint:")]
-    reasons = [line for line in lines if not line.startswith("hint:")] or ["uv failed without a message"]
+    reasons = lines or ["uv failed without a message"]
     reasons += _where_required(spec, " ".join(reasons))
     body = "\n".join(f"  {line}" for line in reasons)
     hint = " ".join(hints) or "check the versions and indexes in mlenv.toml"
