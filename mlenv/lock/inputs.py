@@ -111,6 +111,9 @@ def diff_inputs(target: str, old: dict[str, Any], new: dict[str, Any]) -> list[C
         changes.append(Change(target, "explicit-indexes", "explicit indexes changed"))
     changes += _diff_mapping(target, "sources", old.get("sources", {}), new.get("sources", {}))
     changes += _diff_mapping(target, "hardware", old.get("hardware", {}), new.get("hardware", {}))
+    if old.get("exclusive-groups", []) != new.get("exclusive-groups", []):
+        changes.append(Change(target, "exclusive-groups", f"exclusive-groups: {old.get('exclusive-groups', [])} -> "
+                              f"{new.get('exclusive-groups', [])}"))
     if not changes and old != new:
         changes.append(Change(target, "inputs", "inputs changed"))
     return changes
