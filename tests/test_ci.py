@@ -487,3 +487,46 @@ def test_readme_ci_example(project):
     lock_steps = "\n".join(s.get("run", "") for s in jobs["lock"]["steps"])
     for command in ("mlenv lock --check", "mlenv gen dockerfile --check", "mlenv ci init --check"):
         assert command in lock_steps
+
+
+@pytest.mark.parametrize("registry", ["ghcr", "ecr"])
+def test_image_tag_follows_the_lock_only(project, registry):
+    """The tag step, run for real: same lock -> same tag (the pushed image is reused), a new pylock or
+    Dockerfile -> a new tag; branch pushes write the build cache, pull requests do not."""
+    if registry == "ecr":
+        set_ci(project, 'registry = "ecr"\naws-role = "arn:aws:iam::123456789012:role/gh-ci"\naws-region = "eu-west-1"\n')
+    assert run_mlenv("gen", "dockerfile", "--no-resolve-digest", cwd=project).returncode == 0
+    assert init(project).returncode == 0
+    workflow = yaml.safe_load((project / WORKFLOW).read_text())
+    env = {"PATH": os.environ["PATH"], "GITHUB_REPOSITORY_OWNER": "Big-Org"}
+
+    def tag(event: str) -> dict[str, str]:
+        events = {"github.event_name != 'pull_request'": "true" if event == "push" else "false"}
+        job = Job(workflow, "image-cpu", project, env=env, events=events)
+        job.outputs["ecr"] = {"registry": "123456789012.dkr.ecr.eu-west-1.amazonaws.com"}
+        job.run("image")
+        return job.outputs["image"]
+
+    first = tag("push")
+    repository = ("ghcr.io/big-org/demo" if registry == "ghcr"
+                  else "123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo")
+    assert first["repository"] == repository and first["ref"].startswith(f"{repository}:cpu-dev-")
+    assert first["cache-to"] == first["cache-from"] + ",mode=max"
+    pull_request = tag("pull_request")
+    assert pull_request["ref"] == first["ref"] and "cache-to" not in pull_request
+    # the code changes, the lock does not: same image
+    (project / "app.py").write_text('print("changed")\n')
+    assert tag("push")["ref"] == first["ref"]
+    # the target's pylock changes: a new image (the other target's does not matter)
+    (project / "pylock.gpu.toml").write_text((project / "pylock.gpu.toml").read_text() + "\n")
+    assert tag("push")["ref"] == first["ref"]
+    (project / "pylock.cpu.toml").write_text((project / "pylock.cpu.toml").read_text() + "\n")
+    assert tag("push")["ref"] != first["ref"]
+
+
+def test_advice_when_test_tools_are_not_locked(project):
+    set_ci(project, 'test-command = "pytest -q"\nnotebooks = ["notebooks/train.ipynb"]\n')
+    result = init(project)
+    assert result.returncode == 0
+    assert "pytest, which is not in the lock" in result.stderr
+    assert "no ipykernel in the lock" in result.stderr
