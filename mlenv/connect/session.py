@@ -176,7 +176,8 @@ class Session:
             channel.shutdown_write()
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                select.select([channel], [], [], 0.1)
+                # wakes on stdout data; stderr and the exit status are polled (paramiko signals only stdout)
+                select.select([channel], [], [], 0.02)
                 while channel.recv_ready():
                     data = channel.recv(65536)
                     if stdout and data:
