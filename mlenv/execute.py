@@ -29,6 +29,7 @@ from typing import Protocol
 from mlenv.errors import MlenvError, ToolMissingError
 
 NOT_FOUND = 127  # the shell's "command not found"; every executor reports missing programs this way
+THROWAWAY_LABEL = "io.mlenv.throwaway"  # on containers ImageExecutor creates (and removes) per command
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ class ImageExecutor:
         # create/start/remove by hand: `containers.run` leaves the container behind when start fails
         container = engine_call(f"creating a container of {self.image}", lambda: client.containers.create(
             self.image, list(argv), entrypoint=[], network_mode="none", stdin_open=input is not None,
-            environment=dict(env) if env else None))
+            environment=dict(env) if env else None, labels={THROWAWAY_LABEL: "1"}))
         try:
             sock = None
             if input is not None:

@@ -9,6 +9,7 @@ import pytest
 from mlenv.errors import MlenvError, ToolMissingError
 from mlenv.execute import (
     NOT_FOUND,
+    THROWAWAY_LABEL,
     ContainerExecutor,
     ImageExecutor,
     LocalExecutor,
@@ -84,9 +85,9 @@ def test_image_executor_keeps_the_contract_and_leaves_nothing(docker_engine, bas
     from mlenv.image.engine import connect
 
     client = connect()
-    before = {c.id for c in client.containers.list(all=True)}
     contract(ImageExecutor(base_image))
-    assert {c.id for c in client.containers.list(all=True)} == before  # throwaway means removed
+    leftovers = client.containers.list(all=True, filters={"label": THROWAWAY_LABEL, "ancestor": base_image})
+    assert leftovers == []  # throwaway means removed
     with pytest.raises(ToolMissingError) as error:
         ImageExecutor("mlenv-test/no-such-image:1").run(["true"])
     assert "no local image" in error.value.message
