@@ -317,6 +317,36 @@ def test_whatever_is_accepted_renders_as_exactly_one_host_block(home, name, host
     assert all(len(line.split()) == 2 for line in lines)
 
 
+def test_entry_follows_a_new_address_and_keeps_the_pin(home, sshd):
+    """After a stop/start the box answers elsewhere (here: the same sshd, host key and all, on a new
+    port): the entry moves, the pinned key stays and is still checked, nothing is asked again."""
+    from mlenv import connect
+    from mlenv.connect import hostkeys
+    from mlenv.connect.keys import local_key
+
+    sshd.authorize_root(local_key().public_line)
+    connect.register(_box(sshd, trusted=False), assume_yes=True)
+    pinned = hostkeys.pinned("t1")
+    new_port = _free_port()
+    pid_file = sshd.base / "moved.pid"
+    subprocess.run([SSHD, "-f", str(sshd.base / "sshd_config"), "-o", f"Port={new_port}",
+                    "-o", f"PidFile={pid_file}"], check=True)
+    try:
+        moved = _box(sshd, trusted=False)
+        moved.ssh_port = new_port
+        again = connect.register(moved, confirm=lambda question: pytest.fail("asked again"))
+        assert again.pinned_by == "already pinned" and hostkeys.pinned("t1") == pinned
+        assert f"Port {new_port}\n" in (home / ".ssh" / "mlenv" / "config").read_text()
+        assert _ssh(home, "-G", "mlenv-t1").stdout.count(f"port {new_port}\n") == 1
+        assert _ssh(home, "mlenv-t1", "true").returncode == 0
+    finally:
+        for _ in range(50):
+            if pid_file.exists():
+                os.kill(int(pid_file.read_text()), 15)
+                break
+            time.sleep(0.1)
+
+
 def test_forget_removes_the_entry_and_the_pin(home, sshd):
     from mlenv import connect
     from mlenv.connect import hostkeys
