@@ -30,7 +30,8 @@ from mlenv.hardware.detect import MachineInfo, TorchBuild, cuda_for_driver, dete
 from mlenv.importers import (
     MAIN, PYTORCH_HOST, TORCH_FAMILY, Imported, ImportedIndex, Note, import_project, torch_pin,
 )
-from mlenv.spec import PLATFORM_ALIASES, PLATFORMS, SPEC_FILE, parse_spec, target_limits
+from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
+from mlenv.spec import SPEC_FILE, parse_spec, target_limits
 
 TARGET_OPTION_KEYS = ("cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min")
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

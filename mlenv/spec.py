@@ -22,20 +22,11 @@ from packaging.utils import canonicalize_name
 from mlenv import validate
 from mlenv.errors import SpecError, did_you_mean
 from mlenv.hardware import catalog
+from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
 from mlenv.tomlpos import locate
 
 SPEC_FILE = "mlenv.toml"
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
-
-# platform name in the spec -> (sys_platform, platform_machine, uv --python-platform)
-PLATFORMS: dict[str, tuple[str, str, str]] = {
-    "linux/x86_64": ("linux", "x86_64", "x86_64-manylinux_2_28"),
-    "linux/aarch64": ("linux", "aarch64", "aarch64-manylinux_2_28"),
-    "macos/arm64": ("darwin", "arm64", "aarch64-apple-darwin"),
-    "macos/x86_64": ("darwin", "x86_64", "x86_64-apple-darwin"),
-    "windows/x86_64": ("win32", "AMD64", "x86_64-pc-windows-msvc"),
-}
-PLATFORM_ALIASES = {"linux/amd64": "linux/x86_64", "linux/arm64": "linux/aarch64", "darwin/arm64": "macos/arm64"}
 
 
 @dataclass(frozen=True)

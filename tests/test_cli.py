@@ -163,3 +163,32 @@ def test_sigterm_exits_143(tmp_path, local_index):
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 143
     assert stderr.strip() == "error: terminated (SIGTERM)"
+
+
+def test_import_arrows_point_down():
+    """Domain packages never import the CLI or the console (they warn through callbacks), and the
+    hardware facts need nothing from the spec."""
+    import ast
+
+    from tests.conftest import REPO
+
+    def imports(path):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+
+    package = REPO / "mlenv"
+    wrong = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("cli/") or relative == "_entry.py":
+            continue
+        for name in imports(path):
+            if name in ("mlenv.cli", "mlenv.console") or name.startswith("mlenv.cli."):
+                wrong.append(f"{relative} imports {name}")
+            if relative.startswith("hardware/") and (name == "mlenv.spec" or name.startswith("mlenv.spec.")):
+                wrong.append(f"{relative} imports {name}")
+    assert wrong == []

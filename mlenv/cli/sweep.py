@@ -37,8 +37,6 @@ def sweep(
     json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Run NOTEBOOK once per parameter combination (papermill, fresh kernel each), in parallel."""
-    from rich.markup import escape
-
     from mlenv import console
     from mlenv.errors import UsageError
     from mlenv.sweep.config import resolve_options
@@ -56,12 +54,12 @@ def sweep(
                               cluster=cluster, resume=resume, allow_drift=allow_drift)
     plan = plan_sweep(options, warn=lambda message: console.warn(escape(message)))
     if dry_run:
-        print_plan(plan, json_out=json_out)
+        print_plan(plan, console.out, json_out=json_out)
         return
-    result = run_sweep(options, plan=plan)
+    result = run_sweep(options, plan=plan, console=console.err)
     problem = result.summary.sort_problem()
     if problem:
-        console.warn(escape(problem))
+        console.warn(problem)
     if json_out:
         import sys
 

@@ -102,7 +102,7 @@ _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "aarch64": 
 
 def platform_name(system: str | None = None, machine: str | None = None) -> str | None:
     """The spec platform for an OS/arch pair (default: this machine), or None when unsupported."""
-    from mlenv.spec import PLATFORM_ALIASES, PLATFORMS
+    from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
 
     system = (system or _platform.system()).lower()
     machine = (machine or _platform.machine()).lower()

@@ -163,7 +163,7 @@ class LockedTarget:
         gpu_count = r.get(data, "gpu-count", int, where, 0)
         if gpu_count < 0:
             raise r.corrupt(f"{where}.gpu-count", f"expected a count, got {gpu_count}")
-        from mlenv.spec import PLATFORMS
+        from mlenv.hardware.platforms import PLATFORMS
 
         platform = r.get(data, "platform", str, where)
         if platform not in PLATFORMS:

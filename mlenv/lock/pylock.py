@@ -11,7 +11,7 @@ import tomli_w
 
 from mlenv import __version__
 from mlenv.lock.model import MAIN_GROUP, LockedTarget
-from mlenv.spec import PLATFORMS
+from mlenv.hardware.platforms import PLATFORMS
 
 
 def _artifact(artifact) -> dict:

@@ -123,8 +123,10 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
     """
     from mlenv.sweep.progress import SweepProgress
 
-    if console is None:
-        from mlenv.console import err as console
+    if console is None:  # the CLI passes its own; domain code never imports mlenv.console
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False, emoji=False)
     plan = plan or plan_sweep(options)
     records: dict[str, RunRecord] = {run.run_id: RunRecord(run.run_id, run.parameters) for run in plan.runs}
     if options.resume:

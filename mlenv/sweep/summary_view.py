@@ -108,7 +108,7 @@ def print_summary(summary: Summary, console) -> None:
                       highlight=False)
 
 
-def print_plan(plan, json_out: bool = False) -> None:
+def print_plan(plan, console, json_out: bool = False) -> None:
     import json
     import sys
 
@@ -116,8 +116,6 @@ def print_plan(plan, json_out: bool = False) -> None:
         sys.stdout.write(json.dumps([{"run_id": run.run_id, "parameters": run.parameters} for run in plan.runs],
                                     indent=2, sort_keys=True) + "\n")
         return
-    from mlenv.console import out
-
     for run in plan.runs:
         params = " ".join(f"{key}={_cell(value)}" for key, value in run.parameters.items())
-        out.print(f"{run.run_id}  {params}", highlight=False, markup=False)
+        console.print(f"{run.run_id}  {params}", highlight=False, markup=False)
