@@ -323,7 +323,7 @@ def test_notebook_without_parameters_cell(tmp_path):
     (["missing.ipynb"], 2, "does not exist"),
     (["nokernel.ipynb"], 8, "no Jupyter kernel named 'no-such-kernel'"),
     (["good.ipynb", "--kernel", "nope"], 8, "no Jupyter kernel named 'nope'"),
-    (["good.ipynb", "--on", "box1"], 2, "dev boxes are not available"),
+    (["good.ipynb", "--on", "box1", "--cluster", "tcp://127.0.0.1:1"], 2, "--on and --cluster exclude each other"),
     (["good.ipynb", "--zip", "--random", "3"], 2, "exclude each other"),
     (["good.ipynb", "-p", "lr=uniform:0:1"], 2, "add --random N"),
     (["good.ipynb", "--sort", "acc:sideways"], 2, "unknown direction"),

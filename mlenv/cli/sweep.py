@@ -11,6 +11,7 @@ from mlenv.cli import app
 
 @app.command(no_args_is_help=False)
 def sweep(
+    ctx: typer.Context,
     notebook: Optional[str] = typer.Argument(None, help="The notebook (default: \\[sweep] notebook in mlenv.toml)."),
     param: List[str] = typer.Option([], "--param", "-p", metavar="NAME=VALUES",
                                     help="lr=0.1,0.01 | lr=loguniform:1e-4:1e-1 | uniform:LOW:HIGH | int:LOW:HIGH | choice:x,y"),
@@ -29,7 +30,8 @@ def sweep(
     sort: Optional[str] = typer.Option(None, "--sort", metavar="METRIC[:desc]", help="Order of the summary."),
     kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="Kernel name (default: the notebook's)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", metavar="tcp://HOST:8786", help="Run on a Dask cluster."),
-    on: Optional[str] = typer.Option(None, "--on", metavar="BOX", help="Run on a dev box over SSH."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="BOX",
+                                     help="Run on a dev box (`mlenv up`); the results come back to --output."),
     resume: bool = typer.Option(False, "--resume", help="Skip runs whose output already completed."),
     allow_drift: bool = typer.Option(False, "--allow-drift",
                                      help="Run although the kernel does not match mlenv.lock (recorded in results)."),
@@ -43,15 +45,43 @@ def sweep(
     from mlenv.sweep.core import plan_sweep, run_sweep
     from mlenv.sweep.summary_view import print_plan, print_summary
 
-    if on:
-        raise UsageError(f"--on {on}: dev boxes are not available in this version of mlenv",
-                         hint="run the sweep here, or on a Dask cluster with --cluster tcp://HOST:8786")
+    if on and cluster:
+        raise UsageError("--on and --cluster exclude each other", hint="a box runs the sweep with its own cores")
     if cluster and jobs:
         raise UsageError("--jobs applies to local runs; a Dask cluster runs as many as it has worker threads",
                          hint="drop --jobs, or size the cluster with `dask worker --nworkers N`")
     options = resolve_options(notebook, param, yaml_parameters=yaml_param, raw_parameters=raw_param, file=file, zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs,
                               timeout=timeout, retries=retries, output=output, sort=sort, kernel=kernel,
                               cluster=cluster, resume=resume, allow_drift=allow_drift)
+    if on:
+        import sys
+        from pathlib import Path
+
+        from mlenv.cli.boxes import box_executor
+        from mlenv.sweep.on_box import BoxSweep, run_on_box
+        from mlenv.sweep.store import is_url
+
+        if is_url(str(options.notebook)):
+            raise UsageError("--on takes a notebook on this machine", hint="copy it here first, or sweep it here")
+        forwarded = [arg for value in param for arg in ("-p", value)]
+        forwarded += [arg for value in yaml_param for arg in ("-y", value)]
+        forwarded += [arg for value in raw_param for arg in ("-r", value)]
+        for flag, value in (("--random", random), ("--seed", seed), ("--jobs", jobs), ("--timeout", timeout),
+                            ("--retries", retries), ("--sort", sort), ("--kernel", kernel)):
+            if value is not None:
+                forwarded += [flag, str(value)]
+        switches = (("--zip", zip_), ("--resume", resume), ("--allow-drift", allow_drift), ("--dry-run", dry_run),
+                    ("--json", json_out))
+        forwarded += [flag for flag, given in switches if given]
+        executor, _ = box_executor(ctx, on)
+        job = BoxSweep(executor, Path(options.notebook), forwarded, options.output_location(),
+                       sweep_file=Path(file).resolve() if file else None, resume=resume)
+        code = run_on_box(job, out=sys.stdout.write,
+                          err=lambda text: console.err.print(text, markup=False, highlight=False),
+                          width=console.out.width)
+        if code == 0 and not dry_run:
+            console.success(f"sweep on box {on} finished; results in {escape(options.output_location())}")
+        raise typer.Exit(code)
     plan = plan_sweep(options, warn=lambda message: console.warn(escape(message)))
     if dry_run:
         print_plan(plan, console.out, json_out=json_out)

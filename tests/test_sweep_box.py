@@ -1,0 +1,54 @@
+"""`mlenv sweep --on BOX`: a real docker-provider dev box (the boxes tests' project and image)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_boxes import box, box_project, up  # noqa: F401  (fixtures)
+from tests.test_sweep_papermill import make_notebook
+
+pytestmark = pytest.mark.docker
+
+ON_THE_BOX = ("import os, socket, sys, time, mlenv\n"
+              "from mlenv.boxes.model import KEEPALIVE_DIR\n"
+              "held = open(os.path.join(KEEPALIVE_DIR, 'sweep')).read()\n"
+              "mlenv.record('kept_alive', float(held) > time.time())\n"
+              "mlenv.record('host', socket.gethostname())\n"
+              "mlenv.record('y', x * 2)")
+
+
+def test_sweep_on_a_box_holds_it_streams_progress_and_brings_the_results_back(box_project, box, tmp_path,
+                                                                               docker_client):
+    project = box_project
+    up(project, box)
+    notebook = make_notebook(tmp_path / "onbox.ipynb", "x = 1", ON_THE_BOX)  # outside the project: no lock
+    out = tmp_path / "results"
+    result = project.mlenv("sweep", str(notebook), "-p", "x=1,2", "--on", box, "-o", str(out), "--sort", "y:desc",
+                           timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"sweep started on box {box}" in result.stderr
+    assert "✓ x=2-" in result.stderr and "completed" in result.stderr  # the box's progress lines, streamed
+    assert "best by y:desc: x=2-" in result.stdout  # the box's summary
+    data = json.loads((out / "results.json").read_text())
+    assert data["counts"] == {"completed": 2}
+    runs = {run["parameters"]["x"]: run for run in data["runs"]}
+    assert runs[2]["metrics"]["y"] == 4 and all(run["metrics"]["kept_alive"] for run in data["runs"])
+    container = next(c for c in docker_client.containers.list(filters={"label": f"mlenv.box={box}"}))
+    assert {run["metrics"]["host"] for run in data["runs"]} == {container.attrs["Config"]["Hostname"]}
+    for run in data["runs"]:
+        assert json.loads((out / run["output"]).read_text())["metadata"]["mlenv"]["status"] == "completed"
+    assert (out / "report.html").is_file() and (out / "results.csv").is_file()
+    # afterwards: the keep-alive is released and the sweep's folder on the box is gone
+    from mlenv.boxes.model import KEEPALIVE_DIR
+
+    left = container.exec_run(["sh", "-c", f"ls {KEEPALIVE_DIR}; ls -d /tmp/mlenv-sweep-* 2>/dev/null; true"])
+    assert b"sweep" not in left.output, left.output
+
+    # in a locked project the box checks its kernel against the same lock (this lock has no ipykernel)
+    locked = make_notebook(project.root / "locked.ipynb", "x = 1", "y = x")
+    checked = project.mlenv("sweep", str(locked), "--on", box, "-o", str(tmp_path / "locked"), timeout=300)
+    assert checked.returncode in (1, 8), checked.stdout + checked.stderr
+    assert "mlenv.lock" in checked.stderr or "ipykernel is not installed" in checked.stderr
+    assert not (tmp_path / "locked" / "results.json").exists()
