@@ -9,19 +9,17 @@ console log in the real cloud-init format.
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require, run_mlenv
+from tests.conftest import require, run_mlenv
 from tests.test_lock import write_spec
 
 DATA = Path(__file__).parent / "data" / "aws"
@@ -118,7 +116,7 @@ def user_data(**changes):
     from mlenv.boxes import cloudinit
     from mlenv.boxes.model import BOX_DIR, KEEPALIVE_DIR, WATCHDOG_PATH, UpRequest
 
-    fields = dict(
+    fields = dict(  # noqa: C408 - UserData's field names, as keywords
         box="gpu1", project="demo", user="ubuntu", watchdog=cloudinit.watchdog_source(),
         watchdog_args=UpRequest(name="gpu1").watchdog_args(action="poweroff", poll_s=30),
         box_dir=BOX_DIR, keepalive_dir=KEEPALIVE_DIR, watchdog_path=WATCHDOG_PATH,
@@ -176,8 +174,9 @@ def moto_server(tmp_path_factory):
     require(binary is not None, "moto_server (pip install 'moto[server]')")
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "log"
-    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "wb"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "wb") as output:  # the server keeps its own copy of the descriptor
+        process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -450,7 +449,7 @@ def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, proj
         watchdog = [line for line in processes.splitlines() if "watchdog.py" in line]
         assert watchdog and "--action poweroff" in watchdog[0] and "--poll 1" in watchdog[0]
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not container.exec_run(["test", "-s", WATCHDOG_LOG]).exit_code == 0:
+        while time.monotonic() < deadline and container.exec_run(["test", "-s", WATCHDOG_LOG]).exit_code != 0:
             time.sleep(0.5)
         decision = json.loads(sh(f"head -n1 {WATCHDOG_LOG}"))
         assert decision  # one JSON line per poll

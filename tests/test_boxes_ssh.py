@@ -124,6 +124,16 @@ def request(name: str = "lab1", **fields):
     return UpRequest(name=name, **fields)
 
 
+def eventually(check, seconds: float = 30) -> bool:
+    """Processes started in the background take a moment to appear (or to go): poll for it."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def watchdogs(uid: int) -> list[str]:
     return [line for line in cmdlines(uid) if line.startswith("python3 ") and "watchdog.py" in line]
 
@@ -165,6 +175,7 @@ def test_up_sets_the_box_up_over_ssh_and_the_watchdog_stops_what_mlenv_started(l
     assert run_python(executor, "import sys, tinylib, tinydep; print(sys.prefix, tinydep.__version__)").split() == \
         [str(folder / "venv"), "1.1"]
     # the watchdog: a user-level process with the box's settings, logging decisions in the box's folder
+    assert eventually(lambda: len(watchdogs(uid)) == 1)
     running = watchdogs(uid)
     assert len(running) == 1 and "--action exit" in running[0] and f"--keepalive-dir {folder}/keepalive" in running[0]
     deadline = time.monotonic() + 30
@@ -197,20 +208,18 @@ def test_when_the_watchdog_exits_what_mlenv_started_is_stopped_and_stop_start_do
     executor = provider(project).executor(box)
     # a long job started in the box's environment (like a notebook kernel mlenv would start)
     executor.run(["sh", "-c", "nohup python -c 'import time; time.sleep(600)' >/dev/null 2>&1 &"]).check("job")
-    assert any(line.startswith("python -c") and "sleep(600)" in line for line in cmdlines(uid))
+    assert eventually(lambda: any(line.startswith("python -c") and "sleep(600)" in line for line in cmdlines(uid)))
     # the watchdog decides to stop (idle, max lifetime: its own tests cover when); here it is told to
     watchdog_pid = next(pid for pid in _processes_of(uid)
                         if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"python3\0")
                         and b"watchdog.py" in Path(f"/proc/{pid}/cmdline").read_bytes())
     os.kill(watchdog_pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while any("sleep(600)" in line for line in cmdlines(uid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not any("sleep(600)" in line for line in cmdlines(uid))  # stopped by the watchdog's supervisor
+    # stopped by the watchdog's supervisor
+    assert eventually(lambda: not any("sleep(600)" in line for line in cmdlines(uid)))
     assert provider(project).get("lab2").state == "stopped"
     assert '"event": "exit"' in provider(project).watchdog_log("lab2")
     started = provider(project).start("lab2", lambda line: None)
-    assert started.state == "running" and len(watchdogs(uid)) == 1
+    assert started.state == "running" and eventually(lambda: len(watchdogs(uid)) == 1)
     provider(project).stop("lab2")
     assert provider(project).get("lab2").state == "stopped" and not watchdogs(uid)
     provider(project).down("lab2")

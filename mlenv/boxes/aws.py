@@ -95,16 +95,16 @@ class Plan:
             price += " on-demand; spot is usually lower"
         row = catalog.lookup(self.instance_type)
         lines = [
-            f"instance type: {row.describe() if row else self.instance_type}, {price} "
-            f"(catalog prices of {catalog.prices_date()}, {catalog.prices_region()})",
+            (f"instance type: {row.describe() if row else self.instance_type}, {price} "
+             f"(catalog prices of {catalog.prices_date()}, {catalog.prices_region()})"),
             f"market: {'spot (stops on interruption)' if self.spot else 'on-demand'}",
             f"AMI: {self.ami} ({self.ami_source}), login user {self.user}",
             f"disk: {self.disk_gb} GB gp3, encrypted, root {self.root_device}",
             f"security group: SSH (tcp/22) from {', '.join(self.cidrs)} only",
             "metadata: IMDSv2 required; shutdown from the box stops it (never terminates)",
             f"environment: {'image ' + self.image_ref if self.image_ref else 'the lock synced into a venv with uv'}",
-            f"backstop: CloudWatch alarm stops the instance after {self.alarm_window_s // 60} min below "
-            f"{ALARM_CPU_PERCENT:g}% CPU",
+            (f"backstop: CloudWatch alarm stops the instance after {self.alarm_window_s // 60} min below "
+             f"{ALARM_CPU_PERCENT:g}% CPU"),
             "tags: " + ", ".join(f"{key}={value}" for key, value in self.tags.items()),
         ]
         return lines + self.notes
@@ -153,7 +153,12 @@ class AWSProvider:
 
     def call(self, what: str, service: str, operation: str, **kwargs) -> dict:
         """One AWS API call; credential and API errors become one clear MlenvError."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            NoRegionError,
+        )
 
         try:
             return getattr(self.client(service), operation)(**kwargs)
@@ -265,10 +270,10 @@ class AWSProvider:
         inst = self._instance(validate_box_name(name))
         if inst is None:
             return None
-        if inst["State"]["Name"] == "running" and TAG_HOST_KEY not in _tags(inst):
-            # booted since `up` gave up waiting: one look at the console (no wait)
-            if self._learn_host_keys(inst, _quiet, timeout=0):
-                inst = self._describe(inst["InstanceId"])
+        # booted since `up` gave up waiting: one look at the console (no wait)
+        if (inst["State"]["Name"] == "running" and TAG_HOST_KEY not in _tags(inst)
+                and self._learn_host_keys(inst, _quiet, timeout=0)):
+            inst = self._describe(inst["InstanceId"])
         return self._box(inst)
 
     # --- planning -------------------------------------------------------------------------------
@@ -299,7 +304,7 @@ class AWSProvider:
             import urllib.request
 
             try:
-                with urllib.request.urlopen(CALLER_IP_URL, timeout=10) as response:  # noqa: S310 - fixed https URL
+                with urllib.request.urlopen(CALLER_IP_URL, timeout=10) as response:
                     address = response.read(100).decode().strip()
             except OSError as exc:
                 raise ToolMissingError(
@@ -479,7 +484,7 @@ class AWSProvider:
         self._clear_leftovers(plan.tags[TAG_PROJECT], req.name)
         key = local_key()
         progress(f"importing key pair {name}")
-        pair = self.call("importing the key pair", "ec2", "import_key_pair", KeyName=name,
+        self.call("importing the key pair", "ec2", "import_key_pair", KeyName=name,
                          PublicKeyMaterial=key.public_line.encode(),
                          TagSpecifications=[self._tag_spec("key-pair", plan.tags, name)])
         made.append(("key-pair", name))
@@ -493,7 +498,7 @@ class AWSProvider:
         instance_tags = {**plan.tags, TAG_USER: plan.user, TAG_CREATED: str(int(time.time())),
                          TAG_SPOT: "true" if plan.spot else "false", TAG_DISK: str(plan.disk_gb),
                          TAG_MODE: "image" if plan.image_ref else "venv"}
-        launch: dict[str, Any] = dict(
+        launch: dict[str, Any] = dict(  # noqa: C408 - boto3's parameter names, as keywords
             ImageId=plan.ami,
             InstanceType=plan.instance_type,
             MinCount=1,

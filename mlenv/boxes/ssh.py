@@ -25,7 +25,7 @@ import time
 
 from mlenv import validate
 from mlenv.boxes.model import Box, Orphan, Progress, UpRequest, current_owner, validate_box_name
-from mlenv.errors import MlenvError, ToolMissingError, UsageError
+from mlenv.errors import MlenvError, UsageError
 from mlenv.spec import DevboxSettings
 
 BOXES_DIR = ".mlenv/boxes"  # under the login user's home on the host
@@ -251,8 +251,8 @@ class SSHProvider:
             f"host: {user}@{host}:{port} (" + ("host key already trusted" if known else
                                                  "host key not in your known_hosts: --yes pins the one it offers") + ")",
             f"environment: target {target.name} synced with uv into ~/{BOXES_DIR}/{req.name}/venv",
-            f"watchdog: a user-level process; after {req.idle_s // 60} min idle it stops the processes started "
-            f"from the box's venv (the machine stays up)",
+            (f"watchdog: a user-level process; after {req.idle_s // 60} min idle it stops the processes started "
+             "from the box's venv (the machine stays up)"),
         ]
 
     def _trust(self, box: Box, req: UpRequest, progress: Progress) -> None:
@@ -362,10 +362,10 @@ class SSHProvider:
         progress("installing uv on the host (pip)")
         from mlenv import render
 
-        self._run(["sh", "-c", f'python3 -m venv "$HOME/.mlenv/tool" && "$HOME/.mlenv/tool/bin/pip" install --quiet '
+        install = (f'python3 -m venv "$HOME/.mlenv/tool" && "$HOME/.mlenv/tool/bin/pip" install --quiet '
                    f'{shlex.quote("uv==" + render.UV_VERSION)} && mkdir -p "$HOME/{TOOL_DIR}" && '
-                   f'ln -sf "$HOME/.mlenv/tool/bin/uv" "$HOME/{TOOL_DIR}/uv"'], "installing uv on the host",
-                  timeout=600)
+                   f'ln -sf "$HOME/.mlenv/tool/bin/uv" "$HOME/{TOOL_DIR}/uv"')
+        self._run(["sh", "-c", install], "installing uv on the host", timeout=600)
         return target
 
     def _start_watchdog(self, name: str, record: dict) -> None:
