@@ -91,6 +91,49 @@ def _serve_wheel(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
     return f"mlenv @ http://127.0.0.1:{server.server_address[1]}/{wheel.name}", server
 
 
+def _phases(project: Path, env: dict, build: list[str], made: list[str]) -> list[Row]:
+    """Where the time of one `up` goes, measured in a child process calling the provider directly."""
+    code = r"""
+import json, sys, time
+t0 = time.perf_counter()
+marks = {}
+from mlenv.spec import load_spec
+from mlenv.lock import read_lock
+from mlenv.boxes import UpRequest
+from mlenv.boxes.docker import DockerProvider, _client
+from mlenv.connect import local_key
+spec = load_spec("."); lock = read_lock(spec.root)
+marks["imports, spec, lock, key"] = time.perf_counter() - t0; t = time.perf_counter()
+_client()
+marks["engine connect (docker SDK import + ping)"] = time.perf_counter() - t; t = time.perf_counter()
+provider = DockerProvider(spec)
+args = json.loads(sys.argv[1])
+tag = provider._image(spec, lock, "cpu", lambda m: None, args)
+marks["dev image check (build_target, tag exists)"] = time.perf_counter() - t; t = time.perf_counter()
+seen = {}
+def progress(message):
+    seen[message.split()[0]] = time.perf_counter()
+req = UpRequest("phases", idle_s=3600, authorized_keys=[local_key().public_line])
+provider._create(req, spec, "cpu", "app", tag, progress)
+marks["create volume + container, copy boot files"] = seen["starting"] - t
+marks["container start -> sshd answers"] = seen["SSH"] - seen["starting"]
+print(json.dumps(marks))
+"""
+    options = {"network": "host", "build_args": {"MLENV_REQUIREMENT": build[1].split("=", 1)[1]}}
+    made.append("phases")
+    samples: dict[str, list[float]] = {}
+    for _ in range(repetitions(3, 2)):
+        result = subprocess.run([sys.executable, "-c", code, json.dumps(options)], cwd=project, env=env,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BenchFailed(f"phases: {result.stderr[-800:]}")
+        for case, seconds in json.loads(result.stdout.strip().splitlines()[-1]).items():
+            samples.setdefault(case, []).append(seconds)
+        subprocess.run([sys.executable, "-m", "mlenv", "down", "phases", "--yes"], cwd=project, env=env,
+                       capture_output=True)
+    return [Row(BENCHMARK, f"  phase: {case}", values) for case, values in samples.items()]
+
+
 def main(quick: bool = False) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="mlenv-bench-boxes-"))
     home = work / "home"
@@ -142,6 +185,7 @@ def main(quick: bool = False) -> list[Row]:
                         met=sorted(new)[len(new) // 2] < 5))
         rows.append(Row(BENCHMARK, "up + first `ssh mlenv-NAME true`", to_ssh))
         rows.append(Row(BENCHMARK, "up of a stopped box -> SSH ready", restart))
+        rows += _phases(project, env, build, made)
 
         # idle to stopped, boxes side by side (nothing touches them after up)
         settings = {"i10": 10, "i30": 30}
