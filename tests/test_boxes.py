@@ -156,6 +156,7 @@ def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
     # up again: the same box, found by its labels
     again = up(project, box, "--idle", "20s")
     assert "already running" in again.stderr
+    assert "note:" not in again.stderr  # the box runs the project's current lock: no drift note
     assert len(docker_client.containers.list(all=True, filters={"label": f"mlenv.box={box}"})) == 1
 
     assert project.mlenv("ssh", box, "--", "echo kept > work/notes.txt").returncode == 0

@@ -332,6 +332,7 @@ class DockerProvider:
             if project != spec.name:
                 raise UsageError(f"box {req.name} belongs to project {project!r}, not {spec.name!r}",
                                  hint="pick another name, or `mlenv down` that box first")
+            self._note_lock_drift(existing, spec, lock, progress, req.build_options.get("base_image"))
             if existing.status == "running":
                 progress(f"box {req.name} is already running")
                 return self._box(existing, details=True)
@@ -341,6 +342,22 @@ class DockerProvider:
         progress(f"dev image for target {target}")
         image_tag = self._image(spec, lock, target, progress, req.build_options)
         return self._create(req, spec, target, user, image_tag, progress)
+
+    @staticmethod
+    def _note_lock_drift(container, spec, lock, progress: Progress, base_image: str | None) -> None:
+        """An existing box keeps the image it was made from: say so when the lock has moved on."""
+        from mlenv.image.plan import plan_image
+
+        labels = container.labels or {}
+        target = labels.get(LABEL_TARGET)
+        if not target or target not in lock.targets:
+            return
+        current = plan_image(spec, lock, target, base_image=base_image).lock_hash
+        if labels.get(LABEL_LOCK) and labels[LABEL_LOCK] != current:
+            name = labels.get(LABEL_BOX, container.name)
+            progress(f"note: box {name} runs lock {labels[LABEL_LOCK]}, the project's lock is now {current}; "
+                     f"`mlenv doctor --box {name}` shows the drift, `mlenv down {name} && mlenv up {name}` "
+                     "recreates it (down deletes its workspace volume)")
 
     def _create(self, req: UpRequest, spec, target: str, user: str, image_tag: str, progress: Progress) -> Box:
         from docker.errors import APIError
