@@ -275,3 +275,23 @@ def test_s3_notebook_in_and_out(moto_s3, tmp_path):
     assert (tmp_path / "sweeps" / "good" / "results.json").is_file()  # the default place, named after it
     missing = run_mlenv("sweep", "s3://sweeps/notebooks/nope.ipynb", env=env, cwd=tmp_path)
     assert missing.returncode == 2 and "notebook s3://sweeps/notebooks/nope.ipynb does not exist" in missing.stderr
+
+
+def test_dask_workers_are_checked_against_the_lock(tmp_path, dask_cluster, local_index):
+    from tests.test_lock import write_spec
+
+    write_spec(tmp_path, local_index.url)  # a project locked to tinylib: the workers' kernels have other packages
+    assert run_mlenv("lock", cwd=tmp_path).returncode == 0
+    notebook = tmp_path / "trivial.ipynb"
+    notebook.write_text((NOTEBOOKS / "trivial.ipynb").read_text())
+    args = ["sweep", str(notebook), "-p", "x=1", "--cluster", dask_cluster, "-o", str(tmp_path / "out")]
+    refused = run_mlenv(*args, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert "2 of 2 Dask workers do not match mlenv.lock target 'cpu'" in refused.stderr
+    assert "tinylib" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+    allowed = run_mlenv(*args, "--allow-drift", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    environment = json.loads((tmp_path / "out" / "results.json").read_text())["environment"]
+    assert environment["target"] == "cpu" and environment["workers"] == "2"
+    assert environment["drift"] == "2 of 2 workers drifted"
