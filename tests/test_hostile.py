@@ -182,6 +182,9 @@ def test_wrong_types_are_corrupt_for_lock_check_sync_and_doctor(locked, edit, si
 def test_non_utf8_lock_is_corrupt_not_a_traceback(locked):
     (locked / "mlenv.lock").write_bytes(b"\xff\xfe[lock]\n")
     assert_corrupt_everywhere(locked)
+    relock = run_mlenv("lock", cwd=locked)  # re-locking is the way out, and it works
+    assert relock.returncode == 0 and "not UTF-8" in relock.stderr, relock.stderr
+    run_mlenv("lock", "--check", cwd=locked, check=True)
 
 
 # --- item 2: credentials never reach mlenv.toml, the lock, generated files or messages ----------------
