@@ -34,7 +34,6 @@ from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
 from mlenv.spec import SPEC_FILE, parse_spec, target_limits
 
 TARGET_OPTION_KEYS = ("cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min")
-_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
@@ -82,7 +81,7 @@ def parse_target_option(text: str) -> ProposedTarget:
     name = name.strip()
     if not equals or not rest:
         raise UsageError(f"--target {text!r}: expected {TARGET_SYNTAX}")
-    if not _TARGET_NAME.match(name):
+    if validate.name(name) or "." in name:
         raise UsageError(f"--target {text!r}: invalid target name {name!r}", hint="use letters, digits, - and _")
     platform, _, options = rest.partition(":")
     platform = PLATFORM_ALIASES.get(platform.strip(), platform.strip())
@@ -290,8 +289,8 @@ def plan_init(root: Path, *, name: str | None = None, python: str | None = None,
     machine = machine or detect_machine()
     if python is not None and validate.python_version(python):
         raise UsageError(f"--python: {validate.python_version(python)}")
-    if name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        raise UsageError(f"--name {name!r}: use letters, digits, '.', '-' and '_'")
+    if name is not None and validate.name(name):
+        raise UsageError(f"--name: {validate.name(name)}")
     explicit_targets = [parse_target_option(text) for text in targets or []]
     seen: set[str] = set()
     for target in explicit_targets:

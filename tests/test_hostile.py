@@ -512,3 +512,10 @@ def test_a_symlinked_folder_does_not_lead_generated_files_out_of_the_project(loc
     result = run_mlenv("gen", "devcontainer", "--target", "cpu", "--no-resolve-digest", cwd=locked)
     assert_one_clear_message(result, 3, "outside the project folder")
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--name", "demo\n"], ["--target", "cpu;touch=linux/x86_64"], ["--target", "../x=linux/x86_64"]])
+def test_init_names_from_the_command_line_are_validated_like_the_spec(tmp_path, args):
+    result = run_mlenv("init", "--yes", *args, cwd=tmp_path, env=WIDE)
+    assert_one_clear_message(result, 2, "name")
+    assert not (tmp_path / "mlenv.toml").exists()
