@@ -13,7 +13,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Row, command_runner, in_process, interleave, print_table, python, repetitions  # noqa: E402
+from common import (
+    Row,
+    command_runner,
+    in_process,
+    interleave,
+    print_table,
+    python,
+    repetitions,
+)
 
 BENCHMARK = "ci"
 SPEC = """[project]
