@@ -1067,6 +1067,12 @@ def exclusive_variants(imported: Imported) -> list[list[str]]:
     for group in groups:
         sets.setdefault(root(group), []).append(group)
     found = [members for members in sets.values() if len(members) > 1]
+    for group in by_name:
+        if imported.cuda and re.search(r"(^|-)(gpu|cuda\d*|cu\d{2,3})($|-)", group):
+            # a hardware choice: its packages belong with the CUDA target proposed from the inputs
+            imported.note(imported.group_files.get(group, group), "variants",
+                          f"group {group!r} is the CUDA variant: install it on the CUDA target "
+                          f"(`mlenv sync --target cuda --group {group}`)")
     for members, why in reasons:
         files = ", ".join(imported.group_files.get(g, g) for g in members.split(", "))
         imported.note(files, "variants", f"groups {members} are alternatives ({why}): locked apart as "

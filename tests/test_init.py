@@ -556,7 +556,7 @@ def test_variant_requirement_files_become_exclusive_groups(tmp_path):
     imported = _import(tmp_path, {
         "requirements-common.txt": "numpy\n",
         "requirements-tpu.txt": "-r requirements-common.txt\ntensorflow==2.17.0\n",
-        "requirements-cuda.txt": "-r requirements-common.txt\ntensorflow[and-cuda]==2.17.0\n",
+        "requirements-cuda.txt": "-r requirements-common.txt\ntensorflow[and-cuda]==2.17.0\ntorch==2.5.1+cu124\n",
         "requirements-cpu.txt": "-r requirements-common.txt\ntensorflow-cpu==2.17.0\n",
         "requirements-dev.txt": "pytest\n",
         "requirements-legacy.txt": "scipy==1.10.1\n",
@@ -567,6 +567,7 @@ def test_variant_requirement_files_become_exclusive_groups(tmp_path):
     notes = [n.text for n in imported.notes if n.kind == "variants"]
     assert any("their names choose an accelerator" in n for n in notes)
     assert any("scipy==1.10.1 vs scipy==1.14.1" in n for n in notes)
+    assert imported.cuda == "12.4" and any("`mlenv sync --target cuda --group cuda`" in n for n in notes)
 
 
 def test_init_records_variants_and_lock_warns_when_an_imported_file_moves_on(tmp_path, local_index):

@@ -425,6 +425,17 @@ def test_exclusive_groups_are_locked_apart_and_never_installed_together(tmp_path
     assert not venv.exists()
     doctor = run_mlenv("doctor", "--group", "tpu", "--group", "cpuonly", cwd=tmp_path)
     assert doctor.returncode == 2 and "alternatives" in doctor.stderr
+    unknown = run_mlenv("sync", "--group", "tpus", cwd=tmp_path)
+    assert unknown.returncode == 2 and "did you mean 'tpu'" in unknown.stderr
+
+    # one alternative at a time: sync takes main, the shared groups and the one asked for
+    run_mlenv("sync", "--group", "dev", "--group", "tpu", cwd=tmp_path, check=True)
+    installed = sorted(p.name.split("-")[0] for p in venv.glob("lib/python*/site-packages/*.dist-info"))
+    assert installed == ["devtool", "tensorflow", "tinydep", "tinylib"]
+    run_mlenv("doctor", "--group", "dev", "--group", "tpu", cwd=tmp_path, check=True)
+    run_mlenv("sync", cwd=tmp_path, check=True)  # no --group: no alternative
+    installed = sorted(p.name.split("-")[0] for p in venv.glob("lib/python*/site-packages/*.dist-info"))
+    assert installed == ["devtool", "tinydep", "tinylib"]
 
 
 def test_an_alternative_that_needs_other_main_pins_says_so(tmp_path, local_index):
