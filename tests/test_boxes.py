@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
 import pytest
 
 from mlenv.boxes import Box, UpRequest, format_duration, parse_duration, provider, validate_box_name
 from mlenv.errors import UsageError
+from tests.conftest import require, run_mlenv
 
 
 @pytest.mark.parametrize("name", ["a", "gpu1", "my-box-2", "a" * 31])
@@ -46,16 +56,6 @@ def test_unknown_provider_is_a_usage_error_with_a_suggestion():
 # --- the docker provider, end to end on the real engine -----------------------------------------------
 # One dev image for the module; each test makes its own box (seconds) and removes it.
 
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from tests.conftest import require, run_mlenv  # noqa: E402
 
 
 SPEC = """\
@@ -165,7 +165,7 @@ def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
     # nobody uses it: it stops by itself, within a poll of the idle setting, and stays stopped
-    waited = wait_state(project, box, "stopped", 45)
+    wait_state(project, box, "stopped", 45)
     logs = project.mlenv("logs", box, "--json")
     decisions = [json.loads(line) for line in logs.stdout.splitlines()]
     assert decisions[-1]["event"] == "stop" and decisions[-1]["reason"] == "idle", decisions[-3:]

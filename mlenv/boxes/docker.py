@@ -10,6 +10,7 @@ it survives stop/start.  Container and volume labels are the source of truth (``
 
 from __future__ import annotations
 
+import builtins
 import functools
 import io
 import json
@@ -281,7 +282,7 @@ class DockerProvider:
             raise UsageError("the spec has several linux targets", hint=f"pick one with --target ({', '.join(names)})")
         return names[0]
 
-    def plan(self, req: UpRequest) -> list[str]:
+    def plan(self, req: UpRequest) -> builtins.list[str]:
         spec, lock = self._project()
         target = self._target(req, spec, lock)
         existing = self._container(req.name)
@@ -400,7 +401,7 @@ class DockerProvider:
                 volume_name(req.name), labels={LABEL_BOX: req.name, LABEL_OWNER: self.owner, LABEL_PROJECT: spec.name}))
             made.append(volume)
             container = None
-            for attempt in range(3):  # the free port can be taken between choosing and binding it
+            for _attempt in range(3):  # the free port can be taken between choosing and binding it
                 port = _free_port()
                 try:
                     container = client.containers.create(
@@ -415,7 +416,7 @@ class DockerProvider:
                                          hint="wait for it, then run `mlenv up` again") from None
                     raise MlenvError(f"creating box {req.name} failed: {exc.explanation or exc}") from None
                 made.append(container)
-                _engine_call("copying the box's boot files", lambda: container.put_archive("/", payload))
+                _engine_call("copying the box's boot files", lambda c=container: c.put_archive("/", payload))
                 progress("starting the box")
                 try:
                     container.start()
@@ -451,7 +452,7 @@ class DockerProvider:
             if container.status not in ("created", "running"):
                 logs = container.logs(tail=15).decode("utf-8", "replace").strip()
                 raise MlenvError(f"box {container.name} exited while starting (status {container.status})"
-                                 + (f":\n    " + "\n    ".join(logs.splitlines()) if logs else ""),
+                                 + (":\n    " + "\n    ".join(logs.splitlines()) if logs else ""),
                                  hint="the dev image needs openssh-server and python3 (mlenv's generated Dockerfile has both)")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
@@ -498,7 +499,7 @@ class DockerProvider:
         if (volume.attrs.get("Labels") or {}).get(LABEL_OWNER) == self.owner:
             _engine_call(f"removing the workspace of box {name}", lambda: volume.remove(force=True))
 
-    def orphans(self) -> list[Orphan]:
+    def orphans(self) -> builtins.list[Orphan]:
         """Labelled volumes whose box has no container (a box interrupted mid-`up`, a container
         removed by hand) and containers that never started."""
         client = _client()
@@ -516,7 +517,7 @@ class DockerProvider:
                                     "created but never started", 0.0))
         return found
 
-    def delete_orphans(self, orphans: list[Orphan]) -> None:
+    def delete_orphans(self, orphans: builtins.list[Orphan]) -> None:
         from docker.errors import NotFound
 
         client = _client()
@@ -532,7 +533,7 @@ class DockerProvider:
                 continue
             if (resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}).get(LABEL_OWNER) != self.owner:
                 continue  # only ever delete what carries our labels
-            _engine_call(f"removing {orphan.kind} {orphan.id}", lambda: resource.remove(force=True))
+            _engine_call(f"removing {orphan.kind} {orphan.id}", lambda r=resource: r.remove(force=True))
 
     # --- running things on the box -------------------------------------------------------------------
 

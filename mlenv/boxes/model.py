@@ -7,6 +7,7 @@ is one module implementing ``Provider``; ``mlenv.boxes.provider(name, spec)`` fi
 
 from __future__ import annotations
 
+import builtins
 import getpass
 import socket
 import time
@@ -67,9 +68,10 @@ def parse_duration(text: str | int | float, what: str = "duration") -> int:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = int(text)
     else:
-        seconds = parse_spec_duration(str(text).strip())
-        if seconds is None:
+        parsed = parse_spec_duration(str(text).strip())
+        if parsed is None:
             raise UsageError(f"invalid {what} {text!r}", hint='write a number and a unit, e.g. "45s", "30m", "2h" or "1d"')
+        seconds = parsed
     if seconds < 1:
         raise UsageError(f"{what} must be at least 1s, got {text!r}")
     return seconds
@@ -205,7 +207,7 @@ class Provider(Protocol):
 
     name: str
 
-    def plan(self, req: UpRequest) -> list[str]:
+    def plan(self, req: UpRequest) -> builtins.list[str]:
         """What ``up`` would do, as lines for ``--dry-run``; creates nothing."""
         ...
 
@@ -225,9 +227,9 @@ class Provider(Protocol):
         """Delete everything made for the box (instance/container, keys, volumes, ...)."""
         ...
 
-    def orphans(self) -> list[Orphan]: ...
+    def orphans(self) -> builtins.list[Orphan]: ...
 
-    def delete_orphans(self, orphans: list[Orphan]) -> None: ...
+    def delete_orphans(self, orphans: builtins.list[Orphan]) -> None: ...
 
     def executor(self, box: Box) -> Executor:
         """Where commands on the (running) box run: the doctor's probe, keep-alives, `mlenv ssh`."""

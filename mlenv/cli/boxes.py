@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -135,7 +134,7 @@ def up_command(
         if not sep or not key:
             raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
         build_args[key] = value
-    build = {k: v for k, v in (("base_image", base_image), ("network", network)) if v}
+    build: dict[str, object] = {k: v for k, v in (("base_image", base_image), ("network", network)) if v}
     if build_args:
         build["build_args"] = build_args
     request = boxes.UpRequest(
