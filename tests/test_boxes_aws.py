@@ -219,13 +219,33 @@ def aws(moto_server, tmp_path, monkeypatch):
     return env
 
 
-@pytest.fixture
-def project(tmp_path, local_index):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    write_spec(folder, local_index.url, extra=f'[devbox]\nami-parameter = "{AMI_PARAMETER}"\n')
+def locked_template(tmp_path_factory, extra: str):
+    """A locked demo project and the package index it locks against, made once per module (tests copy
+    the folder: `mlenv lock` is the slow part)."""
+    from tests.pkgindex import LocalIndex
+
+    index = LocalIndex(tmp_path_factory.mktemp("index"))
+    for name, version, requires in (("tinydep", "1.0", []), ("tinydep", "1.1", []),
+                                    ("tinylib", "1.0", ["tinydep>=1.0"]), ("devtool", "0.5", [])):
+        index.add(name, version, requires=requires)
+    folder = tmp_path_factory.mktemp("template")
+    write_spec(folder, index.url, extra=extra)
     result = run_mlenv("lock", cwd=folder)
     assert result.returncode == 0, result.stderr
+    return index, folder
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    index, folder = locked_template(tmp_path_factory, f'[devbox]\nami-parameter = "{AMI_PARAMETER}"\n')
+    yield folder
+    index.close()
+
+
+@pytest.fixture
+def project(tmp_path, template):
+    folder = tmp_path / "proj"
+    shutil.copytree(template, folder)
     return folder
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require, run_mlenv
-from tests.test_lock import write_spec
 
 
 def _free_port() -> int:
@@ -99,15 +98,21 @@ def laptop(tmp_path, monkeypatch, lab_machine):
     return home
 
 
-@pytest.fixture
-def project(tmp_path, local_index, lab_machine):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    write_spec(folder, local_index.url, extra=(
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, lab_machine):
+    from tests.test_boxes_aws import locked_template
+
+    index, folder = locked_template(tmp_path_factory, (
         f'[devbox]\nprovider = "ssh"\nhost = "{lab_machine["host"]}"\nport = {lab_machine["port"]}\n'
         f'user = "{lab_machine["user"]}"\n'))
-    result = run_mlenv("lock", cwd=folder)
-    assert result.returncode == 0, result.stderr
+    yield folder
+    index.close()
+
+
+@pytest.fixture
+def project(tmp_path, template):
+    folder = tmp_path / "proj"
+    shutil.copytree(template, folder)
     return folder
 
 
