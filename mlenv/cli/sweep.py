@@ -80,9 +80,9 @@ def sweep(
                           err=lambda text: console.err.print(text, markup=False, highlight=False),
                           width=console.out.width)
         if code == 0 and not dry_run:
-            console.success(f"sweep on box {on} finished; results in {escape(options.output_location())}")
+            console.success(f"sweep on box {on} finished; results in {options.output_location()}")
         raise typer.Exit(code)
-    plan = plan_sweep(options, warn=lambda message: console.warn(escape(message)))
+    plan = plan_sweep(options, warn=console.warn)
     if dry_run:
         print_plan(plan, console.out, json_out=json_out)
         return
