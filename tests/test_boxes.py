@@ -326,3 +326,22 @@ def test_bad_box_names_never_reach_the_engine(tmp_path):
     result = run_mlenv("up", "Bad;name", "--provider", "docker", "--dry-run", cwd=tmp_path,
                        env={"DOCKER_HOST": "unix:///nonexistent.sock"})
     assert result.returncode == 2 and "invalid box name" in result.stderr
+
+
+@pytest.mark.docker
+def test_dry_run_prints_the_plan_and_creates_nothing(box_project, box, docker_client):
+    result = box_project.mlenv("up", box, "--provider", "docker", "--dry-run", "--idle", "45m")
+    assert result.returncode == 0, result.stderr
+    assert f"mlenv-box-{box}" in result.stdout and "127.0.0.1 only" in result.stdout
+    assert "idle 45m00s" in result.stdout
+    assert not docker_client.containers.list(all=True, filters={"label": f"mlenv.box={box}"})
+    assert not [v for v in docker_client.volumes.list() if v.name.startswith(f"mlenv-box-{box}")]
+
+
+def test_unreachable_engine_is_exit_6(tmp_path):
+    (tmp_path / "mlenv.toml").write_text('[project]\nname = "p"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "HOME": str(tmp_path), "MLENV_HOME": str(tmp_path / "d")}
+    stopped = run_mlenv("stop", "gpu1", "--provider", "docker", cwd=tmp_path, env=env)
+    assert stopped.returncode == 6 and "Docker Engine" in stopped.stderr, stopped.stderr
+    listed_ = run_mlenv("ls", "--json", cwd=tmp_path, env=env)
+    assert listed_.returncode == 0 and json.loads(listed_.stdout) == [] and "not listed" in listed_.stderr
