@@ -592,7 +592,10 @@ def main(argv=None):
     for path in (args.keepalive_dir, args.activity_dir):
         try:
             os.makedirs(path, exist_ok=True)
-            os.chmod(path, 0o1777)  # any user on the box may write here (sticky: not remove others' files)
+            if os.geteuid() == 0:
+                # a system watchdog: any user on the box may write here (sticky: not remove others' files);
+                # a user's own watchdog (ssh provider) keeps its folders to itself
+                os.chmod(path, 0o1777)
         except OSError:
             pass
     watchdog = Watchdog(args)
