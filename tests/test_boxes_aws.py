@@ -525,3 +525,17 @@ def test_with_a_registry_the_plan_names_the_image_and_builds_nothing(aws, projec
     text = "\n".join(provider(project).plan(request()))
     assert "environment: image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/... (dev image of target cpu" in text
     assert "set [devbox] instance-profile" in text  # ECR pulls need the instance role
+
+
+def test_a_large_first_boot_script_is_gzipped_and_reaches_ec2_intact(aws, project):
+    from mlenv.boxes.cloudinit import USER_DATA_LIMIT
+
+    pylock = project / "pylock.cpu.toml"
+    pylock.write_text(pylock.read_text() + "".join(f"# padding line {n}\n" for n in range(3000)))
+    box = provider(project).up(request("big1"), lambda line: None)
+    ec2 = boto("ec2")
+    raw = base64.b64decode(ec2.describe_instance_attribute(InstanceId=box.extra["instance_id"],
+                                                           Attribute="userData")["UserData"]["Value"])
+    assert raw[:2] == b"\x1f\x8b" and len(raw) <= USER_DATA_LIMIT  # gzip, which cloud-init unpacks itself
+    script = user_data_of(ec2, box.extra["instance_id"])
+    assert script.startswith("#!/bin/bash\n") and "-----MLENV BOX READY-----" in script

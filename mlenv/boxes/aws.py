@@ -505,7 +505,7 @@ class AWSProvider:
             MaxCount=1,
             KeyName=name,
             SecurityGroupIds=[group["GroupId"]],
-            UserData=plan.user_data.decode("latin-1") if plan.user_data[:2] == b"\x1f\x8b" else plan.user_data.decode(),
+            UserData=plan.user_data,  # bytes: boto3 base64-encodes them as they are (gzip included)
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled",
                              # 2 hops: containers on the box (docker bridge) reach IMDS too
                              "HttpPutResponseHopLimit": 2},
