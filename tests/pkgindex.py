@@ -43,7 +43,7 @@ def build_wheel(
     dist = re.sub(r"[-.]+", "_", name)
     module = dist.lower()
     dist_info = f"{dist}-{version}.dist-info"
-    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if requires_python:
         metadata.append(f"Requires-Python: {requires_python}")
     metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
@@ -76,7 +76,7 @@ class _IndexHandler(SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, max-age=0")
         super().end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         root = Path(self.directory)
         parts = [p for p in self.path.split("?")[0].split("/") if p]
         if parts[:1] == ["whl"] and len(parts) >= 2 and (root / f"whl-{parts[1]}").is_dir():
@@ -181,7 +181,7 @@ def torch_index(local_index) -> LocalIndex:
     """``local_index`` plus tiny torch-family wheels: ``/simple`` is PyPI, ``build_url(b)`` the PyTorch
     index of build ``b`` (cpu, cu124, cu128)."""
     index = local_index
-    for build, runtime in TORCH_RUNTIMES.items():
+    for runtime in TORCH_RUNTIMES.values():
         index.add("nvidia-cuda-runtime-cu12", runtime)
         index.add("nvidia-cublas-cu12", runtime.replace(".127", ".5.8").replace(".90", ".4.1"))
     index.add("nvidia-cuda-runtime", "13.0.96")

@@ -6,19 +6,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from mlenv import __version__
 from mlenv.errors import LockError, MlenvError, ResolutionError, ToolMissingError
 from mlenv.fsutil import atomic_write, sha256_bytes, sha256_file
 from mlenv.hardware import catalog
-from mlenv.lock.inputs import Change, diff_inputs, input_hash, target_inputs
-from mlenv.lock.model import LOCK_FILE, Lock, LockedPackage, LockedTarget, lock_path, pylock_name, read_lock
 from mlenv.lock.builds import BuildFacts, check_builds, check_published, module_clashes
-from mlenv.lock.model import MAIN_GROUP
+from mlenv.lock.inputs import Change, diff_inputs, input_hash, target_inputs
+from mlenv.lock.model import (
+    MAIN_GROUP,
+    Lock,
+    LockedPackage,
+    LockedTarget,
+    lock_path,
+    pylock_name,
+    read_lock,
+)
 from mlenv.lock.pylock import render_pylock
 from mlenv.lock.resolve import ResolvedPackage, reject_vcs, resolve_target, uv_binary
 from mlenv.lock.sources import moved_sources
@@ -256,7 +263,7 @@ def lock_project(
         )
 
     failures: list[TargetFailed] = []
-    for target in list(to_resolve):
+    for target in to_resolve:
         try:
             check_published(spec, target)  # a torch/CUDA pair never published: said before the network
         except MlenvError as exc:

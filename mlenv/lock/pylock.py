@@ -10,8 +10,8 @@ from __future__ import annotations
 import tomli_w
 
 from mlenv import __version__
-from mlenv.lock.model import MAIN_GROUP, LockedTarget
 from mlenv.hardware.platforms import PLATFORMS
+from mlenv.lock.model import MAIN_GROUP, LockedTarget
 
 
 def _artifact(artifact) -> dict:

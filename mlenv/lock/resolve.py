@@ -23,11 +23,10 @@ import tomllib
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import tomli_w
 from packaging.utils import canonicalize_name
-
-from urllib.parse import urlsplit
 
 from mlenv.errors import MlenvError, ResolutionError, SpecError, ToolMissingError
 from mlenv.lock.builds import PYTORCH_WHL, Routing, torch_routing
@@ -211,7 +210,7 @@ def _run_uv(args: list[str], cwd: Path, target: str, spec: Spec | None = None, t
     env = {**os.environ, "NO_COLOR": "1", "UV_NO_PROGRESS": "1"}
     env.pop("VIRTUAL_ENV", None)
     try:
-        result = subprocess.run([uv_binary(), *args], cwd=cwd, env=env, capture_output=True, text=True)
+        result = subprocess.run([uv_binary(), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise ToolMissingError(f"cannot run uv: {exc}", hint="reinstall mlenv (it depends on uv)") from None
     if trace is not None and result.stderr.strip():
