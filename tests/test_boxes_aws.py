@@ -150,7 +150,7 @@ def test_script_quotes_values_and_holds_no_secrets_and_fits_ec2():
     script = cloudinit.render(user_data(image_ref=f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}",
                                         authorized_keys=[public_key(DATA / "laptop.pub") + " me@laptop"]))
     assert script.startswith("#!/bin/bash\n")
-    assert f"docker pull 123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}" in script
+    assert f"docker pull -q 123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}" in script
     assert '"ecr-login"' in script and "amazon-ecr-credential-helper" in script
     assert "'ssh-ed25519 AAAA" in script  # keys are single shell words
     assert "PRIVATE KEY" not in script and "aws_secret" not in script.lower()
@@ -539,3 +539,11 @@ def test_a_large_first_boot_script_is_gzipped_and_reaches_ec2_intact(aws, projec
     assert raw[:2] == b"\x1f\x8b" and len(raw) <= USER_DATA_LIMIT  # gzip, which cloud-init unpacks itself
     script = user_data_of(ec2, box.extra["instance_id"])
     assert script.startswith("#!/bin/bash\n") and "-----MLENV BOX READY-----" in script
+
+
+def test_console_output_as_ec2_returns_it_base64_encoded():
+    from mlenv.boxes.aws import _console_text
+    from mlenv.boxes.cloudinit import parse_host_keys
+
+    encoded = base64.b64encode(recorded_console().encode()).decode()
+    assert parse_host_keys(_console_text(encoded)) == parse_host_keys(recorded_console()) != []

@@ -579,9 +579,16 @@ class AWSProvider:
             timeout = float(os.environ.get("MLENV_BOOT_TIMEOUT", BOOT_TIMEOUT_S))
         deadline = time.monotonic() + timeout
         progress(f"waiting for the host keys on {instance_id}'s console")
+        latest = True  # the live console (Nitro); other types only post it at state changes
         while True:
-            output = self.call("reading the console", "ec2", "get_console_output", InstanceId=instance_id,
-                               Latest=True).get("Output") or ""
+            try:
+                output = self.call("reading the console", "ec2", "get_console_output", InstanceId=instance_id,
+                                   Latest=latest).get("Output") or ""
+            except AwsError as exc:
+                if not latest or exc.code not in ("UnsupportedOperation", "InvalidParameterCombination"):
+                    raise
+                latest = False
+                continue
             text = _console_text(output)
             keys = cloudinit.parse_host_keys(text)
             if keys:
