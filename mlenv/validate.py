@@ -185,7 +185,8 @@ def int_between(low: int, high: int, why: str = "") -> Check:
         if isinstance(value, bool) or not isinstance(value, int):
             return f"expected an integer, got {type(value).__name__}"
         if not low <= value <= high:
-            return f"expected {low} to {high}{f' ({why})' if why else ''}, got {value}"
+            expected = f"a positive integer up to {high}" if low == 1 else f"{low} to {high}"
+            return f"expected {expected}{f' ({why})' if why else ''}, got {value}"
         return None
 
     return check
@@ -219,6 +220,20 @@ def url(value: Any) -> str | None:
 def relative_path_or_url(value: Any) -> str | None:
     """Where results go: a folder inside the project, or a URL (``s3://bucket/prefix``)."""
     return url(value) if isinstance(value, str) and "://" in value else relative_path(value)
+
+
+def finite_positive(value: Any) -> str | None:
+    """A number of seconds (or any amount): finite and above zero; TOML allows nan and inf."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected a number, got {type(value).__name__}"
+    if not math.isfinite(value) or value <= 0:
+        return f"expected a positive, finite number, got {value}"
+    return None
+
+
+port = int_between(1, 65535, "a TCP port")
 
 
 def each(check: Check, what: str = "a list") -> Check:

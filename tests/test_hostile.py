@@ -485,7 +485,7 @@ MAX_GPUS = _max_gpus()
 
 @pytest.mark.parametrize("line,words", [
     ("gpu-count = 12345678901234567890", ("gpu-count", "largest machine mlenv knows")),
-    (f"gpu-count = {MAX_GPUS + 1}", ("gpu-count", f"expected 1 to {MAX_GPUS}")),
+    (f"gpu-count = {MAX_GPUS + 1}", ("gpu-count", f"positive integer up to {MAX_GPUS}")),
     ("gpu-count = 0", ("gpu-count",)),
     ("gpu-memory-min = 100000", ("gpu-memory-min", "no GPU")),
     ("cpu-min = 99999999", ("cpu-min",)),
@@ -499,7 +499,7 @@ def test_out_of_range_target_numbers(tmp_path, line, words):
 def test_out_of_range_target_numbers_on_the_init_command_line(tmp_path):
     result = run_mlenv("init", "--yes", "--target", "gpu=linux/x86_64:cuda=12.4,gpu-count=12345678901234567890",
                        cwd=tmp_path)
-    assert_one_clear_message(result, 2, "gpu-count", f"expected 1 to {MAX_GPUS}")
+    assert_one_clear_message(result, 2, "gpu-count", f"positive integer up to {MAX_GPUS}")
     result = run_mlenv("init", "--yes", "--target", "gpu=linux/x86_64:cuda=12.4,gpu-count=²", cwd=tmp_path)
     assert_one_clear_message(result, 2, "positive integer")
     assert not (tmp_path / "mlenv.toml").exists()
@@ -519,3 +519,16 @@ def test_init_names_from_the_command_line_are_validated_like_the_spec(tmp_path, 
     result = run_mlenv("init", "--yes", *args, cwd=tmp_path, env=WIDE)
     assert_one_clear_message(result, 2, "name")
     assert not (tmp_path / "mlenv.toml").exists()
+
+
+@pytest.mark.parametrize("section,key", [
+    ("[devbox]\nport = 70000", "port"),
+    ("[devbox]\ndisk-gb = 12345678901234567890", "disk-gb"),
+    ("[sweep]\ntimeout = nan", "timeout"),
+    ("[sweep]\ntimeout = -inf", "timeout"),
+    ("[sweep]\nretries = -1", "retries"),
+])
+def test_out_of_range_section_numbers(tmp_path, section, key):
+    spec_with(tmp_path, target="\n" + section + "\n")
+    result = run_mlenv("lock", "--check", cwd=tmp_path)
+    assert_one_clear_message(result, 3, key)
