@@ -23,6 +23,7 @@ from mlenv.render import (
     render_dockerfile,
     render_dockerignore,
 )
+from mlenv.selfwheel import write_wheel
 from mlenv.spec import Spec
 
 
@@ -118,6 +119,9 @@ def generate(
             atomic_write(ignore, ignore_text)
             result.files.append(Generated(ignore, "written"))
     if not check:
+        # the dev stage installs this very mlenv from .mlenv/ (git-ignored, rewritten when it changed)
+        wheel, changed = write_wheel(root)
+        result.files.append(Generated(wheel, "written" if changed else "unchanged"))
         for plan in result.plans.values():
             lock = record_base_image(spec, lock, plan)
     return result

@@ -12,7 +12,7 @@ import functools
 import json
 from pathlib import Path
 
-from mlenv import __version__, validate
+from mlenv import selfwheel, validate
 from mlenv.image.plan import DEFAULT_UID, ImagePlan, image_targets
 from mlenv.lock.model import Lock
 from mlenv.spec import Spec
@@ -86,7 +86,8 @@ def render_dockerfile(plan: ImagePlan) -> str:
         ca_secret=CA_SECRET,
         ca_env=CA_ENV,
         pylock=plan.pylock,
-        mlenv_version=__version__,
+        mlenv_wheel=selfwheel.WHEEL,
+        mlenv_folder=selfwheel.FOLDER,
         dev_apt=DEV_APT,
         groups=plan.groups,
         labels=plan.labels(),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, run_mlenv
+from tests.conftest import REPO, require, run_mlenv
 from tests.test_gen import CPU_TARGET, make_project, parse_jsonc
 
 SCHEMA = Path(__file__).parent / "data" / "devContainer.base.schema.json"
@@ -51,17 +51,19 @@ def devcontainer_cli():
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the mlenv tool venv installs typer, rich, packaging and tomli-w from PyPI
 def test_devcontainer_up_then_doctor_inside(tmp_path, local_index, devcontainer_cli, docker_engine, build_cli,
-                                            base_image, mlenv_wheel_url, docker_client):
+                                            base_image, docker_client):
     root = make_project(tmp_path / "workspace", local_index.url)
     result = run_mlenv("gen", "all", "--base-image", base_image, cwd=root)
     assert result.returncode == 0, result.stderr
     config_path = root / ".devcontainer" / "devcontainer.json"
     config = parse_jsonc(config_path)
-    # test-only build settings, through the documented knobs: the loopback index needs host
-    # networking, and mlenv comes from this checkout's wheel instead of PyPI
+    # test-only build options: the loopback index needs host networking.  No build argument: the
+    # image installs the very mlenv that ran `mlenv gen` (its wheel in .mlenv/)
+    assert "args" not in config["build"]
+    assert (root / ".mlenv" / "mlenv-0.1.0-py3-none-any.whl").is_file()
     config["build"]["options"] = ["--network=host"]
-    config["build"]["args"] = {"MLENV_REQUIREMENT": mlenv_wheel_url}
     bundle = os.environ.get("SSL_CERT_FILE")
     if bundle and Path(bundle).is_file():
         config["build"]["options"] += ["--secret", f"id=cacert,src={bundle}"]
@@ -77,7 +79,12 @@ def test_devcontainer_up_then_doctor_inside(tmp_path, local_index, devcontainer_
         doctor = subprocess.run([devcontainer_cli, "exec", *common, "mlenv", "doctor", "--target", "cpu"],
                                 capture_output=True, text=True, env=env, timeout=300)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-        assert "/opt/venv/bin/python" in doctor.stdout
+        assert "/opt/venv/bin/python" in doctor.stdout and "environment matches the lock" in doctor.stderr
+        # ... and that mlenv is this checkout's code, not a release: same wheel bytes
+        installed = subprocess.run([devcontainer_cli, "exec", *common, "/opt/mlenv/bin/python", "-c",
+                                    "import mlenv.selfwheel, pathlib; print(pathlib.Path(mlenv.selfwheel.__file__).read_text())"],
+                                   capture_output=True, text=True, env=env, timeout=120)
+        assert installed.stdout.strip() == (REPO / "mlenv" / "selfwheel.py").read_text().strip()
         user = subprocess.run([devcontainer_cli, "exec", *common, "id", "-un"], capture_output=True, text=True,
                               env=env, timeout=120)
         assert user.stdout.strip() == "app"

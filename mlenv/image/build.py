@@ -13,6 +13,7 @@ from mlenv.image.buildkit import CA_SECRET_ID, BuildReport, BuildRequest, Step, 
 from mlenv.image.engine import connect, local_image
 from mlenv.image.plan import plan_image, record_base_image
 from mlenv.image.registry import push, registry_digest, registry_host, remote_exists, split_ref
+from mlenv.selfwheel import write_wheel
 
 
 def source_hash(context: Path, dockerfile: Path) -> str:
@@ -99,6 +100,7 @@ def build_target(
         atomic_write(dockerfile, text)
     if not (root / ".dockerignore").exists():
         atomic_write(root / ".dockerignore", render.render_dockerignore(spec))
+    write_wheel(root)  # the dev stage installs this very mlenv (.mlenv/mlenv-*.whl)
 
     material = [text, json.dumps(sorted((build_args or {}).items()))]
     if stage == "runtime":

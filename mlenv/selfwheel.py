@@ -1,0 +1,102 @@
+"""A wheel of the running mlenv, for the dev image's ``mlenv-tool`` stage.
+
+The dev image carries the very mlenv that generated its Dockerfile (``mlenv doctor`` inside a
+devcontainer or a dev box must read the lock the way this mlenv wrote it), whether this mlenv is a
+release, an editable checkout or a fork, and without assuming any release on a package index.
+``mlenv gen`` and ``mlenv build`` write the wheel to ``.mlenv/`` in the build context (with a
+``.gitignore`` of its own); the Dockerfile installs it unless ``MLENV_REQUIREMENT`` names another.
+
+The wheel is assembled here from the files of the running package rather than by a build backend:
+an editable install or a checkout has no backend available offline, and the archive must be
+byte-identical for identical files so that Docker reuses the layer that installs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from mlenv import __version__
+
+FOLDER = ".mlenv"
+WHEEL = f"mlenv-{__version__}-py3-none-any.whl"
+# What `mlenv doctor` (and `lock --check`) need in the image: the CLI shell, the lock format and
+# version parsing.  Docker, boto3, papermill ... stay out of the tool venv.  Pinned to the versions
+# this mlenv runs with, which are known to work with it.
+TOOL_REQUIREMENTS = ("typer", "rich", "packaging", "tomli-w")
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same files, same bytes
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """(path inside the wheel, file on disk) for the mlenv package and its templates."""
+    from mlenv.render import templates_dir
+
+    package = Path(__file__).resolve().parent
+    entries = [(f"mlenv/{path.relative_to(package).as_posix()}", path) for path in package.rglob("*")
+               if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo")
+               and path.relative_to(package).parts[0] != "templates"]
+    templates = templates_dir()
+    entries += [(f"mlenv/templates/{path.relative_to(templates).as_posix()}", path) for path in templates.rglob("*")
+                if path.is_file() and "__pycache__" not in path.parts]
+    return sorted(entries)
+
+
+def _requirement(name: str) -> str:
+    try:
+        return f"{name}=={metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return name
+
+
+def wheel_bytes() -> bytes:
+    """The wheel of the running mlenv (deterministic for the same files and dependency versions)."""
+    dist_info = f"mlenv-{__version__}.dist-info"
+    files: list[tuple[str, bytes]] = [(name, path.read_bytes()) for name, path in _package_files()]
+    meta = ["Metadata-Version: 2.1", "Name: mlenv", f"Version: {__version__}", "Requires-Python: >=3.11",
+            "Summary: mlenv as installed in dev images (the mlenv that generated the Dockerfile)"]
+    meta += [f"Requires-Dist: {_requirement(name)}" for name in TOOL_REQUIREMENTS]
+    files += [
+        (f"{dist_info}/METADATA", ("\n".join(meta) + "\n").encode()),
+        (f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: mlenv\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+        (f"{dist_info}/entry_points.txt", b"[console_scripts]\nmlenv = mlenv._entry:main\n"),
+    ]
+    record = [f"{name},sha256={_urlsafe_digest(data)},{len(data)}" for name, data in files]
+    files.append((f"{dist_info}/RECORD", ("\n".join(record + [f"{dist_info}/RECORD,,"]) + "\n").encode()))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _urlsafe_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def write_wheel(project_root: Path) -> tuple[Path, bool]:
+    """Put the wheel into ``<project>/.mlenv/`` (rewritten only when it changed); its path, and
+    whether it was (re)written.
+    Older mlenv wheels there are removed, so the Dockerfile's ``COPY .mlenv/mlenv-*.whl`` sees one."""
+    from mlenv.fsutil import atomic_write
+
+    folder = project_root / FOLDER
+    folder.mkdir(exist_ok=True)
+    ignore = folder / ".gitignore"
+    if not ignore.is_file():
+        atomic_write(ignore, "# written by mlenv: the wheel the dev image installs; rebuilt by `mlenv gen`/`mlenv build`\n*\n")
+    target = folder / WHEEL
+    data = wheel_bytes()
+    changed = not target.is_file() or target.read_bytes() != data
+    if changed:
+        atomic_write(target, data)
+    for other in folder.glob("mlenv-*.whl"):
+        if other != target:
+            other.unlink()
+    return target, changed
