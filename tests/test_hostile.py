@@ -532,3 +532,11 @@ def test_out_of_range_section_numbers(tmp_path, section, key):
     spec_with(tmp_path, target="\n" + section + "\n")
     result = run_mlenv("lock", "--check", cwd=tmp_path)
     assert_one_clear_message(result, 3, key)
+
+
+@pytest.mark.parametrize("spec", ["lr=uniform:nan:inf", "lr=uniform:0:inf", "lr=loguniform:1e-4:nan"])
+def test_sweep_ranges_need_finite_bounds(tmp_path, spec):
+    notebook = tmp_path / "train.ipynb"
+    shutil.copy(Path(__file__).parent / "notebooks" / "good.ipynb", notebook)
+    result = run_mlenv("sweep", str(notebook), "-p", spec, "--random", "2", "--dry-run", cwd=tmp_path)
+    assert_one_clear_message(result, 2, "not a finite number")

@@ -62,10 +62,13 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _number(text: str, where: str) -> float:
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         raise UsageError(f"{where}: {text!r} is not a number",
                          hint="ranges are written like lr=loguniform:1e-4:1e-1 or epochs=int:1:10") from None
+    if not math.isfinite(number):  # float() accepts nan and inf: no range is sampled between them
+        raise UsageError(f"{where}: {text!r} is not a finite number", hint="bounds are finite numbers, e.g. 1e-4")
+    return number
 
 
 def parse_distribution(name: str, text: str) -> Distribution | tuple[str, ...] | None:
