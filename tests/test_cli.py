@@ -52,9 +52,13 @@ def test_doctor_json_is_parseable_when_clean_or_not(tmp_path, local_index):
 
     write_spec(tmp_path, local_index.url)
     assert run_mlenv("lock", cwd=tmp_path).returncode == 0
-    result = run_mlenv("doctor", "--target", "cpu", "--python", sys.executable, "--json", cwd=tmp_path)
-    report = json.loads(result.stdout)
-    assert result.returncode == 1 and report["clean"] is False
+    drifted = run_mlenv("doctor", "--target", "cpu", "--python", sys.executable, "--json", cwd=tmp_path)
+    report = json.loads(drifted.stdout)
+    assert drifted.returncode == 1 and report["clean"] is False and report["findings"]
+    assert run_mlenv("sync", "--target", "cpu", cwd=tmp_path).returncode == 0
+    clean = run_mlenv("doctor", "--target", "cpu", "--python", str(tmp_path / ".venv"), "--json", cwd=tmp_path)
+    report = json.loads(clean.stdout)
+    assert clean.returncode == 0 and report["clean"] is True, clean.stdout + clean.stderr
 
 
 def _commands(group=None, path=()):
