@@ -62,7 +62,7 @@ class Facts:
     where: str  # "python /path/.venv/bin/python", "image repo:tag", ...
 
     @classmethod
-    def from_probe_output(cls, output: str, where: str) -> "Facts":
+    def from_probe_output(cls, output: str, where: str) -> Facts:
         try:
             data = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -27,10 +27,17 @@ from mlenv import validate
 from mlenv.errors import SpecError, UsageError, did_you_mean
 from mlenv.hardware import catalog
 from mlenv.hardware.detect import MachineInfo, TorchBuild, cuda_for_driver, detect_machine, driver_meets, torch_build
-from mlenv.importers import (
-    MAIN, PYTORCH_HOST, TORCH_FAMILY, Imported, ImportedIndex, Note, import_project, torch_pin,
-)
 from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
+from mlenv.importers import (
+    MAIN,
+    PYTORCH_HOST,
+    TORCH_FAMILY,
+    Imported,
+    ImportedIndex,
+    Note,
+    import_project,
+    torch_pin,
+)
 from mlenv.spec import SPEC_FILE, parse_spec, target_limits
 
 TARGET_OPTION_KEYS = ("cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min")

@@ -330,7 +330,7 @@ TARGET_KEYS = ("platform", "cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-mi
 _CUDA_INDEX = re.compile(r"/cu(\d{2,3})(?:/|$)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parse_requirement(text: str) -> Requirement:
     """A PEP 508 requirement, parsed once per distinct text in this process: `mlenv init` reads each
     line, proposes, then validates the proposal with this parser, and a 100k-line file must stay fast.
@@ -388,7 +388,7 @@ class _Validator:
 
     def requirements(self, value: Any, where: tuple) -> tuple[str, ...]:
         self.check(value, _string_list, where)
-        for position, item in enumerate(value):
+        for item in value:
             try:
                 url = parse_requirement(item).url
             except InvalidRequirement as exc:
@@ -498,7 +498,7 @@ def parse_spec(text: str, path: Path) -> Spec:
                     f"indexes: {', '.join(index_names)}" if index_names else "declare it with [[index]]"
                 )
                 raise v.fail(where + (package,), f"{package} is pinned to unknown index {index_name!r}", hint)
-            pins[canonicalize_name(package)] = index_name
+            pins[str(canonicalize_name(package))] = index_name
         return pins
 
     sources = index_pins(data.get("sources", {}), ("sources",))
@@ -593,14 +593,17 @@ def parse_spec(text: str, path: Path) -> Spec:
         if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise v.fail(("imported", "files", relative), f"imported file {relative!r}: expected \"sha256:<64 hex>\"")
 
-    sections = {name: v.section(cls, data.get(name, {}), (name,)) for name, cls in SECTIONS.items()}
-    devbox_target = sections["devbox"].target
+    image = v.section(ImageSettings, data.get("image", {}), ("image",))
+    devbox = v.section(DevboxSettings, data.get("devbox", {}), ("devbox",))
+    ci = v.section(CiSettings, data.get("ci", {}), ("ci",))
+    sweep = v.section(SweepSettings, data.get("sweep", {}), ("sweep",))
+    devbox_target = devbox.target
     if devbox_target and devbox_target not in targets:
         raise v.fail(("devbox", "target"), f"unknown target {devbox_target!r}", did_you_mean(devbox_target, targets))
 
     return Spec(
         path=path,
-        name=name,
+        name=str(name),
         python=python,
         dependencies=dependencies,
         groups=groups,
@@ -609,7 +612,10 @@ def parse_spec(text: str, path: Path) -> Spec:
         targets=targets,
         exclusive_groups=exclusive_groups,
         imported=dict(imported_files),
-        **sections,
+        image=image,
+        devbox=devbox,
+        ci=ci,
+        sweep=sweep,
     )
 
 

@@ -30,7 +30,7 @@ def locate(text: str, path: tuple) -> tuple[int, int] | None:
     def consider(found: list[str], line_no: int, col: int) -> None:
         nonlocal best
         matched = 0
-        for have, want in zip(found, wanted):
+        for have, want in zip(found, wanted):  # noqa: B905 - a prefix match: lengths differ on purpose
             if have != want:
                 break
             matched += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from mlenv.errors import MlenvError
+from mlenv.errors import ExitCode, MlenvError
 
 Check = Callable[[Any], "str | None"]
 
@@ -56,7 +56,7 @@ SUPPORTED_PYTHONS = tuple(f"3.{minor}" for minor in range(8, 15))
 class OutsideProject(MlenvError):
     """A path built from input (a name in the spec or lock) would leave the project folder."""
 
-    exit_code = 3
+    exit_code = ExitCode.INVALID_INPUT
 
 
 def _text(value: Any, what: str) -> str | None:
@@ -318,7 +318,7 @@ CREDENTIAL_HINT = ("write ${VARIABLE} in its place (uv and pip expand it from th
 class UnsafeValue(MlenvError):
     """A value reached a template that cannot represent it; validation at load time should have said so."""
 
-    exit_code = 3
+    exit_code = ExitCode.INVALID_INPUT
 
 
 def shell_word(value: Any) -> str:

@@ -34,5 +34,10 @@ fi
 echo "==> pip install -e .[test]"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
+echo "==> ruff check mlenv (lint + import order)"
+python3 -m ruff check mlenv
+echo "==> mypy (mlenv)"
+python3 -m mypy
+
 echo "==> pytest"
 exec python3 -m pytest "$@"

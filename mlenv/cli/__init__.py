@@ -100,7 +100,7 @@ def main(args: list[str] | None = None) -> None:
     try:  # recent typer vendors click; older releases use the click package
         from typer._click import exceptions as click_exceptions
     except ImportError:
-        from click import exceptions as click_exceptions
+        from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
     from mlenv import console
     from mlenv.errors import ExitCode, Interrupted, MlenvError

@@ -64,7 +64,7 @@ def build_command(
         return
     if outcome.dockerfile_updated:
         mlenv.status("Dockerfile regenerated from mlenv.lock")
-    if outcome.skipped:
+    if outcome.skipped or report is None:
         mlenv.success(f"{outcome.tag} {outcome.skipped}; build skipped (--force rebuilds)")
     else:
         mlenv.success(f"built {outcome.tag} in {report.elapsed:.1f}s "

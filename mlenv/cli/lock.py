@@ -17,7 +17,6 @@ def lock_command(
     """Resolve the spec for every target and write the lock files."""
     from mlenv.errors import DriftError, UsageError
     from mlenv.lock import check_lock, lock_project
-
     from mlenv.lock.sources import moved_sources
 
     mlenv = application(ctx)
@@ -61,13 +60,13 @@ def lock_command(
         status = "resolved" if name in result.resolved else "unchanged"
         table.add_row(Text(name), target.platform, target.accelerator, str(len(result.lock.packages_for(name))), status)
     mlenv.out.print(table)
-    for target, package, old, new in result.updates:
+    for changed, package, old, new in result.updates:
         if old is None:
-            change = Text.assemble("  ", ("+", "green"), f" {target}: {package} {new}")
+            change = Text.assemble("  ", ("+", "green"), f" {changed}: {package} {new}")
         elif new is None:
-            change = Text.assemble("  ", ("-", "red"), f" {target}: {package} {old}")
+            change = Text.assemble("  ", ("-", "red"), f" {changed}: {package} {old}")
         else:
-            change = Text.assemble("  ", ("~", "yellow"), f" {target}: {package} {old} -> {new}")
+            change = Text.assemble("  ", ("~", "yellow"), f" {changed}: {package} {old} -> {new}")
         mlenv.out.print(change)
     if result.resolved:
         mlenv.success(f"locked {', '.join(result.resolved)}; mlenv.lock and pylock files written")

@@ -50,9 +50,10 @@ def sweep(
     if cluster and jobs:
         raise UsageError("--jobs applies to local runs; a Dask cluster runs as many as it has worker threads",
                          hint="drop --jobs, or size the cluster with `dask worker --nworkers N`")
-    options = resolve_options(notebook, param, yaml_parameters=yaml_param, raw_parameters=raw_param, file=file, zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs,
-                              timeout=timeout, retries=retries, output=output, sort=sort, kernel=kernel,
-                              cluster=cluster, resume=resume, allow_drift=allow_drift)
+    options = resolve_options(notebook, param, yaml_parameters=yaml_param, raw_parameters=raw_param, file=file,
+                              zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs, timeout=timeout,
+                              retries=retries, output=output, sort=sort, kernel=kernel, cluster=cluster,
+                              resume=resume, allow_drift=allow_drift)
     if on:
         import sys
         from pathlib import Path
@@ -76,7 +77,7 @@ def sweep(
         executor, _ = box_executor(ctx, on)
         job = BoxSweep(executor, Path(options.notebook), forwarded, options.output_location(),
                        sweep_file=Path(file).resolve() if file else None, resume=resume)
-        code = run_on_box(job, out=sys.stdout.write,
+        code = run_on_box(job, out=lambda text: print(text, end="", flush=True),
                           err=lambda text: console.err.print(text, markup=False, highlight=False),
                           width=console.out.width)
         if code == 0 and not dry_run:

@@ -288,7 +288,7 @@ def lock_project(
     if unique:
         uv_binary()
     with ThreadPoolExecutor(max_workers=max(1, len(unique))) as pool:
-        by_leader = dict(zip((t.name for t in unique), pool.map(resolve, unique)))
+        by_leader = dict(zip((t.name for t in unique), pool.map(resolve, unique), strict=True))
     failures += [outcome for outcome in by_leader.values() if isinstance(outcome, TargetFailed)]
     results: dict[str, list[ResolvedPackage]] = {}
     facts: dict[str, BuildFacts] = {}

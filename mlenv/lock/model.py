@@ -153,7 +153,7 @@ class LockedTarget:
         return data
 
     @classmethod
-    def from_toml(cls, data: dict[str, Any], reader: "_Reader | None" = None, where: str = "target") -> "LockedTarget":
+    def from_toml(cls, data: dict[str, Any], reader: _Reader | None = None, where: str = "target") -> LockedTarget:
         r = reader or _Reader(LOCK_FILE)
         optional_str = (str, type(None))
         image = r.get(data, "image", dict, where, {})
@@ -247,7 +247,7 @@ class Lock:
             chosen.append(package)
         return chosen
 
-    def with_target(self, target: LockedTarget) -> "Lock":
+    def with_target(self, target: LockedTarget) -> Lock:
         return replace(self, targets={**self.targets, target.name: target})
 
     # --- serialization ------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class Lock:
         return header + tomli_w.dumps(data, multiline_strings=False)
 
     @classmethod
-    def loads(cls, text: str, *, source: str = LOCK_FILE) -> "Lock":
+    def loads(cls, text: str, *, source: str = LOCK_FILE) -> Lock:
         """Parse and check a lock.  Names become file names, so each is validated here, where it is
         read; the content digest proves nobody edited the records since mlenv wrote them."""
         r = _Reader(source)
@@ -365,7 +365,7 @@ def read_lock(spec_root: Path) -> Lock:
     path = lock_path(spec_root)
     if not path.is_file():
         if path.exists() or path.is_symlink():
-            raise LockError(f"{path} is not a file", hint=f"remove it, then run `mlenv lock`")
+            raise LockError(f"{path} is not a file", hint="remove it, then run `mlenv lock`")
         raise LockError(f"no {LOCK_FILE} in {spec_root}", hint="run `mlenv lock` first")
     try:
         text = path.read_text(encoding="utf-8")

@@ -8,9 +8,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlenv.errors import SpecError, UsageError
+from mlenv.sweep.space import (
+    Axis,
+    merge_values,
+    parse_cli_parameter,
+    parse_raw_parameter,
+    parse_table_parameter,
+    parse_yaml_parameters,
+)
 from mlenv.sweep.store import is_url
-from mlenv.sweep.space import (Axis, merge_values, parse_cli_parameter, parse_raw_parameter, parse_table_parameter,
-                               parse_yaml_parameters)
 
 
 @dataclass

@@ -213,7 +213,7 @@ class SigtermAsInterrupt:
         if self.armed and first:
             raise Terminated()
 
-    def __enter__(self) -> "SigtermAsInterrupt":
+    def __enter__(self) -> SigtermAsInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self

@@ -56,7 +56,7 @@ def kernel_interpreter(kernel: str) -> tuple[str, Any]:
 
     spec = KernelSpecManager().get_kernel_spec(kernel)
     program = spec.argv[0] if spec.argv else ""
-    if program in {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}:
+    if program in {"python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"}:
         return sys.executable, spec  # jupyter_client's own substitution (KernelManager.format_kernel_cmd)
     if not os.path.isabs(program):
         program = shutil.which(program) or program

@@ -201,7 +201,7 @@ def papermill_quiet():
     try:
         yield
     finally:
-        for logger, state in zip(loggers, states):
+        for logger, state in zip(loggers, states, strict=True):
             logger.disabled = state
 
 

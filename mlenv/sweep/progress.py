@@ -34,7 +34,7 @@ class SweepProgress:
         self.live_enabled = console.is_terminal if live is None else live
         self._live: Live | None = None
 
-    def __enter__(self) -> "SweepProgress":
+    def __enter__(self) -> SweepProgress:
         if self.live_enabled:
             self._live = Live(self.render(), console=self.console, refresh_per_second=4, transient=True,
                               get_renderable=self.render)

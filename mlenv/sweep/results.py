@@ -273,7 +273,7 @@ def scatter_svg(records: list[RunRecord], parameter: str, metric: str, parameter
     failed = [record for record in shown if record.failed and _number(record.metrics.get(metric)) is None]
     placed = measured + failed
     positions, categories, log = _axis_positions([record.parameters.get(parameter) for record in placed])
-    x_of = {id(record): position for record, position in zip(placed, positions)}
+    x_of = {id(record): position for record, position in zip(placed, positions, strict=True)}
     ys = [_number(record.metrics.get(metric)) for record in measured]
     x_low, x_high = _span(positions, pad=0.5 if categories else 0.05)
     y_low, y_high = _span(ys, pad=0.08)

@@ -243,14 +243,15 @@ def expand(axes: list[Axis], mode: str, *, samples: int | None = None, seed: int
 
     combos: list[dict[str, Any]]
     if mode == "grid":
-        combos = [dict(zip(names, combo)) for combo in itertools.product(*(value_lists[n] for n in names))]
+        combos = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(value_lists[n] for n in names))]
     elif mode == "zip":
         lengths = {name: len(values) for name, values in value_lists.items()}
         if len(set(lengths.values())) > 1:
             listing = ", ".join(f"{name} has {length}" for name, length in lengths.items())
             raise UsageError(f"--zip needs the same number of values for every parameter ({listing})",
                              hint="give each -p the same number of values, or drop --zip for a grid")
-        combos = [dict(zip(names, combo)) for combo in zip(*(value_lists[n] for n in names))] if names else [{}]
+        combos = ([dict(zip(names, combo, strict=True)) for combo in zip(*(value_lists[n] for n in names), strict=True)]
+                  if names else [{}])
     else:
         rng = random.Random(DEFAULT_SEED if seed is None else seed)
         combos = []
