@@ -7,6 +7,7 @@ missing service skips the test with the reason, in CI (``CI=true``) it fails the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,55 @@ def run_mlenv(*args: str, cwd: Path | None = None, env: dict | None = None, chec
     if check and result.returncode != 0:
         raise AssertionError(f"mlenv {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# --- projects: helpers shared by the test files, and fixtures over them -----------------------------
+
+def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra: str = "", targets: str | None = None) -> Path:
+    deps = ", ".join(f'"{d}"' for d in dependencies)
+    targets = targets or '[targets.cpu]\nplatform = "linux/x86_64"\n'
+    (folder / "mlenv.toml").write_text(
+        f'[project]\nname = "demo"\npython = "3.11"\ndependencies = [{deps}]\n\n'
+        f'[dependency-groups]\ndev = ["devtool"]\n\n'
+        f'[[index]]\nname = "local"\nurl = "{index_url}"\ndefault = true\n\n{extra}\n{targets}'
+    )
+    return folder / "mlenv.toml"
+
+
+CPU_TARGET = '[targets.cpu]\nplatform = "linux/x86_64"\n'
+
+
+def make_project(root: Path, index_url: str, *, targets: str = CPU_TARGET, dependencies=("tinylib",),
+                 dev=("devtool",), image: str = "", extra: str = "") -> Path:
+    """A project locked against ``index_url`` (the loopback test index), with one source file."""
+    root.mkdir(parents=True, exist_ok=True)
+    groups = f"\n[dependency-groups]\ndev = {json.dumps(list(dev))}\n" if dev else ""
+    (root / "mlenv.toml").write_text(
+        f'[project]\nname = "demo"\npython = "3.11"\ndependencies = {json.dumps(list(dependencies))}\n'
+        f"{groups}\n"
+        f'[[index]]\nname = "local"\nurl = "{index_url}"\ndefault = true\n\n'
+        f"{targets}\n{image}\n{extra}"
+    )
+    (root / "app.py").write_text('print("hello from demo")\n')
+    result = run_mlenv("lock", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def parse_jsonc(path: Path) -> dict:
+    """devcontainer.json is JSON with comments; ours has only whole-line // comments."""
+    return json.loads("\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")))
+
+
+@pytest.fixture
+def spec_file(local_index):
+    """``spec_file(folder, **options)``: a small mlenv.toml in ``folder`` (tinylib and devtool from the
+    loopback index), unlocked."""
+    return lambda folder, **options: write_spec(folder, local_index.url, **options)
+
+
+@pytest.fixture
+def locked_project(tmp_path, local_index):
+    """``locked_project(name="demo", **options)``: a project with one source file, locked against the
+    loopback index."""
+    return lambda name="demo", **options: make_project(tmp_path / name, local_index.url, **options)

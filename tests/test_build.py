@@ -35,6 +35,7 @@ def project(tmp_path, local_index):
     return make_project(tmp_path / "demo", local_index.url)
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
     # what .dockerignore keeps out of the context (and so out of the runtime image)
@@ -84,6 +85,7 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
     assert forced["skipped"] is None and forced["tag"] == changed["tag"]
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_ca_bundle_is_a_secret_never_a_layer(project, docker_env, docker_client, tmp_path):
     marker = "MLENV-TEST-CA-MARKER-7f3a9c"
@@ -115,6 +117,7 @@ def test_ca_bundle_is_a_secret_never_a_layer(project, docker_env, docker_client,
                             assert marker.encode() not in layer.extractfile(entry).read(), entry.name
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, docker_client, docker_registry):
     root = make_project(tmp_path / "pushed", local_index.url, image=f'[image]\nregistry = "{docker_registry}"\n')
@@ -136,6 +139,7 @@ def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, 
     assert again["skipped"] == "exists in the registry"
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env, docker_client, docker_registry,
                                               base_image):
@@ -175,6 +179,7 @@ def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env,
     assert f'digest = "{new_digest}"' in (root / "mlenv.lock").read_text()
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_wheel_url):
     result = built(build(project, "--stage", "dev", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", env=docker_env))
@@ -245,6 +250,7 @@ def test_unreachable_engine_is_one_line(project):
     assert result.returncode == 6 and "DOCKER_HOST" in result.stderr
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_without_the_ca_bundle_pypi_fails_behind_the_proxy(project, docker_env):
     """The counter-test of the secret: on this machine HTTPS goes through a TLS-intercepting proxy."""

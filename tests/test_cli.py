@@ -47,10 +47,8 @@ def test_missing_lock_is_exit_4_with_the_fix(tmp_path):
         assert "run `mlenv lock` first" in result.stderr
 
 
-def test_doctor_json_is_parseable_when_clean_or_not(tmp_path, local_index):
-    from tests.test_lock import write_spec
-
-    write_spec(tmp_path, local_index.url)
+def test_doctor_json_is_parseable_when_clean_or_not(tmp_path, spec_file):
+    spec_file(tmp_path)
     assert run_mlenv("lock", cwd=tmp_path).returncode == 0
     drifted = run_mlenv("doctor", "--target", "cpu", "--python", sys.executable, "--json", cwd=tmp_path)
     report = json.loads(drifted.stdout)
@@ -124,14 +122,12 @@ def test_user_text_is_printed_literally_not_as_emoji_or_markup(tmp_path):
     assert "\N{THUMBS DOWN SIGN}" not in result.stderr
 
 
-def _start_blocked_doctor(folder, local_index):
+def _start_blocked_doctor(folder, spec_file):
     """`mlenv doctor` waiting on an interpreter that never answers, ready for a signal."""
     import os
     import time
 
-    from tests.test_lock import write_spec
-
-    write_spec(folder, local_index.url)
+    spec_file(folder)
     assert run_mlenv("lock", cwd=folder).returncode == 0
     slow = folder / "slowpython"
     slow.write_text("#!/bin/sh\nexec sleep 60\n")
@@ -149,20 +145,20 @@ def _start_blocked_doctor(folder, local_index):
     raise AssertionError("doctor never started its probe")
 
 
-def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, local_index):
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, spec_file):
     import signal
 
-    process = _start_blocked_doctor(tmp_path, local_index)
+    process = _start_blocked_doctor(tmp_path, spec_file)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130
     assert stderr.strip() == "error: interrupted"
 
 
-def test_sigterm_exits_143(tmp_path, local_index):
+def test_sigterm_exits_143(tmp_path, spec_file):
     import signal
 
-    process = _start_blocked_doctor(tmp_path, local_index)
+    process = _start_blocked_doctor(tmp_path, spec_file)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 143

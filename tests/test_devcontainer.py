@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require, run_mlenv
-from tests.test_gen import CPU_TARGET, make_project, parse_jsonc
+from tests.conftest import CPU_TARGET, REPO, parse_jsonc, require, run_mlenv
 
 SCHEMA = Path(__file__).parent / "data" / "devContainer.base.schema.json"
 DEVCONTAINER_CLI_VERSION = "0.89.0"
@@ -26,9 +25,9 @@ def validate(config: dict) -> None:
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
-def test_generated_configs_match_the_official_schema(tmp_path, local_index):
+def test_generated_configs_match_the_official_schema(locked_project):
     targets = CPU_TARGET + '\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.8"\ngpu = "l4"\n'
-    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    root = locked_project("p", targets=targets)
     result = run_mlenv("gen", "devcontainer", "--no-resolve-digest", "--ca-bundle", str(SCHEMA), cwd=root)
     assert result.returncode == 0, result.stderr
     configs = sorted((root / ".devcontainer").glob("*/devcontainer.json"))
@@ -52,9 +51,9 @@ def devcontainer_cli():
 
 @pytest.mark.docker
 @pytest.mark.network  # the mlenv tool venv installs typer, rich, packaging and tomli-w from PyPI
-def test_devcontainer_up_then_doctor_inside(tmp_path, local_index, devcontainer_cli, docker_engine, build_cli,
+def test_devcontainer_up_then_doctor_inside(locked_project, devcontainer_cli, docker_engine, build_cli,
                                             base_image, docker_client):
-    root = make_project(tmp_path / "workspace", local_index.url)
+    root = locked_project("workspace")
     result = run_mlenv("gen", "all", "--base-image", base_image, cwd=root)
     assert result.returncode == 0, result.stderr
     config_path = root / ".devcontainer" / "devcontainer.json"

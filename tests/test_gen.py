@@ -12,32 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require, run_mlenv
-
-CPU_TARGET = '[targets.cpu]\nplatform = "linux/x86_64"\n'
-
-
-def make_project(root: Path, index_url: str, *, targets: str = CPU_TARGET, dependencies=("tinylib",),
-                 dev=("devtool",), image: str = "", extra: str = "") -> Path:
-    """A project locked against ``index_url`` (the loopback test index), with one source file."""
-    root.mkdir(parents=True, exist_ok=True)
-    groups = f"\n[dependency-groups]\ndev = {json.dumps(list(dev))}\n" if dev else ""
-    (root / "mlenv.toml").write_text(
-        f'[project]\nname = "demo"\npython = "3.11"\ndependencies = {json.dumps(list(dependencies))}\n'
-        f"{groups}\n"
-        f'[[index]]\nname = "local"\nurl = "{index_url}"\ndefault = true\n\n'
-        f"{targets}\n{image}\n{extra}"
-    )
-    (root / "app.py").write_text('print("hello from demo")\n')
-    result = run_mlenv("lock", cwd=root)
-    assert result.returncode == 0, result.stderr
-    return root
-
-
-def parse_jsonc(path: Path) -> dict:
-    """devcontainer.json is JSON with comments; ours has only whole-line // comments."""
-    return json.loads("\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")))
-
+from tests.conftest import CPU_TARGET, REPO, make_project, parse_jsonc, require, run_mlenv  # noqa: F401 - re-exported
 
 @pytest.fixture
 def project(tmp_path, local_index):

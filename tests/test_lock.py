@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, run_mlenv
+from tests.conftest import IN_CI, run_mlenv, write_spec  # noqa: F401 - write_spec: other test files import it from here
 
 LINUX_WHEEL = "cp311-cp311-manylinux_2_17_x86_64"
 MAC_WHEEL = "cp311-cp311-macosx_11_0_arm64"
-
-
-def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra: str = "", targets: str | None = None) -> Path:
-    deps = ", ".join(f'"{d}"' for d in dependencies)
-    targets = targets or '[targets.cpu]\nplatform = "linux/x86_64"\n'
-    (folder / "mlenv.toml").write_text(
-        f'[project]\nname = "demo"\npython = "3.11"\ndependencies = [{deps}]\n\n'
-        f'[dependency-groups]\ndev = ["devtool"]\n\n'
-        f'[[index]]\nname = "local"\nurl = "{index_url}"\ndefault = true\n\n{extra}\n{targets}'
-    )
-    return folder / "mlenv.toml"
 
 
 def lock(folder: Path, *args: str, expect: int = 0):
