@@ -192,3 +192,17 @@ def test_import_arrows_point_down():
             if relative.startswith("hardware/") and (name == "mlenv.spec" or name.startswith("mlenv.spec.")):
                 wrong.append(f"{relative} imports {name}")
     assert wrong == []
+
+
+def test_spec_option_is_common_to_the_commands(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mlenv.toml").write_text('[project]\nname = "x"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for args in (("lock", "--check"), ("doctor",), ("gen", "all"), ("build",), ("sync",)):
+        # found through --spec (the folder or the file), it then misses the lock: exit 4, not 3
+        for spec in (project, project / "mlenv.toml"):
+            result = run_mlenv(*args, "--spec", str(spec), cwd=elsewhere)
+            assert result.returncode == 4 and "run `mlenv lock` first" in result.stderr, (args, result.stderr)
+    assert "--spec" not in run_mlenv("init", "--help").stdout
