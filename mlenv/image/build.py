@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlenv.errors import BuildError, LockError, UsageError
-from mlenv.fsutil import atomic_write
+from mlenv.fsutil import atomic_write, sha256_file
 from mlenv.image.buildkit import CA_SECRET_ID, BuildReport, BuildRequest, Step, ca_bundle, find_builder, run_build
 from mlenv.image.engine import connect, local_image
 from mlenv.image.plan import plan_image, record_base_image
@@ -25,7 +25,8 @@ def source_hash(context: Path, dockerfile: Path) -> str:
     ignore = context / ".dockerignore"
     patterns = []
     if ignore.is_file():
-        patterns = [line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        lines = ignore.read_text().splitlines()
+        patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     digest = hashlib.sha256()
     for relative in sorted(exclude_paths(str(context), patterns, dockerfile=str(dockerfile.relative_to(context)))):
         path = context / relative
@@ -82,9 +83,7 @@ def build_target(
             hint="run `mlenv lock` (or build anyway with --allow-stale)",
         )
     connect()  # unreachable engine: one clear error before anything is written
-    builder = find_builder(spec.image.docker)
-    settings_ca = ca_bundle_path or spec.image.ca_bundle
-    bundle = ca_bundle(settings_ca)
+    bundle = ca_bundle(ca_bundle_path or spec.image.ca_bundle)
 
     plan = plan_image(spec, lock, target_name, base_image=base_image, resolve_digest=registry_digest)
     record_base_image(spec, lock, plan)
@@ -100,11 +99,13 @@ def build_target(
         atomic_write(dockerfile, text)
     if not (root / ".dockerignore").exists():
         atomic_write(root / ".dockerignore", render.render_dockerignore(spec))
-    write_wheel(root)  # the dev stage installs this very mlenv (.mlenv/mlenv-*.whl)
+    wheel, _ = write_wheel(root)  # the dev stage installs this very mlenv (.mlenv/mlenv-*.whl)
 
     material = [text, json.dumps(sorted((build_args or {}).items()))]
     if stage == "runtime":
         material.append(source_hash(root, dockerfile))
+    else:  # another mlenv in the tool venv is another dev image
+        material.append(sha256_file(wheel))
     content_tag, moving_tag = plan.tags(stage, *material)
     outcome = BuildOutcome(content_tag, moving_tag, stage, dockerfile_updated=updated)
     if not force and not no_cache:
@@ -125,6 +126,8 @@ def build_target(
             network=network,
             no_cache=no_cache,
         )
+        # looked for only now: an existing tag (`mlenv up` of a known box) needs no build CLI
+        builder = find_builder(spec.image.docker)
         outcome.report = run_build(builder, request, on_update=on_update)
         image = local_image(content_tag)
         if image is None:
@@ -134,7 +137,8 @@ def build_target(
     if push_image:
         if not plan.registry and registry_host(split_ref(content_tag)[0]) is None:
             raise UsageError("nothing to push to: the image name has no registry",
-                             hint="set [image] registry in mlenv.toml (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com)")
+                             hint="set [image] registry in mlenv.toml "
+                                  "(e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com)")
         if outcome.skipped != "exists in the registry":
             outcome.pushed_digest = push(content_tag)
             push(moving_tag)

@@ -62,10 +62,12 @@ def _buildx_version(docker: str) -> tuple[int, ...] | None:
 def _candidates(configured: str | None) -> list[str]:
     if configured:
         return [configured]
-    found = []
+    found: list[str] = []
+    seen: set[Path] = set()  # a symlinked client is the same client
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         path = Path(directory) / "docker"
-        if path.is_file() and os.access(path, os.X_OK) and str(path.resolve()) not in {str(Path(f).resolve()) for f in found}:
+        if path.is_file() and os.access(path, os.X_OK) and path.resolve() not in seen:
+            seen.add(path.resolve())
             found.append(str(path))
     return found
 
@@ -300,7 +302,8 @@ def _build_failure(report: BuildReport, code: int) -> BuildError:
         if "load metadata for" in failed.name:
             return BuildError(message, hint="the base image is not reachable: point --base-image or [image] base "
                                             "at a mirror or private registry that has it")
-        return BuildError(message, hint="fix the step above; `mlenv build --no-cache` rebuilds every layer if a cache is bad")
+        return BuildError(message, hint="fix the step above; "
+                                        "`mlenv build --no-cache` rebuilds every layer if a cache is bad")
     tail = "\n".join(f"    {line}" for line in list(report.output_tail)[-15:])
     if "Cannot connect to the Docker daemon" in tail or "connect: no such file" in tail:
         return BuildError(f"the build CLI cannot reach the Docker Engine at DOCKER_HOST={docker_host()}",
