@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mlenv.errors import SweepError, ToolMissingError, UsageError
+from mlenv.errors import ToolMissingError, UsageError
+from mlenv.fsutil import FileAccessError
 
 
 class LocalStore:
@@ -33,17 +34,13 @@ class LocalStore:
             with tempfile.NamedTemporaryFile(dir=existing, prefix=".mlenv-write-check-"):
                 pass
         except OSError as exc:
-            raise SweepError(f"cannot write the results to {self.root}: {existing}: {exc.strerror or exc}",
-                             hint="pick a writable folder with -o/--output (or fix its permissions)") from None
+            raise FileAccessError(f"cannot write the results to {self.root}: {existing}: {exc.strerror or exc}",
+                                  hint="pick a writable folder with -o/--output (or fix its permissions)") from None
 
     def write_text(self, name: str, text: str) -> None:
         from mlenv.fsutil import atomic_write
 
-        try:
-            atomic_write(self.root / name, text)
-        except OSError as exc:
-            raise SweepError(f"cannot write {self.root / name}: {exc.strerror or exc}",
-                             hint="pick a writable folder with -o/--output (or fix its permissions)") from None
+        atomic_write(self.root / name, text)  # an unwritable folder is fsutil's FileAccessError (exit 3)
 
     def __str__(self) -> str:
         return str(self.root)
