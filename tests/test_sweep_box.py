@@ -52,3 +52,31 @@ def test_sweep_on_a_box_holds_it_streams_progress_and_brings_the_results_back(bo
     assert checked.returncode in (1, 8), checked.stdout + checked.stderr
     assert "mlenv.lock" in checked.stderr or "ipykernel is not installed" in checked.stderr
     assert not (tmp_path / "locked" / "results.json").exists()
+
+    # SIGTERM here stops the sweep there the same way: finished runs kept and brought back, exit 143
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    napping = tmp_path / "napping.ipynb"
+    napping.write_text((REPO / "tests" / "notebooks" / "napping.ipynb").read_text())
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlenv", "sweep", str(napping), "-p", "i=1,2,3,4,5,6,7,8", "-p", "naptime=2",
+         "--jobs", "1", "--on", box, "-o", str(stopped)],
+        cwd=project.root, env={**os.environ, **project.env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 180
+    while "completed" not in seen and time.monotonic() < deadline:  # one run finished on the box
+        seen += process.stderr.readline()
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 143, seen + stderr
+    assert "stopping the sweep on box" in stderr and "Traceback" not in stderr
+    statuses = [run["status"] for run in json.loads((stopped / "results.json").read_text())["runs"]]
+    assert "completed" in statuses and "not-run" in statuses
