@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -11,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import REPO, require, run_mlenv
 
@@ -255,7 +257,7 @@ def test_good_sweep_writes_outputs_results_and_report_then_resumes(tmp_path):
     # --jobs 2: runs overlap in time (papermill's own start/end times in the outputs)
     spans = sorted((executed["metadata"]["papermill"]["start_time"], executed["metadata"]["papermill"]["end_time"])
                    for executed in (json.loads((out / run["output"]).read_text()) for run in data["runs"]))
-    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("run_id,status,lr,epochs,accuracy,loss") and len(csv_lines) == 5
     assert (out / "report.html").read_text().count("<svg") == 4

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from tests.test_boxes import box, box_project, up  # noqa: F401  (fixtures)
+from tests import test_boxes
 from tests.test_sweep_papermill import make_notebook
 
 pytestmark = pytest.mark.docker
+box_project, box, up = test_boxes.box_project, test_boxes.box, test_boxes.up  # the boxes tests' fixtures
 
 ON_THE_BOX = ("import os, socket, sys, time, mlenv\n"
               "from mlenv.boxes.model import KEEPALIVE_DIR\n"
