@@ -75,8 +75,10 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
     assert changed["skipped"] is None and changed["tag"] != first["tag"]
     # not a terminal: progress arrives as plain lines, one per finished step, with cache hits marked
     assert re.search(r"^\s+cached\s+\[deps 2/2\] RUN", changed_run.stderr, re.M), changed_run.stderr
-    assert re.search(r"^\s+\d+\.\ds\s+\[runtime 3/3\] COPY \. /app", changed_run.stderr, re.M), changed_run.stderr
-    assert changed["steps_run"] == ["[runtime 3/3] COPY . /app"], changed["steps_run"]
+    assert re.search(r"^\s+\d+\.\ds\s+\[runtime 3/3\] COPY --from=source /src /app", changed_run.stderr, re.M), changed_run.stderr
+    # the source stage takes the context without .mlenv/ (the dev stage's mlenv wheel)
+    assert changed["steps_run"] == ["[source 1/2] COPY . /src", "[source 2/2] RUN rm -rf /src/.mlenv",
+                                    "[runtime 3/3] COPY --from=source /src /app"], changed["steps_run"]
     assert any("uv pip sync" in step for step in changed["steps_cached"])
     assert docker_client.containers.run(changed["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "hello again"
 

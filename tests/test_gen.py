@@ -43,7 +43,7 @@ def test_dockerfile_stages_and_pins(project):
     assert not re.search(r"^#\s*syntax=", text, re.M), "a syntax line makes BuildKit pull a frontend image"
     # every COPY --from names a stage of this file, never a remote image
     stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.M))
-    assert {"base", "tools", "deps", "dev", "runtime"} <= stages
+    assert {"base", "tools", "deps", "dev", "source", "runtime"} <= stages
     assert set(re.findall(r"^COPY --from=(\S+)", text, re.M)) <= stages
     assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text
     deps = text.split("FROM tools AS deps")[1].split("FROM ")[0]
@@ -51,7 +51,7 @@ def test_dockerfile_stages_and_pins(project):
     assert "--mount=type=cache,id=mlenv-uv,target=/root/.cache/uv" in deps
     assert "UV_COMPILE_BYTECODE=1" in text
     runtime = text.split("FROM base AS runtime")[1]
-    assert runtime.rstrip().splitlines()[-2:] == ["COPY . /app", 'CMD ["python"]']  # the source comes last
+    assert runtime.rstrip().splitlines()[-2:] == ["COPY --from=source /src /app", 'CMD ["python"]']  # the source comes last
     assert re.search(r"^USER 1000:1000$", runtime, re.M)
     assert 'io.mlenv.lock-hash="' in text and "org.opencontainers.image.title" in text
     assert "--group dev" in text.split("FROM deps AS dev")[1]
