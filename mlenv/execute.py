@@ -24,7 +24,7 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mlenv.errors import MlenvError, ToolMissingError
 
@@ -238,7 +238,7 @@ class SSHExecutor:
     def __init__(self, box, *, where: str | None = None) -> None:
         self.box = box
         self.where = where or f"box {box.name}"
-        self._session = None
+        self._session: Any = None  # a connect.Session once the first command runs
 
     def run(self, argv, *, input=None, env=None, timeout=None) -> Completed:
         from mlenv import connect

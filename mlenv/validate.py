@@ -269,7 +269,7 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 # --- credentials ----------------------------------------------------------------------------------
 
 def _is_placeholder(text: str | None) -> bool:
-    return bool(text) and _PLACEHOLDER.fullmatch(text) is not None
+    return text is not None and _PLACEHOLDER.fullmatch(text) is not None
 
 
 def url_secret(url: str) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 from mlenv.connect import hostkeys, registry, session, sshconfig
 from mlenv.connect.hostkeys import HostKeyChanged, HostKeyUnknown, alias
 from mlenv.connect.keys import LocalKey, PublicKey, local_key, parse_public_key
-from mlenv.errors import MlenvError
+from mlenv.errors import ExitCode, MlenvError
 
 __all__ = [
     "HostKeyChanged",
@@ -40,7 +40,7 @@ Warn = Callable[[str], None]
 
 
 class HostKeyNotConfirmed(MlenvError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(self, name: str, key: PublicKey) -> None:
         super().__init__(f"the host key of box {name!r} ({key.type} {key.fingerprint}) was not confirmed; "
