@@ -205,7 +205,8 @@ def test_stale_lock_is_refused(project, docker_env):
     assert result.returncode == 4
     assert "stale" in result.stderr and "mlenv lock" in result.stderr and "Traceback" not in result.stderr
     # --allow-stale builds from the lock as it is: the packages are unchanged, only the source layer runs
-    assert built(build(project, "--allow-stale", env=docker_env))["steps_run"] == ["[runtime 3/3] COPY . /app"]
+    assert built(build(project, "--allow-stale", env=docker_env))["steps_run"] == [
+        "[source 1/2] COPY . /src", "[source 2/2] RUN rm -rf /src/.mlenv", "[runtime 3/3] COPY --from=source /src /app"]
 
 
 @pytest.mark.docker
