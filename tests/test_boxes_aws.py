@@ -547,3 +547,20 @@ def test_console_output_as_ec2_returns_it_base64_encoded():
 
     encoded = base64.b64encode(recorded_console().encode()).decode()
     assert parse_host_keys(_console_text(encoded)) == parse_host_keys(recorded_console()) != []
+
+
+def test_a_revoked_key_leaves_no_aws_key_pair_behind(aws, project):
+    """`mlenv keys revoke`: the lost laptop's key must not come back with a box relaunched later."""
+    from mlenv.connect.keys import local_key
+
+    aws_provider = provider(project)
+    box = aws_provider.up(request(idle_s=600, idle_connected_s=3600), lambda line: None)
+    ec2 = boto("ec2")
+    ec2.import_key_pair(KeyName="someone-else", PublicKeyMaterial=b"ssh-ed25519 "
+                        b"AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl other",
+                        TagSpecifications=[{"ResourceType": "key-pair", "Tags": [{"Key": "mlenv:box", "Value": "x"}]}])
+    assert aws_provider.revoke_key("laptop", ["ssh-ed25519 AAAAnot-ours"]) == []  # another key: nothing goes
+    deleted = aws_provider.revoke_key("laptop", [local_key().public_line])
+    assert deleted == [f"aws key pair {aws_provider.resource_name('demo', box.name)} (laptop)"]
+    remaining = [pair["KeyName"] for pair in tagged_resources()["key_pairs"]]
+    assert remaining == ["someone-else"]

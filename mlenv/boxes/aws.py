@@ -652,6 +652,23 @@ class AWSProvider:
             leftovers = [orphan for _project, orphan in self._resources(project, name)]
         self.delete_orphans(leftovers)
 
+    # --- keys ---------------------------------------------------------------------------------------
+
+    def revoke_key(self, key_name: str, public_lines: list[str]) -> list[str]:
+        """Delete every mlenv key pair holding one of ``public_lines`` (``mlenv keys revoke``).
+
+        A box's key pair is what EC2 installs at launch; once the key is revoked it must not come
+        back with a box relaunched from it.  Running boxes are not affected (their authorized_keys
+        are cleaned over SSH by the caller).  Returns what was deleted, for the user.
+        """
+        revoked = {" ".join(line.split()[:2]) for line in public_lines if len(line.split()) >= 2}
+        deleted = []
+        for pair in self._tagged("describe_key_pairs", "KeyPairs", None, None, IncludePublicKey=True):
+            if " ".join(pair.get("PublicKey", "").split()[:2]) in revoked:
+                self.call("deleting the key pair", "ec2", "delete_key_pair", KeyName=pair["KeyName"])
+                deleted.append(f"aws key pair {pair['KeyName']} ({key_name})")
+        return deleted
+
     # --- leftovers and orphans ------------------------------------------------------------------
 
     def _tagged(self, operation: str, key: str, project: str | None, box: str | None, **extra) -> list[dict]:
