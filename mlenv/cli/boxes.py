@@ -118,7 +118,7 @@ def up_command(
 ) -> None:
     """Create a dev box running the locked environment, or start it again (idempotent)."""
     from mlenv import boxes, connect, console
-    from mlenv.errors import UsageError
+    from mlenv.cli.build import parse_build_args
 
     spec = application(ctx).spec
     settings = spec.devbox
@@ -128,12 +128,7 @@ def up_command(
         given = value if value is not None else configured
         return boxes.parse_duration(given, f"--{key}") if given is not None else default
 
-    build_args = {}
-    for item in build_arg:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
-        build_args[key] = value
+    build_args = parse_build_args(build_arg)
     build: dict[str, object] = {k: v for k, v in (("base_image", base_image), ("network", network)) if v}
     if build_args:
         build["build_args"] = build_args

@@ -30,12 +30,7 @@ def build_command(
     from mlenv.image.build import build_target
     from mlenv.image.plan import image_targets
 
-    args = {}
-    for item in build_arg:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
-        args[key] = value
+    args = parse_build_args(build_arg)
     mlenv = application(ctx)
     spec, lock = mlenv.spec, mlenv.lock
     if target is None:
@@ -114,3 +109,16 @@ class _Display:
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
+
+
+def parse_build_args(items: list[str]) -> dict[str, str]:
+    """``--build-arg KEY=VALUE`` options (of `mlenv build` and `mlenv up`) as a dict."""
+    from mlenv.errors import UsageError
+
+    args = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--build-arg {item!r} is not KEY=VALUE")
+        args[key] = value
+    return args
