@@ -10,7 +10,6 @@ a plain container, which is how it is tested.
 from __future__ import annotations
 
 import base64
-import functools
 import gzip
 import re
 from dataclasses import dataclass, field
@@ -69,7 +68,6 @@ def check_public_key(line: str) -> str:
 
 def render(data: UserData) -> str:
     """The user-data script text.  Every value is validated here and shell-quoted by the template."""
-    from mlenv import render as templates
     from mlenv import validate
 
     problems = [validate.box_name(data.box), validate.name(data.project)]
@@ -97,12 +95,14 @@ def render(data: UserData) -> str:
     keys = [check_public_key(key) for key in data.authorized_keys]
 
     from mlenv.image.registry import is_ecr, registry_host, split_ref
+    from mlenv.render import UV_VERSION, render_template
 
     ecr_host = None
     if data.image_ref:
         host = registry_host(split_ref(data.image_ref)[0])
         ecr_host = host if is_ecr(host) else None
-    return _environment().get_template("cloud-init.sh.j2").render(
+    return render_template(
+        "cloud-init.sh.j2",
         box=data.box,
         project=data.project,
         user=data.user,
@@ -119,29 +119,12 @@ def render(data: UserData) -> str:
         pylock_gz_b64=_gz_b64(data.pylock) if data.pylock is not None else None,
         python=data.python,
         groups=data.groups,
-        uv_version=templates.UV_VERSION,
+        uv_version=UV_VERSION,
         keys_begin=KEYS_BEGIN,
         keys_end=KEYS_END,
         ready_marker=READY_MARKER,
         failed_marker=FAILED_MARKER,
     )
-
-
-@functools.cache
-def _environment():
-    import jinja2
-
-    from mlenv import render as templates
-    from mlenv.validate import install_filters
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates.templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    install_filters(environment)  # `sh`: one shell word, a line break refused
-    return environment
 
 
 def pack(script: str) -> bytes:
