@@ -111,13 +111,10 @@ def generate(
         _emit(path, text, result, check)
     ignore = root / ".dockerignore"
     if what in ("dockerfile", "all"):
-        if ignore.exists():
+        if ignore.exists():  # the user's to edit: never replaced
             result.files.append(Generated(ignore, "kept"))
-        elif check:
-            result.files.append(Generated(ignore, "stale"))
         else:
-            atomic_write(ignore, ignore_text)
-            result.files.append(Generated(ignore, "written"))
+            _emit(ignore, ignore_text, result, check)
     if not check:
         # the dev stage installs this very mlenv from .mlenv/ (git-ignored, rewritten when it changed)
         wheel, changed = write_wheel(root)
