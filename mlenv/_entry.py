@@ -51,7 +51,8 @@ def _provably_fresh() -> int | None:
         if meta.get("version") != 1 or meta.get("content-sha256") != content_digest(unsigned):
             return None
         spec_bytes = spec.read_bytes()
-        if meta.get("spec-sha256") != hashlib.sha256(spec_bytes).hexdigest() or meta.get("compat-data") != catalog["version"]:
+        if (meta.get("spec-sha256") != hashlib.sha256(spec_bytes).hexdigest()
+                or meta.get("compat-data") != catalog["version"]):
             return None
         if b"[imported" in spec_bytes and _imported_moved(folder, tomllib.loads(spec_bytes.decode())):
             return None  # the full check names the requirements file that changed since `mlenv init`

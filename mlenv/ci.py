@@ -203,9 +203,11 @@ def read_settings(spec, lock) -> CISettings:
 
             raise _spec_error(spec, "targets", f"unknown target {name!r}", did_you_mean(name, spec.targets))
         if not containerizable(lock.targets[name]):
-            raise _spec_error(spec, "targets", f"target {name!r} is {lock.targets[name].platform}: CI images are Linux only")
+            raise _spec_error(spec, "targets",
+                              f"target {name!r} is {lock.targets[name].platform}: CI images are Linux only")
         if not _JOB_SAFE_TARGET.match(name):
-            raise _spec_error(spec, "targets", f"target name {name!r} cannot name a CI job", "use letters, digits, - and _")
+            raise _spec_error(spec, "targets", f"target name {name!r} cannot name a CI job",
+                              "use letters, digits, - and _")
 
     def labels(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = ci.get(key)
@@ -260,7 +262,8 @@ def read_settings(spec, lock) -> CISettings:
 
     notebook_target = ci.get("notebook-target")
     if notebook_target is not None and notebook_target not in targets:
-        raise _spec_error(spec, "notebook-target", f"{notebook_target!r} is not one of the CI targets ({', '.join(targets)})")
+        raise _spec_error(spec, "notebook-target",
+                          f"{notebook_target!r} is not one of the CI targets ({', '.join(targets)})")
     if notebooks and notebook_target is None:
         # a CPU target when there is one: notebooks in CI check they run, not how fast
         notebook_target = next((t for t in targets if not lock.targets[t].cuda), targets[0])
@@ -272,7 +275,8 @@ def read_settings(spec, lock) -> CISettings:
             raise _spec_error(spec, "aws-role", "ECR pushes need the ARN of a role GitHub's OIDC token may assume",
                               'e.g. aws-role = "arn:aws:iam::123456789012:role/github-ci"')
         if not aws_region or not _AWS_REGION.match(aws_region):
-            raise _spec_error(spec, "aws-region", "ECR needs the region of the registry", 'e.g. aws-region = "eu-west-1"')
+            raise _spec_error(spec, "aws-region", "ECR needs the region of the registry",
+                              'e.g. aws-region = "eu-west-1"')
     elif aws_role or aws_region:
         raise _spec_error(spec, "aws-role" if aws_role else "aws-region", "only used with registry = \"ecr\"")
 

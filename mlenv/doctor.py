@@ -66,7 +66,8 @@ class Facts:
         try:
             data = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise MlenvError(f"could not read the environment of {where}: unexpected probe output {output[:200]!r}") from None
+            raise MlenvError(f"could not read the environment of {where}: "
+                             f"unexpected probe output {output[:200]!r}") from None
         packages = {canonicalize_name(name): version for name, version in data["packages"].items()}
         return cls(data["python"], data["executable"], data["system"], data["machine"], packages, where)
 
@@ -164,14 +165,16 @@ def check_packages(lock: Lock, target: LockedTarget, facts: Facts, groups: tuple
         installed = facts.packages.get(name)
         if installed is None:
             if name in required:
-                findings.append(Finding("error", "package", name, package.version, "missing", f"{name} {package.version} is not installed"))
+                findings.append(Finding("error", "package", name, package.version, "missing",
+                                        f"{name} {package.version} is not installed"))
             continue
         if not _same_version(installed, package.version):
             findings.append(Finding("error", "package", name, package.version, installed,
                                     f"{name} is {installed}, the lock pins {package.version}"))
     for name, version in sorted(facts.packages.items()):
         if name not in allowed and name not in TOOLING:
-            findings.append(Finding("warning", "package", name, "not in lock", version, f"{name} {version} is installed but not locked"))
+            findings.append(Finding("warning", "package", name, "not in lock", version,
+                                    f"{name} {version} is installed but not locked"))
     return findings
 
 
@@ -188,11 +191,13 @@ def check_interpreter(lock: Lock, target: LockedTarget, facts: Facts) -> list[Fi
     findings = []
     wanted = lock.python_version
     if not (facts.python == wanted or facts.python.startswith(wanted + ".")):
-        findings.append(Finding("error", "python", "python", wanted, facts.python, f"Python {facts.python}, the lock wants {wanted}"))
+        findings.append(Finding("error", "python", "python", wanted, facts.python,
+                                f"Python {facts.python}, the lock wants {wanted}"))
     platform = platform_name(facts.system, facts.machine)
     if platform != target.platform:
         found = platform or f"{facts.system}/{facts.machine}"
-        findings.append(Finding("error", "platform", "platform", target.platform, found, f"running on {found}, target {target.name!r} is {target.platform}"))
+        findings.append(Finding("error", "platform", "platform", target.platform, found,
+                                f"running on {found}, target {target.name!r} is {target.platform}"))
     return findings
 
 
@@ -206,16 +211,19 @@ def check_gpu(target: LockedTarget, probe=None) -> list[Finding]:
     findings = []
     if not probe.gpus:
         reason = probe.error or "nvidia-smi not found"
-        return [Finding("error", "gpu", "gpu", f"NVIDIA GPU for CUDA {target.cuda}", "none", f"no NVIDIA GPU found ({reason})")]
+        return [Finding("error", "gpu", "gpu", f"NVIDIA GPU for CUDA {target.cuda}", "none",
+                        f"no NVIDIA GPU found ({reason})")]
     if target.gpu_count and len(probe.gpus) < target.gpu_count:
         findings.append(Finding("warning", "gpu", "gpu-count", str(target.gpu_count), str(len(probe.gpus)),
                                 f"{len(probe.gpus)} GPU(s) found, target {target.name!r} expects {target.gpu_count}"))
     if target.gpu and not any(gpu.model == target.gpu for gpu in probe.gpus):
         found = ", ".join(sorted({gpu.name for gpu in probe.gpus}))
-        findings.append(Finding("warning", "gpu", "model", target.gpu, found, f"target {target.name!r} is built for {target.gpu}, found {found}"))
+        findings.append(Finding("warning", "gpu", "model", target.gpu, found,
+                                f"target {target.name!r} is built for {target.gpu}, found {found}"))
     driver = probe.driver
     if driver is None:
-        findings.append(Finding("error", "driver", "driver", f">= {target.driver_min}", "unknown", "could not read the NVIDIA driver version"))
+        findings.append(Finding("error", "driver", "driver", f">= {target.driver_min}", "unknown",
+                                "could not read the NVIDIA driver version"))
     elif not detect.driver_meets(driver, target.driver_min_compat):
         findings.append(Finding("error", "driver", "driver", f">= {target.driver_min}", driver,
                                 f"driver {driver} is too old for CUDA {target.cuda} (needs {target.driver_min}, "
@@ -228,8 +236,9 @@ def check_gpu(target: LockedTarget, probe=None) -> list[Finding]:
         low, high = (Version(v) for v in target.sm_range)
         for gpu in probe.gpus:
             if gpu.compute_cap and not low <= Version(gpu.compute_cap) <= high:
-                findings.append(Finding("error", "compute-capability", gpu.name, f"{target.sm_range[0]}..{target.sm_range[1]}",
-                                        gpu.compute_cap, f"{gpu.name} (sm {gpu.compute_cap}) is not supported by CUDA {target.cuda}"))
+                supported = f"{target.sm_range[0]}..{target.sm_range[1]}"
+                findings.append(Finding("error", "compute-capability", gpu.name, supported, gpu.compute_cap,
+                                        f"{gpu.name} (sm {gpu.compute_cap}) is not supported by CUDA {target.cuda}"))
     return findings
 
 
@@ -245,13 +254,15 @@ def diagnose(
 ) -> Report:
     report = Report(target=target.name, where=facts.where)
     for change in stale or ():
-        report.findings.append(Finding("warning", "lock", change.target, "lock matches mlenv.toml", "stale", f"lock is stale: {change.detail}"))
+        report.findings.append(Finding("warning", "lock", change.target, "lock matches mlenv.toml", "stale",
+                                       f"lock is stale: {change.detail}"))
     report.findings += check_interpreter(lock, target, facts)
     report.findings += check_packages(lock, target, facts, groups)
     if check_hardware:
         report.findings += check_gpu(target, gpu_probe)
     elif target.cuda:
-        report.findings.append(Finding("info", "gpu", "gpu", "", "not checked", "GPU checks run where the environment runs, not on an image"))
+        report.findings.append(Finding("info", "gpu", "gpu", "", "not checked",
+                                       "GPU checks run where the environment runs, not on an image"))
     order = {severity: rank for rank, severity in enumerate(SEVERITIES)}
     report.findings.sort(key=lambda f: (order[f.severity], f.check, f.subject))
     return report
@@ -286,7 +297,10 @@ def run_doctor(
         # an image has no hardware; a box or a running container has its own GPUs and driver
         gpu_probe = None if image else detect.probe_gpus_on(executor)
         has_gpu = bool(gpu_probe and gpu_probe.gpus)
-        target = lock.target(target_name) if target_name else pick_target(lock, detect.platform_name(facts.system, facts.machine), has_gpu=has_gpu)
+        if target_name:
+            target = lock.target(target_name)
+        else:
+            target = pick_target(lock, detect.platform_name(facts.system, facts.machine), has_gpu=has_gpu)
         return diagnose(lock, target, facts, groups=groups, gpu_probe=gpu_probe, check_hardware=not image, stale=stale)
     facts = probe_interpreter(python or default_interpreter(project_root))
     if target_name:

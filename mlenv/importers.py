@@ -51,7 +51,8 @@ PYTORCH_HOST = "download.pytorch.org"
 TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "torchtext", "torchdata", "torchrec", "fbgemm-gpu", "xformers"}
 MAIN = "main"
 # requirements file stems that mean "the project's own dependencies" rather than a group
-_MAIN_STEMS = {"", "base", "main", "common", "core", "prod", "production", "runtime", "install", "default", "requirements"}
+_MAIN_STEMS = {"", "base", "main", "common", "core", "prod", "production", "runtime", "install", "default",
+               "requirements"}
 _REQ_FILE = re.compile(r"^(?:(?P<pre>.+?)[-_.])?req(?:uirement)?s(?:[-_.](?P<post>.+))?$", re.IGNORECASE)
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -360,7 +361,8 @@ class RequirementsReader:
         where = f"{self.rel(path)}:{number}"
         if re.match(r"^[a-z][a-z0-9+.-]*://", value, re.IGNORECASE) and not value.startswith("file:"):
             raise SpecError(f"cannot follow {spelling} {value}: remote requirements files are not read",
-                            path=self.rel(path), line=number, hint="download it into the repository and refer to the copy")
+                            path=self.rel(path), line=number,
+                            hint="download it into the repository and refer to the copy")
         target = (base / value.removeprefix("file://")).resolve()
         if not target.is_file():
             raise SpecError(f"{spelling} {value}: no such file ({self.rel(target)})", path=self.rel(path), line=number,
@@ -544,7 +546,13 @@ def choose_python(specifier: str, running: str, origin: str = "") -> str | None:
     candidates = [minor for minor in _KNOWN_MINORS if allowed(minor)]
     if not candidates:
         return None
-    distance = lambda minor: (abs(int(minor.split(".")[1]) - int(running_minor.split(".")[1])), -int(minor.split(".")[1]))  # noqa: E731
+    running_number = int(running_minor.split(".")[1])
+
+    def distance(minor: str) -> tuple[int, int]:
+        """Nearest to the running minor first; of two equally near, the newer."""
+        number = int(minor.split(".")[1])
+        return abs(number - running_number), -number
+
     return min(candidates, key=distance)
 
 
@@ -562,7 +570,8 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
         message = re.sub(r"\s*\(at line.*", "", message)
         raise SpecError(f"malformed TOML: {message}", path=rel,
-                        line=int(match.group(1)) if match else None, col=int(match.group(2)) if match else None) from None
+                        line=int(match.group(1)) if match else None,
+                        col=int(match.group(2)) if match else None) from None
     except UnicodeDecodeError:
         raise SpecError("not UTF-8 text", path=rel) from None
     imported.files.append(rel)
@@ -584,7 +593,8 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
             try:
                 result.append(Req(parse_requirement(item), f"{rel} {where}", item.strip()))
             except InvalidRequirement as exc:
-                raise SpecError(f"{where}: invalid requirement {item!r}: {str(exc).splitlines()[0]}", path=rel) from None
+                raise SpecError(f"{where}: invalid requirement {item!r}: {str(exc).splitlines()[0]}",
+                                path=rel) from None
         return result
 
     counts: list[str] = []
@@ -842,7 +852,8 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
             else:
                 imported.note(where, "cuda", f"{raw}: no CUDA version given; pick one with `mlenv init --target`")
             continue
-        if name in CONDA_SYSTEM or name.startswith(("lib", "_", "cuda-", "r-", "magma-")) or CONDA_RENAMES.get(name, "") is None:
+        if (name in CONDA_SYSTEM or name.startswith(("lib", "_", "cuda-", "r-", "magma-"))
+                or CONDA_RENAMES.get(name, "") is None):
             unmapped.append(raw)
             imported.note(where, "conda", f"{raw} not imported: a system library or tool, not a PyPI package; "
                           "if the image needs it, add it to [image] system-packages")

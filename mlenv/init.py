@@ -100,7 +100,8 @@ def parse_target_option(text: str) -> ProposedTarget:
         key, equals, value = item.partition("=")
         key = key.strip().replace("_", "-")
         if not equals or not value.strip():
-            raise UsageError(f"--target {text!r}: {item!r} is not key=value", hint=f"keys: {', '.join(TARGET_OPTION_KEYS)}")
+            raise UsageError(f"--target {text!r}: {item!r} is not key=value",
+                             hint=f"keys: {', '.join(TARGET_OPTION_KEYS)}")
         if key not in TARGET_OPTION_KEYS:
             raise UsageError(f"--target {text!r}: unknown key {key!r}",
                              hint=did_you_mean(key, TARGET_OPTION_KEYS) or f"keys: {', '.join(TARGET_OPTION_KEYS)}")
@@ -119,8 +120,10 @@ def parse_target_option(text: str) -> ProposedTarget:
         except SpecError as exc:
             raise UsageError(f"--target {text!r}: {exc.message}", hint=exc.hint) from None
         if cuda is None:
-            newest = next((v for v in reversed(catalog.cuda_versions()) if catalog.cuda_release(v).supports_sm(model.sm)), None)
-            raise UsageError(f"--target {text!r}: a GPU needs a CUDA version", hint=f"add cuda={newest}" if newest else None)
+            newest = next((v for v in reversed(catalog.cuda_versions())
+                           if catalog.cuda_release(v).supports_sm(model.sm)), None)
+            raise UsageError(f"--target {text!r}: a GPU needs a CUDA version",
+                             hint=f"add cuda={newest}" if newest else None)
         if not catalog.cuda_release(cuda).supports_sm(model.sm):
             raise UsageError(f"--target {text!r}: CUDA {cuda} does not support {gpu} (compute capability {model.sm})")
         gpu = model.name
@@ -161,7 +164,8 @@ def propose_targets(machine: MachineInfo, imported: Imported, torch: TorchBuild 
         platform = "linux/x86_64"
         notes.append(Note("this machine", "platform", f"{machine.system} {machine.machine} is not a platform mlenv "
                           "knows; proposed linux/x86_64 instead"))
-    targets = [ProposedTarget(_local_target_name(platform), platform, reason=f"this machine ({machine.system} {machine.machine})")]
+    targets = [ProposedTarget(_local_target_name(platform), platform,
+                              reason=f"this machine ({machine.system} {machine.machine})")]
     cuda_platform = platform if platform.startswith("linux/") else "linux/x86_64"
 
     cuda, why = imported.cuda, (f"from {imported.cuda_origin}" if imported.cuda else "")

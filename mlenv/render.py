@@ -68,10 +68,11 @@ def render_dockerfile(plan: ImagePlan) -> str:
     validate.require(plan.user, validate.posix_user, "[image] user")
     validate.require(list(plan.system_packages), validate.debian_packages, "[image] system-packages")
     validate.require(plan.base_image, validate.image_reference, "base image")
+    override = "override with --base-image or [image] base"
     if plan.base_digest:
-        base_comment = f"base image {plan.base_ref}, pinned by digest (mlenv.lock); override with --base-image or [image] base"
+        base_comment = f"base image {plan.base_ref}, pinned by digest (mlenv.lock); {override}"
     else:
-        base_comment = f"base image {plan.base_ref} (no registry digest was available); override with --base-image or [image] base"
+        base_comment = f"base image {plan.base_ref} (no registry digest was available); {override}"
     return render_template(
         "Dockerfile.j2",
         target=plan.target,
@@ -99,7 +100,8 @@ def render_dockerignore(spec: Spec) -> str:
     output = (spec.sweep.output or "").strip("/")
     # a remote (s3://) or outside folder is not in the build context; anything else is one literal
     # pattern (the template's ignore_line refuses a second line, a `!` re-include or a comment)
-    extra = output if output and "://" not in output and not output.startswith(("/", "..")) and output != "sweeps" else ""
+    inside = output and "://" not in output and not output.startswith(("/", "..")) and output != "sweeps"
+    extra = output if inside else ""
     if extra:
         validate.require(extra, validate.relative_path, "[sweep] output")
     text = render_template("dockerignore.j2", sweep_output=extra)

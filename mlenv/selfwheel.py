@@ -90,7 +90,8 @@ def write_wheel(project_root: Path) -> tuple[Path, bool]:
     folder.mkdir(exist_ok=True)
     ignore = folder / ".gitignore"
     if not ignore.is_file():
-        atomic_write(ignore, "# written by mlenv: the wheel the dev image installs; rebuilt by `mlenv gen`/`mlenv build`\n*\n")
+        atomic_write(ignore, "# written by mlenv: the wheel the dev image installs; "
+                             "rebuilt by `mlenv gen`/`mlenv build`\n*\n")
     target = folder / WHEEL
     data = wheel_bytes()
     changed = not target.is_file() or target.read_bytes() != data

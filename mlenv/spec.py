@@ -348,7 +348,8 @@ def target_limits() -> dict[str, Check]:
     largest = max(instances.instance_types(), key=lambda row: row.gpu_count)
     memory = max(catalog.gpu_model(name).memory_gb for name in catalog.gpu_names())
     return {
-        "gpu-count": validate.int_between(1, largest.gpu_count, f"the largest machine mlenv knows, {largest.describe()}"),
+        "gpu-count": validate.int_between(1, largest.gpu_count,
+                                          f"the largest machine mlenv knows, {largest.describe()}"),
         "gpu-memory-min": validate.int_between(1, memory, "GB; no GPU in mlenv's catalog has more"),
         "cpu-min": validate.int_between(1, 4096, "CPUs"),
         "ram-min": validate.int_between(1, 65536, "GB"),
@@ -378,7 +379,8 @@ class _Validator:
     def section(self, cls: type[S], table: Any, where: tuple) -> S:
         self.check(table, TABLE, where)
         accepted = cls.keys()
-        self.keys(table, tuple(accepted), where, f"[{'.'.join(map(str, where))}]" if where else f"the {cls.label} settings")
+        self.keys(table, tuple(accepted), where,
+                  f"[{'.'.join(map(str, where))}]" if where else f"the {cls.label} settings")
         values = {}
         for key, value in table.items():
             spec_field = accepted[key]
@@ -482,7 +484,8 @@ def parse_spec(text: str, path: Path) -> Spec:
                          "is committed", validate.CREDENTIAL_HINT)
         if any(index.name == table["name"] for index in indexes):
             raise v.fail(where + ("name",), f"duplicate index name {table['name']!r}")
-        indexes.append(Index(table["name"], table["url"].rstrip("/"), table.get("explicit", False), table.get("default", False)))
+        indexes.append(Index(table["name"], table["url"].rstrip("/"), table.get("explicit", False),
+                             table.get("default", False)))
     if sum(index.default for index in indexes) > 1:
         raise v.fail(("index",), "only one [[index]] may set default = true")
     index_names = [index.name for index in indexes]
@@ -589,7 +592,8 @@ def parse_spec(text: str, path: Path) -> Spec:
     for relative, digest in imported_files.items():
         parts = Path(relative).parts
         if Path(relative).is_absolute() or ".." in parts or "\n" in relative or not parts:
-            raise v.fail(("imported", "files", relative), f"imported file {relative!r} must be a path inside the project")
+            raise v.fail(("imported", "files", relative),
+                         f"imported file {relative!r} must be a path inside the project")
         if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise v.fail(("imported", "files", relative), f"imported file {relative!r}: expected \"sha256:<64 hex>\"")
 

@@ -34,7 +34,8 @@ def ensure_venv(venv: Path, python: str, *, executor: Executor | None = None, uv
         if current == python or current.startswith(python + "."):
             return interpreter
     # uv must not download a Python: the locked one has to be on this machine (or in the image)
-    _uv(executor or LocalExecutor(), uv or uv_binary(), ["venv", "--quiet", "--clear", "--python", python, "--python-preference", "only-system", str(venv)],
+    _uv(executor or LocalExecutor(), uv or uv_binary(),
+        ["venv", "--quiet", "--clear", "--python", python, "--python-preference", "only-system", str(venv)],
         f"creating {venv} with Python {python} (is Python {python} installed?)")
     return interpreter
 
@@ -59,7 +60,8 @@ def sync(spec: Spec, lock: Lock, target: LockedTarget, *, venv: Path, groups: tu
         raise LockError(f"{target.pylock_path} is missing", hint="run `mlenv lock`")
     executor, uv = LocalExecutor(), uv_binary()
     interpreter = ensure_venv(venv, lock.python_version, executor=executor, uv=uv)
-    selected = sorted({g for p in lock.packages_for(target.name) for g in p.groups} - {"main"}) if groups is None else groups
+    locked_groups = {g for p in lock.packages_for(target.name) for g in p.groups}
+    selected = sorted(locked_groups - {"main"}) if groups is None else groups
     args = ["pip", "sync", "--quiet", "--python", str(interpreter), str(pylock)]
     for group in selected:
         args += ["--group", group]

@@ -324,7 +324,8 @@ class AWSProvider:
         parameter = self.devbox.ami_parameter or AMI_PARAMETERS[("cuda" if target.cuda else "cpu", arch)]
         if not _SSM_NAME.fullmatch(parameter):
             raise UsageError(f"[devbox] ami-parameter {parameter!r} is not an SSM parameter name",
-                             hint="e.g. /aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
+                             hint="e.g. /aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/"
+                                  "ebs-gp3/ami-id")
         try:
             value = self.call(f"reading SSM parameter {parameter}", "ssm", "get_parameter", Name=parameter)
         except AwsError as exc:
@@ -598,8 +599,8 @@ class AWSProvider:
                 progress("host keys read from the console")
                 return keys
             if cloudinit.setup_state(text) == "failed" or time.monotonic() >= deadline:
-                progress(f"host keys not on the console yet (still booting?): `mlenv ssh {_tags(inst).get(TAG_BOX, '')}` "
-                         "pins them once they are")
+                progress("host keys not on the console yet (still booting?): "
+                         f"`mlenv ssh {_tags(inst).get(TAG_BOX, '')}` pins them once they are")
                 return []
             time.sleep(5)
 
@@ -705,8 +706,8 @@ class AWSProvider:
             if not alarm.get("AlarmDescription", "").startswith(ALARM_DESCRIPTION):
                 continue
             instance = next((d["Value"] for d in alarm.get("Dimensions", []) if d["Name"] == "InstanceId"), "")
-            found.append((project, Orphan(self.name, "alarm", alarm["AlarmName"], _alarm_box(alarm["AlarmName"], project),
-                                          detail=f"instance {instance}",
+            found.append((project, Orphan(self.name, "alarm", alarm["AlarmName"],
+                                          _alarm_box(alarm["AlarmName"], project), detail=f"instance {instance}",
                                           price_per_hour=round(catalog.alarm_per_hour(), 5))))
         return found
 

@@ -215,7 +215,8 @@ class DockerProvider:
             state=STATES.get(status, "pending"),
             target=labels.get(LABEL_TARGET),
             lock_hash=labels.get(LABEL_LOCK),
-            created=float(labels[LABEL_CREATED]) if labels.get(LABEL_CREATED, "").isdigit() else _epoch(attrs.get("Created")),
+            created=(float(labels[LABEL_CREATED]) if labels.get(LABEL_CREATED, "").isdigit()
+                     else _epoch(attrs.get("Created"))),
             instance_type="container",
             region="local",
             price_per_hour=0.0,
@@ -453,7 +454,8 @@ class DockerProvider:
                 logs = container.logs(tail=15).decode("utf-8", "replace").strip()
                 raise MlenvError(f"box {container.name} exited while starting (status {container.status})"
                                  + (":\n    " + "\n    ".join(logs.splitlines()) if logs else ""),
-                                 hint="the dev image needs openssh-server and python3 (mlenv's generated Dockerfile has both)")
+                                 hint="the dev image needs openssh-server and python3 "
+                                      "(mlenv's generated Dockerfile has both)")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         raise ToolMissingError(f"SSH on box {container.name} did not answer within {SSH_READY_TIMEOUT:.0f}s",
@@ -510,7 +512,8 @@ class DockerProvider:
         for volume in volumes:
             box = (volume.attrs.get("Labels") or {}).get(LABEL_BOX)
             if box not in boxes:
-                found.append(Orphan(self.name, "volume", volume.name, box, "workspace volume of a box that is gone", 0.0))
+                found.append(Orphan(self.name, "volume", volume.name, box,
+                                    "workspace volume of a box that is gone", 0.0))
         for container in self._containers():
             if container.status == "created" and time.time() - (_epoch(container.attrs.get("Created")) or 0) > 120:
                 found.append(Orphan(self.name, "container", container.name, container.labels.get(LABEL_BOX),
@@ -531,7 +534,8 @@ class DockerProvider:
                     continue
             except NotFound:
                 continue
-            if (resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}).get(LABEL_OWNER) != self.owner:
+            labels = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
+            if labels.get(LABEL_OWNER) != self.owner:
                 continue  # only ever delete what carries our labels
             _engine_call(f"removing {orphan.kind} {orphan.id}", lambda r=resource: r.remove(force=True))
 
@@ -543,7 +547,8 @@ class DockerProvider:
         if box.state != "running":
             raise UsageError(f"box {box.name} is {box.state}", hint=f"start it with `mlenv start {box.name}`")
         return ContainerExecutor(container_name(box.name), user=box.ssh_user,
-                                 workdir=f"/home/{box.ssh_user}/work" if box.ssh_user else None, where=f"box {box.name}")
+                                 workdir=f"/home/{box.ssh_user}/work" if box.ssh_user else None,
+                                 where=f"box {box.name}")
 
     def watchdog_log(self, name: str) -> str:
         """The watchdog's decisions (JSON lines), also from a stopped box."""

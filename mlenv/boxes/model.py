@@ -70,7 +70,8 @@ def parse_duration(text: str | int | float, what: str = "duration") -> int:
     else:
         parsed = parse_spec_duration(str(text).strip())
         if parsed is None:
-            raise UsageError(f"invalid {what} {text!r}", hint='write a number and a unit, e.g. "45s", "30m", "2h" or "1d"')
+            raise UsageError(f"invalid {what} {text!r}",
+                             hint='write a number and a unit, e.g. "45s", "30m", "2h" or "1d"')
         seconds = parsed
     if seconds < 1:
         raise UsageError(f"{what} must be at least 1s, got {text!r}")

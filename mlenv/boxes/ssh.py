@@ -247,9 +247,10 @@ class SSHProvider:
         host, port, user = self._endpoint()
         target = self._target(req)
         known = _trusted_host_keys(host, port)
+        trust = ("host key already trusted" if known
+                 else "host key not in your known_hosts: --yes pins the one it offers")
         return [
-            f"host: {user}@{host}:{port} (" + ("host key already trusted" if known else
-                                                 "host key not in your known_hosts: --yes pins the one it offers") + ")",
+            f"host: {user}@{host}:{port} ({trust})",
             f"environment: target {target.name} synced with uv into ~/{BOXES_DIR}/{req.name}/venv",
             (f"watchdog: a user-level process; after {req.idle_s // 60} min idle it stops the processes started "
              "from the box's venv (the machine stays up)"),
@@ -265,7 +266,8 @@ class SSHProvider:
         offered = session.scan_host_key(box.ssh_host, box.ssh_port)
         if not req.assume_yes:
             raise UsageError(
-                f"{box.ssh_host}:{box.ssh_port} is not in your known_hosts; it offers {offered.type} {offered.fingerprint}",
+                f"{box.ssh_host}:{box.ssh_port} is not in your known_hosts; "
+                f"it offers {offered.type} {offered.fingerprint}",
                 hint=f"check that fingerprint, then run again with --yes (or `ssh -p {box.ssh_port} "
                      f"{box.ssh_user}@{box.ssh_host}` once to trust it in your own known_hosts)")
         progress(f"pinning the host key {offered.type} {offered.fingerprint} (--yes)")

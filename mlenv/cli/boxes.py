@@ -103,16 +103,24 @@ def _confirm(question: str, yes: bool) -> None:
 def up_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name: lowercase letters, digits and -."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="docker (default), ssh or aws; default from \\[devbox] provider."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: \\[devbox] target, else the only linux target)."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p",
+                                           help="docker (default), ssh or aws; default from \\[devbox] provider."),
+    target: Optional[str] = typer.Option(None, "--target", "-t",
+                                         help="Lock target (default: \\[devbox] target, else the only linux target)."),
     idle: Optional[str] = typer.Option(None, "--idle", help="Stop after this long without activity (default 30m)."),
-    idle_connected: Optional[str] = typer.Option(None, "--idle-connected", help="... while an SSH/IDE connection is open but nothing happens (default 3h)."),
-    max_lifetime: Optional[str] = typer.Option(None, "--max-lifetime", help="Stop after this long whatever happens (default 12h)."),
-    instance_type: Optional[str] = typer.Option(None, "--instance-type", help="Cloud instance type (default: the cheapest that fits the target)."),
+    idle_connected: Optional[str] = typer.Option(None, "--idle-connected",
+                                                 help="... while an SSH/IDE connection is open but nothing happens "
+                                                      "(default 3h)."),
+    max_lifetime: Optional[str] = typer.Option(None, "--max-lifetime",
+                                               help="Stop after this long whatever happens (default 12h)."),
+    instance_type: Optional[str] = typer.Option(None, "--instance-type",
+                                                help="Cloud instance type "
+                                                     "(default: the cheapest that fits the target)."),
     spot: bool = typer.Option(False, "--spot", help="Use a spot instance (aws)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and create nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before creating paid resources."),
-    base_image: Optional[str] = typer.Option(None, "--base-image", help="Image build: base image instead of the official one."),
+    base_image: Optional[str] = typer.Option(None, "--base-image",
+                                             help="Image build: base image instead of the official one."),
     network: Optional[str] = typer.Option(None, "--network", help="Image build: network for RUN steps (e.g. host)."),
     build_arg: list[str] = typer.Option([], "--build-arg", help="Image build: KEY=VALUE build argument (repeatable)."),
 ) -> None:
@@ -136,8 +144,10 @@ def up_command(
         name=name,
         target=target,
         idle_s=duration(idle, settings.idle, "idle", boxes.model.DEFAULT_IDLE_S),
-        idle_connected_s=duration(idle_connected, settings.idle_connected, "idle-connected", boxes.model.DEFAULT_IDLE_CONNECTED_S),
-        max_lifetime_s=duration(max_lifetime, settings.max_lifetime, "max-lifetime", boxes.model.DEFAULT_MAX_LIFETIME_S),
+        idle_connected_s=duration(idle_connected, settings.idle_connected, "idle-connected",
+                                  boxes.model.DEFAULT_IDLE_CONNECTED_S),
+        max_lifetime_s=duration(max_lifetime, settings.max_lifetime, "max-lifetime",
+                                boxes.model.DEFAULT_MAX_LIFETIME_S),
         instance_type=instance_type or settings.instance_type,
         spot=spot or settings.spot,
         dry_run=dry_run,
@@ -298,7 +308,8 @@ def ssh_command(
     name: str = typer.Argument(..., help="Box name."),
     command: Optional[list[str]] = typer.Argument(None, help="Command to run on the box (after --)."),
     stdio: bool = typer.Option(False, "--stdio", help="Relay the box's SSH port on stdin/stdout, starting the "
-                               "box first when stopped (ssh's ProxyCommand; see `mlenv ssh-config --start-on-connect`)."),
+                               "box first when stopped (ssh's ProxyCommand; "
+                               "see `mlenv ssh-config --start-on-connect`)."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p"),
 ) -> None:
     """Open a shell on a box, or run `-- CMD` there (its output and exit code are the command's)."""

@@ -15,15 +15,21 @@ def build_command(
     ctx: typer.Context,
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target (default: the only linux target)."),
     stage: str = typer.Option("runtime", "--stage", help="Dockerfile stage: runtime (slim, with the code) or dev."),
-    push: bool = typer.Option(False, "--push", help="Push both tags to the registry named in \\[image] registry (ECR logins via boto3)."),
+    push: bool = typer.Option(False, "--push",
+                              help="Push both tags to the registry named in \\[image] registry "
+                                   "(ECR logins via boto3)."),
     force: bool = typer.Option(False, "--force", help="Build even when the content tag already exists."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer (implies --force; the uv cache still feeds installs)."),
-    allow_stale: bool = typer.Option(False, "--allow-stale", help="Build from a lock that no longer matches mlenv.toml."),
+    no_cache: bool = typer.Option(False, "--no-cache",
+                                  help="Rebuild every layer (implies --force; the uv cache still feeds installs)."),
+    allow_stale: bool = typer.Option(False, "--allow-stale",
+                                     help="Build from a lock that no longer matches mlenv.toml."),
     base_image: Optional[str] = typer.Option(None, "--base-image", help="Base image instead of the official one."),
     ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="CA bundle passed as a BuildKit secret "
                                              "(default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT)."),
-    network: Optional[str] = typer.Option(None, "--network", help="Network for RUN steps (e.g. host, to reach a loopback index)."),
-    build_arg: list[str] = typer.Option([], "--build-arg", help="KEY=VALUE build argument (repeatable), e.g. MLENV_REQUIREMENT."),
+    network: Optional[str] = typer.Option(None, "--network",
+                                          help="Network for RUN steps (e.g. host, to reach a loopback index)."),
+    build_arg: list[str] = typer.Option([], "--build-arg",
+                                        help="KEY=VALUE build argument (repeatable), e.g. MLENV_REQUIREMENT."),
 ) -> None:
     """Build the image of a lock target (skipped when its content tag exists; --force rebuilds)."""
     from mlenv.errors import UsageError

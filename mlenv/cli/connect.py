@@ -53,8 +53,8 @@ def code_command(
         return
     if not print_only:
         program = {"vscode": "code", "cursor": "cursor"}.get(ide, "JetBrains Gateway")
-        mlenv.err.print(f"{program} is not installed here: open this link in it "
-                        f"(Remote-SSH host mlenv-{name})" + (f", or click {link.click}" if link.click != link.uri else ""),
+        click = f", or click {link.click}" if link.click != link.uri else ""
+        mlenv.err.print(f"{program} is not installed here: open this link in it (Remote-SSH host mlenv-{name}){click}",
                         markup=False)
     print(link.uri)
 

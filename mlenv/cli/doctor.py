@@ -12,10 +12,14 @@ from mlenv.cli import app, application
 @app.command("doctor", json=True)
 def doctor_command(
     ctx: typer.Context,
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target to check against (default: picked from this machine)."),
-    python: Optional[str] = typer.Option(None, "--python", help="Interpreter or venv folder to check (default: active venv, ./.venv, python3)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t",
+                                         help="Lock target to check against (default: picked from this machine)."),
+    python: Optional[str] = typer.Option(None, "--python",
+                                         help="Interpreter or venv folder to check "
+                                              "(default: active venv, ./.venv, python3)."),
     image: Optional[str] = typer.Option(None, "--image", help="Check inside a container of this image."),
-    box: Optional[str] = typer.Option(None, "--box", help="Check on this dev box (`mlenv ls`): its environment, GPUs and driver."),
+    box: Optional[str] = typer.Option(None, "--box",
+                                      help="Check on this dev box (`mlenv ls`): its environment, GPUs and driver."),
     group: list[str] = typer.Option([], "--group", "-g", help="Also require this dependency group (repeatable)."),
 ) -> None:
     """Compare an environment with a lock target: Python, platform, packages, GPU, driver."""
@@ -58,5 +62,6 @@ def doctor_command(
     if not report.clean:
         if not mlenv.json:
             problems = sum(f.severity != "info" for f in report.findings)
-            mlenv.err.print(Text.assemble(("drift:", "red"), f" {problems} finding(s); fix with `mlenv sync` (or rebuild the image)"))
+            mlenv.err.print(Text.assemble(("drift:", "red"),
+                                          f" {problems} finding(s); fix with `mlenv sync` (or rebuild the image)"))
         raise typer.Exit(DriftError.exit_code)

@@ -21,7 +21,8 @@ _CA = typer.Option(None, "--ca-bundle", help="CA bundle PEM the devcontainer bui
 _CHECK = typer.Option(False, "--check", help="Write nothing; exit 1 when a generated file is out of date.")
 _RESOLVE = typer.Option(True, "--resolve-digest/--no-resolve-digest",
                         help="Pin the base image by its registry digest (needs a reachable engine and registry).")
-_REFRESH = typer.Option(False, "--refresh-base", help="Look the base image digest up again instead of reusing the one in mlenv.lock.")
+_REFRESH = typer.Option(False, "--refresh-base",
+                        help="Look the base image digest up again instead of reusing the one in mlenv.lock.")
 _FORCE = typer.Option(False, "--force", help="Replace a Dockerfile or devcontainer.json that mlenv did not write.")
 
 
@@ -39,8 +40,8 @@ def _generate(ctx: typer.Context, what: str, target, base_image, ca_bundle, chec
         mlenv.warn(f"mlenv.lock is stale ({stale[0].detail}); files follow the lock as it is — run `mlenv lock`")
     result = generate(spec, lock, what, target=target, base_image=base_image,
                       ca_bundle=str(Path(ca_bundle).resolve()) if ca_bundle else None,
-                      resolve_digest=digest_resolver(mlenv.status) if resolve and not check else None, refresh=refresh and resolve,
-                      check=check, force=force)
+                      resolve_digest=digest_resolver(mlenv.status) if resolve and not check else None,
+                      refresh=refresh and resolve, check=check, force=force)
     for generated in result.files:
         shown = generated.path.relative_to(spec.root) if generated.path.is_relative_to(spec.root) else generated.path
         mlenv.out.print(f"  {generated.status:>9}  {shown}", markup=False)
@@ -56,8 +57,9 @@ def _generate(ctx: typer.Context, what: str, target, base_image, ca_bundle, chec
 
 
 @gen_app.command("dockerfile")
-def gen_dockerfile(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, check: bool = _CHECK,
-                   resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE) -> None:
+def gen_dockerfile(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE,
+                   check: bool = _CHECK, resolve: bool = _RESOLVE, refresh: bool = _REFRESH,
+                   force: bool = _FORCE) -> None:
     """Dockerfile with deps/dev/runtime stages (and .dockerignore unless one exists)."""
     _generate(ctx, "dockerfile", target, base_image, None, check, resolve, refresh, force)
 
@@ -71,7 +73,8 @@ def gen_devcontainer(ctx: typer.Context, target: Optional[str] = _TARGET, base_i
 
 
 @gen_app.command("all")
-def gen_all(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE, ca_bundle: Optional[Path] = _CA,
-            check: bool = _CHECK, resolve: bool = _RESOLVE, refresh: bool = _REFRESH, force: bool = _FORCE) -> None:
+def gen_all(ctx: typer.Context, target: Optional[str] = _TARGET, base_image: Optional[str] = _BASE,
+            ca_bundle: Optional[Path] = _CA, check: bool = _CHECK, resolve: bool = _RESOLVE,
+            refresh: bool = _REFRESH, force: bool = _FORCE) -> None:
     """Dockerfile, devcontainer and .dockerignore together."""
     _generate(ctx, "all", target, base_image, ca_bundle, check, resolve, refresh, force)

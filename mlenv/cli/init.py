@@ -68,7 +68,8 @@ def _print_summary(plan, sink) -> None:
     files = Table(title="Imported", title_justify="left", show_edge=False)
     files.add_column("from")
     files.add_column("what")
-    files.add_row("project", Text(f"name {plan.name!r} ({plan.name_origin}), Python {plan.python} ({plan.python_origin})"))
+    files.add_row("project", Text(f"name {plan.name!r} ({plan.name_origin}), "
+                                  f"Python {plan.python} ({plan.python_origin})"))
     for source, what in plan.imported.summary:
         files.add_row(Text(source), Text(what))
     if not plan.imported.summary:

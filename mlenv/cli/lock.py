@@ -10,9 +10,11 @@ from mlenv.cli import app, application
 @app.command("lock", json=True)
 def lock_command(
     ctx: typer.Context,
-    check: bool = typer.Option(False, "--check", help="Only verify the lock is up to date (no network); exit 1 if stale."),
+    check: bool = typer.Option(False, "--check",
+                               help="Only verify the lock is up to date (no network); exit 1 if stale."),
     upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Move every pin to the newest allowed version."),
-    upgrade_package: list[str] = typer.Option([], "--upgrade-package", "-P", help="Move the pin of one package (repeatable)."),
+    upgrade_package: list[str] = typer.Option([], "--upgrade-package", "-P",
+                                              help="Move the pin of one package (repeatable)."),
 ) -> None:
     """Resolve the spec for every target and write the lock files."""
     from mlenv.errors import DriftError, UsageError

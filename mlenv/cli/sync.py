@@ -13,7 +13,8 @@ from mlenv.cli import app, application
 @app.command("sync")
 def sync_command(
     ctx: typer.Context,
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Lock target to install (default: picked from this machine)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t",
+                                         help="Lock target to install (default: picked from this machine)."),
     venv: Path = typer.Option(Path(".venv"), "--venv", help="Virtualenv folder, relative to the project."),
     group: list[str] = typer.Option([], "--group", "-g", help="Install only these dependency groups (default: all)."),
     no_groups: bool = typer.Option(False, "--no-groups", help="Install the main dependencies only."),

@@ -129,8 +129,8 @@ def install_groups(lock: Lock, target: LockedTarget, groups: tuple[str, ...] | N
     unknown names and two alternatives of one exclusive set."""
     from mlenv.errors import UsageError, did_you_mean
 
-    known = sorted(({g for p in lock.packages_for(target.name) for g in p.groups} | set(target.inputs.get("groups", {})))
-                   - {"main"})
+    locked_groups = {g for p in lock.packages_for(target.name) for g in p.groups}
+    known = sorted((locked_groups | set(target.inputs.get("groups", {}))) - {"main"})
     sets = exclusive_sets(target.inputs)
     alternatives = {g for item in sets for g in item}
     if groups is None:
@@ -378,7 +378,8 @@ def _updates(previous: Lock | None, lock: Lock, results: dict) -> list[tuple[str
     """(target, package, old version, new version) for every package a re-resolution moved."""
     changes = []
     for target in sorted(results):
-        old = {p.name: p.version for p in previous.packages_for(target)} if previous and target in previous.targets else {}
+        old = ({p.name: p.version for p in previous.packages_for(target)}
+               if previous and target in previous.targets else {})
         new = {p.name: p.version for p in lock.packages_for(target)}
         for name in sorted(old.keys() | new.keys()):
             if old.get(name) != new.get(name):

@@ -201,7 +201,8 @@ def explain_failure(target: str, stderr: str, spec: Spec | None = None) -> Mlenv
     body = "\n".join(f"  {line}" for line in reasons)
     hint = " ".join(hints) or "check the versions and indexes in mlenv.toml"
     if cut:
-        hint += " Run with --debug for uv's full output." if hint.endswith(".") else "; run with --debug for uv's full output"
+        hint += (" Run with --debug for uv's full output." if hint.endswith(".")
+                 else "; run with --debug for uv's full output")
     return ResolutionError(f"could not lock target {target!r}:\n{body}", hint=hint)
 
 

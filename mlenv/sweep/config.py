@@ -55,7 +55,8 @@ def _check_table(table: dict, text: str, path: Path, prefix: tuple) -> dict[str,
 def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
     """``-f sweep.toml``: the [sweep] keys, at the top level or in a [sweep] table."""
     if path.is_dir() or not path.is_file():
-        raise UsageError(f"-f {path}: no such file", hint="pass a TOML file with the sweep settings (notebook, parameters, mode, ...)")
+        raise UsageError(f"-f {path}: no such file",
+                         hint="pass a TOML file with the sweep settings (notebook, parameters, mode, ...)")
     text = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
@@ -147,7 +148,8 @@ def resolve_options(
     if random_samples is not None:
         merged["mode"], merged["samples"] = "random", random_samples
     if merged.get("mode") == "random" and not merged.get("samples"):
-        raise UsageError("a random sweep needs a number of samples", hint="--random N, or samples = N in the sweep settings")
+        raise UsageError("a random sweep needs a number of samples",
+                         hint="--random N, or samples = N in the sweep settings")
 
     configured = merged.get("notebook")
     path = notebook_path or ((configured if is_url(configured) else Path(configured)) if configured else None)

@@ -187,8 +187,8 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
         result.interrupted = "SIGTERM"
     if result.interrupted:
         done = sum(1 for record in result.summary.records if record.status != NOT_RUN)
-        error = Interrupted(f"sweep stopped by {result.interrupted}: {done} of {len(plan.runs)} runs finished, the rest "
-                            f"are marked not-run in {result.summary.location('results.json')}",
+        error = Interrupted(f"sweep stopped by {result.interrupted}: {done} of {len(plan.runs)} runs finished, "
+                            f"the rest are marked not-run in {result.summary.location('results.json')}",
                             hint="run the same command with --resume to finish it")
         if result.interrupted == "SIGTERM":
             error.exit_code = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM

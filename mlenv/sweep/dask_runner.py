@@ -86,8 +86,8 @@ class DaskRunner:
                 try:
                     client.wait_for_workers(1, timeout=self.connect_timeout)
                 except (TimeoutError, OSError):
-                    raise ToolMissingError(f"the Dask cluster at {self.address} has no workers",
-                                           hint=f"start some: `dask worker {self.address}` in the locked image") from None
+                    hint = f"start some: `dask worker {self.address}` in the locked image"
+                    raise ToolMissingError(f"the Dask cluster at {self.address} has no workers", hint=hint) from None
             if self.check_environment is not None:
                 self.environment = self.check_environment(client)  # drift stops here, before any run
             token = uuid.uuid4().hex[:8]

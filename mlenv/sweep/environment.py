@@ -2,11 +2,11 @@
 
 In a project with ``mlenv.lock`` the kernel's interpreter (``argv[0]`` of its kernelspec) is probed
 with the doctor's probe and compared with the lock target before any run starts.  When the project
-has a synced ``.venv`` (or a venv is active, as in mlenv's images and boxes) and the notebook's kernel
-is not installed there, the sweep runs its kernels from that venv instead, through a kernelspec written to a temporary folder (nothing is written
-to the user's Jupyter folders).  Drift stops the sweep with the doctor's findings unless the user
-allows it; what ran is recorded in results.json and the report.  Dask workers are checked the same
-way, each with its own kernelspec.
+has a synced ``.venv`` (or a venv is active, as in mlenv's images and boxes) and the notebook's
+kernel is not installed there, the sweep runs its kernels from that venv instead, through a
+kernelspec written to a temporary folder (nothing is written to the user's Jupyter folders).  Drift
+stops the sweep with the doctor's findings unless the user allows it; what ran is recorded in
+results.json and the report.  Dask workers are checked the same way, each with its own kernelspec.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
                          hint="add ipykernel to the project's dependencies (or a dependency group), then "
                               "`mlenv lock` and `mlenv sync`")
     if findings and not allow_drift:
-        shown = "\n    ".join(findings[:10]) + (f"\n    ... and {len(findings) - 10} more" if len(findings) > 10 else "")
+        more = f"\n    ... and {len(findings) - 10} more" if len(findings) > 10 else ""
+        shown = "\n    ".join(findings[:10]) + more
         raise DriftError(f"the sweep's {where} does not match mlenv.lock target {target.name!r}:\n    {shown}",
                          hint="run `mlenv sync` (the sweep then uses the project's .venv), "
                               "or pass --allow-drift to run anyway (recorded in results.json)")

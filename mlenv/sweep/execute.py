@@ -258,7 +258,8 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
                 index = _running_cell(nb)
                 detail = _kernel_log_tail(manager_log)
                 status, error = DIED, {"ename": "DeadKernelError",
-                                       "evalue": "the kernel died while running this cell" + (f": {detail}" if detail else "")}
+                                       "evalue": "the kernel died while running this cell"
+                                                 + (f": {detail}" if detail else "")}
                 error.update(_cell_position(nb, index))
         except Exception as exc:  # a kernel that never answered, or papermill trouble
             if not _started_any_cell(nb):
@@ -312,7 +313,8 @@ def add_banner(nb, index: int, message: str) -> None:
     top = nbformat.v4.new_markdown_cell(
         f"<span {ERROR_STYLE}>{html.escape(message)}: "
         f"'<a href=\"#papermill-error-cell\">In [{count if count is not None else ' '}]</a>'.</span>")
-    anchor = nbformat.v4.new_markdown_cell(f'<span id="papermill-error-cell" {ERROR_STYLE}>{html.escape(message)}:</span>')
+    anchor = nbformat.v4.new_markdown_cell(
+        f'<span id="papermill-error-cell" {ERROR_STYLE}>{html.escape(message)}:</span>')
     for cell in (top, anchor):
         cell.metadata["tags"] = [ERROR_MARKER_TAG]
     nb.cells.insert(index, anchor)
@@ -358,8 +360,9 @@ def _check_cells(nb) -> tuple[str, dict | None]:
     last = max((index for index in range(pending[0]) if cells[index].cell_type == "code"), default=0)
     position = _cell_position(nb, last)
     index = position.pop("index")
-    error = {"ename": "SystemExit", "evalue": f"the notebook called sys.exit() in cell {position['cell']}; "
-                                              f"{len(pending)} later cell{'s' if len(pending) != 1 else ''} did not run",
+    later = f"{len(pending)} later cell{'s' if len(pending) != 1 else ''}"
+    error = {"ename": "SystemExit",
+             "evalue": f"the notebook called sys.exit() in cell {position['cell']}; {later} did not run",
              **position}
     add_banner(nb, index, _BANNERS[STOPPED])
     return STOPPED, error

@@ -81,7 +81,8 @@ def load_notebook(path: str | Path, kernel: str | None = None) -> NotebookInfo:
         if path.is_dir():
             found = sorted(p.name for p in path.glob("*.ipynb"))[:5]
             raise UsageError(f"{path} is a folder, not a notebook",
-                             hint=f"pass one notebook: {', '.join(found)}" if found else "pass the .ipynb file to sweep")
+                             hint=(f"pass one notebook: {', '.join(found)}" if found
+                                   else "pass the .ipynb file to sweep"))
         if not path.is_file():
             raise UsageError(f"notebook {path} does not exist", hint="check the path (relative to the current folder)")
         try:

@@ -77,7 +77,8 @@ class SweepProgress:
         elapsed = time.monotonic() - self.started_at
         eta = self.eta()
         line = Text.assemble(
-            ("queued ", "dim"), (str(self.queued), "bold"), ("  running ", "dim"), (str(len(self.running)), "bold cyan"),
+            ("queued ", "dim"), (str(self.queued), "bold"),
+            ("  running ", "dim"), (str(len(self.running)), "bold cyan"),
             ("  done ", "dim"), (str(self.done), "bold green"), ("  failed ", "dim"),
             (str(self.failed), "bold red" if self.failed else "bold"),
             ("  elapsed ", "dim"), _clock(elapsed), ("  ETA ", "dim"), _clock(eta) if eta is not None else "--:--",

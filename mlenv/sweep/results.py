@@ -167,7 +167,8 @@ class Summary:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         metrics = self.metric_names
-        writer.writerow(["run_id", "status", *self.parameter_names, *metrics, "duration_s", "attempts", "error", "output"])
+        writer.writerow(["run_id", "status", *self.parameter_names, *metrics,
+                         "duration_s", "attempts", "error", "output"])
         for record in self.sorted_records():
             writer.writerow([
                 record.run_id, record.status,
@@ -286,8 +287,8 @@ def scatter_svg(records: list[RunRecord], parameter: str, metric: str, parameter
         return PAD_T + plot_h - (value - y_low) / (y_high - y_low) * plot_h
 
     esc = html.escape
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'role="img" aria-label="{esc(metric)} against {esc(parameter)}">',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+             f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{esc(metric)} against {esc(parameter)}">',
              f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>']
     for tick in _ticks(y_low, y_high):
         y = py(tick)
@@ -309,8 +310,9 @@ def scatter_svg(records: list[RunRecord], parameter: str, metric: str, parameter
         x, y = px(x_of[id(record)]), py(_number(record.metrics.get(metric)))
         tip = f"<title>{esc(_describe(record, parameter_names, metric))}</title>"
         if record is best:
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="none" stroke="{BEST_COLOR}" stroke-width="2.5" '
-                         f'class="best-mark"/><circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="{BEST_COLOR}" '
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="none" stroke="{BEST_COLOR}" '
+                         f'stroke-width="2.5" class="best-mark"/>'
+                         f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="{BEST_COLOR}" '
                          f'class="run best" data-run="{esc(record.run_id)}">{tip}</circle>')
         else:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{RUN_COLOR}" fill-opacity="0.75" '
@@ -363,7 +365,8 @@ def parallel_svg(records: list[RunRecord], parameters: list[str], metric: str, p
         _number(best.metrics.get(metric)) == min(measured) and min(measured) != max(measured)
     lines = []
     for index, record in enumerate(shown):
-        points = " ".join(f"{PC_PAD_X + position * step:.1f},{y_of[name][index]:.1f}" for position, name in enumerate(axes))
+        points = " ".join(f"{PC_PAD_X + position * step:.1f},{y_of[name][index]:.1f}"
+                          for position, name in enumerate(axes))
         value = values[index]
         if value is None:
             style = f'stroke="{FAILED_COLOR}" stroke-dasharray="4 3" stroke-opacity="0.8"'

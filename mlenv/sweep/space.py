@@ -88,7 +88,8 @@ def parse_distribution(name: str, text: str) -> Distribution | tuple[str, ...] |
                          hint=f"e.g. -p {name}={kind}:{'1:10' if kind == 'int' else '1e-4:1e-1'}")
     low, high = (_number(bound, where) for bound in bounds)
     if low > high:
-        raise UsageError(f"{where}: the low bound is above the high bound", hint=f"write {kind}:{bounds[1]}:{bounds[0]}")
+        raise UsageError(f"{where}: the low bound is above the high bound",
+                         hint=f"write {kind}:{bounds[1]}:{bounds[0]}")
     if kind == "loguniform" and low <= 0:
         raise UsageError(f"{where}: loguniform bounds must be positive", hint="use uniform for ranges that include 0")
     if kind == "int" and not (low.is_integer() and high.is_integer()):
@@ -239,7 +240,8 @@ def expand(axes: list[Axis], mode: str, *, samples: int | None = None, seed: int
     if mode == "random" and not samples:
         raise UsageError("a random sweep needs a number of samples", hint="e.g. --random 20 --seed 1")
     names = [axis.name for axis in axes]
-    value_lists = {axis.name: [typed(axis.name, value) for value in axis.values] for axis in axes if not axis.distribution}
+    value_lists = {axis.name: [typed(axis.name, value) for value in axis.values]
+                   for axis in axes if not axis.distribution}
 
     combos: list[dict[str, Any]]
     if mode == "grid":
