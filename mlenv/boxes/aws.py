@@ -17,13 +17,15 @@ resources, which ``mlenv gc`` lists (with their cost) and deletes.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import math
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mlenv.boxes import catalog
 from mlenv.boxes.model import (
@@ -37,8 +39,16 @@ from mlenv.boxes.model import (
     current_owner,
     validate_box_name,
 )
-from mlenv.errors import MlenvError, ToolMissingError, UsageError
-from mlenv.spec import DevboxSettings
+from mlenv.errors import ExitCode, MlenvError, ToolMissingError, UsageError
+from mlenv.spec import DevboxSettings, Spec, Target
+
+if TYPE_CHECKING:
+    from mlenv.execute import Completed, Executor
+    from mlenv.lock.model import Lock, LockedTarget
+
+# What AWS APIs answer (instances, key pairs, groups, alarms, ...): boto3 ships no types, so a
+# response is a JSON-shaped dict, read by the keys the API documents.
+AwsRecord = dict[str, Any]
 
 TAG_BOX, TAG_OWNER, TAG_PROJECT, TAG_LOCK = "mlenv:box", "mlenv:owner", "mlenv:project", "mlenv:lock"
 TAG_TARGET, TAG_USER, TAG_CREATED, TAG_HOST_KEY = "mlenv:target", "mlenv:user", "mlenv:created", "mlenv:host-key"
@@ -113,17 +123,17 @@ class Plan:
 class AWSProvider:
     name = "aws"
 
-    def __init__(self, spec=None, *, session=None) -> None:
+    def __init__(self, spec: Spec | None = None, *, session: Any = None) -> None:
         self.spec = spec
         self.devbox = spec.devbox if spec is not None else DevboxSettings()
         self._session = session
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}  # boto3 clients, by service name
         self._region: str | None = None
 
     # --- AWS plumbing ---------------------------------------------------------------------------
 
     @property
-    def session(self):
+    def session(self) -> Any:  # boto3.session.Session
         if self._session is None:
             import boto3
 
@@ -143,7 +153,7 @@ class AWSProvider:
             self._region = region
         return self._region
 
-    def client(self, service: str):
+    def client(self, service: str) -> Any:
         if service not in self._clients:
             from botocore.config import Config
 
@@ -151,7 +161,7 @@ class AWSProvider:
                 service, region_name=self.region, config=Config(retries={"mode": "standard", "max_attempts": 5}))
         return self._clients[service]
 
-    def call(self, what: str, service: str, operation: str, **kwargs) -> dict:
+    def call(self, what: str, service: str, operation: str, **kwargs: Any) -> AwsRecord:
         """One AWS API call; credential and API errors become one clear MlenvError."""
         from botocore.exceptions import (
             BotoCoreError,
@@ -184,19 +194,21 @@ class AWSProvider:
 
     # --- finding boxes by their tags ------------------------------------------------------------
 
-    def _filters(self, box: str | None = None, states: list[str] | None = None) -> list[dict]:
-        filters = [{"Name": "tag-key", "Values": [TAG_BOX]}]
+    def _filters(self, box: str | None = None, states: builtins.list[str] | None = None) -> builtins.list[AwsRecord]:
+        filters: builtins.list[AwsRecord] = [{"Name": "tag-key", "Values": [TAG_BOX]}]
         if box is not None:
             filters.append({"Name": f"tag:{TAG_BOX}", "Values": [box]})
-        if self._project():
-            filters.append({"Name": f"tag:{TAG_PROJECT}", "Values": [self._project()]})
+        project = self._project()
+        if project:
+            filters.append({"Name": f"tag:{TAG_PROJECT}", "Values": [project]})
         if states:
             filters.append({"Name": "instance-state-name", "Values": states})
         return filters
 
-    def _instances(self, box: str | None = None, states: list[str] | None = None) -> list[dict]:
+    def _instances(self, box: str | None = None,
+                   states: builtins.list[str] | None = None) -> builtins.list[AwsRecord]:
         paginator = self.client("ec2").get_paginator("describe_instances")
-        found = []
+        found: builtins.list[AwsRecord] = []
         try:
             for page in paginator.paginate(Filters=self._filters(box, states or LIVE_STATES)):
                 for reservation in page["Reservations"]:
@@ -205,7 +217,7 @@ class AWSProvider:
             self._raise_mapped("listing EC2 instances", exc)
         return sorted(found, key=lambda inst: (_tags(inst).get(TAG_BOX, ""), inst["InstanceId"]))
 
-    def _raise_mapped(self, what: str, exc: Exception):
+    def _raise_mapped(self, what: str, exc: Exception) -> NoReturn:
         from botocore.exceptions import ClientError, NoCredentialsError
 
         if isinstance(exc, NoCredentialsError):
@@ -216,9 +228,9 @@ class AWSProvider:
             raise AwsError(f"{what}: {error.get('Code')}: {error.get('Message')}", code=error.get("Code", "")) from None
         raise exc
 
-    def _instance(self, name: str) -> dict | None:
+    def _instance(self, name: str) -> AwsRecord | None:
         instances = self._instances(name)
-        projects = {_tags(inst).get(TAG_PROJECT) for inst in instances}
+        projects = {_tags(inst).get(TAG_PROJECT, "?") for inst in instances}
         if len(projects) > 1:
             raise UsageError(f"boxes named {name!r} exist in several projects: {', '.join(sorted(projects))}",
                              hint="run the command inside the project's folder")
@@ -228,7 +240,7 @@ class AWSProvider:
                              hint="terminate the extra ones in the EC2 console, or `mlenv down` and `mlenv up` again")
         return instances[0] if instances else None
 
-    def _box(self, inst: dict) -> Box:
+    def _box(self, inst: AwsRecord) -> Box:
         tags = _tags(inst)
         row = catalog.lookup(inst["InstanceType"])
         state = EC2_STATES.get(inst["State"]["Name"], "pending")
@@ -278,12 +290,12 @@ class AWSProvider:
 
     # --- planning -------------------------------------------------------------------------------
 
-    def _require_spec(self):
+    def _require_spec(self) -> Spec:
         if self.spec is None:
             raise UsageError("creating a box needs a project", hint="run `mlenv up` in a folder with mlenv.toml")
         return self.spec
 
-    def _target(self, req: UpRequest):
+    def _target(self, req: UpRequest) -> Target:
         spec = self._require_spec()
         name = req.target or self.devbox.target
         if name is None:
@@ -293,7 +305,7 @@ class AWSProvider:
             name = linux[0].name
         return spec.target(name)
 
-    def caller_cidrs(self) -> list[str]:
+    def caller_cidrs(self) -> builtins.list[str]:
         """Where SSH may come from: ``[devbox] ssh-cidrs``, else ``MLENV_CALLER_IP``, else this
         machine's public address as AWS sees it (checkip.amazonaws.com), as a single-address block."""
         configured = self.devbox.ssh_cidrs
@@ -314,7 +326,7 @@ class AWSProvider:
         network = ipaddress.ip_network(_cidr(address, "the caller's IP address"), strict=False)
         return [str(ipaddress.ip_network(f"{network.network_address}/{network.max_prefixlen}"))]
 
-    def _ami(self, target, arch: str) -> tuple[str, str]:
+    def _ami(self, target: Target, arch: str) -> tuple[str, str]:
         """(AMI id, where it came from): [devbox] ami, else the SSM parameter for the target."""
         explicit = self.devbox.ami
         if explicit:
@@ -338,7 +350,7 @@ class AWSProvider:
             raise UsageError(f"SSM parameter {parameter} holds {ami!r}, not an AMI id")
         return ami, f"SSM {parameter}"
 
-    def _image(self, ami: str) -> dict:
+    def _image(self, ami: str) -> AwsRecord:
         images = self.call(f"describing AMI {ami}", "ec2", "describe_images", ImageIds=[ami])["Images"]
         if not images:
             raise UsageError(f"AMI {ami} does not exist in {self.region}")
@@ -407,7 +419,7 @@ class AWSProvider:
             plan.user_data = self._user_data(req, plan, spec, lock, locked)
         return plan
 
-    def _registry_image(self, spec, lock, target_name: str, progress: Progress) -> str:
+    def _registry_image(self, spec: Spec, lock: Lock | None, target_name: str, progress: Progress) -> str:
         """The target's dev image in [image] registry, pinned by digest: built and pushed first when
         the registry does not have it yet (``mlenv build --stage dev --push``, the same content tag)."""
         from mlenv.image.build import build_target
@@ -423,7 +435,8 @@ class AWSProvider:
                                    hint="check the registry and your login (ECR: AWS credentials)")
         return f"{outcome.tag}@{digest}"
 
-    def _user_data(self, req: UpRequest, plan: Plan, spec, lock, locked) -> bytes:
+    def _user_data(self, req: UpRequest, plan: Plan, spec: Spec, lock: Lock | None,
+                   locked: LockedTarget | None) -> bytes:
         from mlenv.boxes import cloudinit
 
         data = cloudinit.UserData(
@@ -440,7 +453,7 @@ class AWSProvider:
             gpu=bool(spec.target(plan.target).cuda),
         )
         if plan.image_ref is None:
-            if locked is None:
+            if lock is None or locked is None:
                 raise UsageError(f"mlenv.lock has no target {plan.target!r}", hint="run `mlenv lock`")
             pylock = spec.root / locked.pylock_path
             if not pylock.is_file():
@@ -450,7 +463,7 @@ class AWSProvider:
             data.groups = sorted({g for p in lock.packages_for(locked.name) for g in p.groups} - {"main"})
         return cloudinit.pack(cloudinit.render(data))
 
-    def plan(self, req: UpRequest) -> list[str]:
+    def plan(self, req: UpRequest) -> builtins.list[str]:
         existing = self._instance(req.name)
         if existing is not None:
             box = self._box(existing)
@@ -474,11 +487,11 @@ class AWSProvider:
             self._undo(made)
             raise
 
-    def _tag_spec(self, kind: str, tags: dict[str, str], name: str) -> dict:
+    def _tag_spec(self, kind: str, tags: dict[str, str], name: str) -> AwsRecord:
         return {"ResourceType": kind,
                 "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": v} for k, v in tags.items()]}
 
-    def _create(self, req: UpRequest, plan: Plan, made: list, progress: Progress) -> Box:
+    def _create(self, req: UpRequest, plan: Plan, made: builtins.list[tuple[str, str]], progress: Progress) -> Box:
         from mlenv.connect.keys import local_key
 
         name = self.resource_name(plan.tags[TAG_PROJECT], req.name)
@@ -548,12 +561,12 @@ class AWSProvider:
                   AlarmActions=[f"arn:aws:automate:{self.region}:ec2:stop"],
                   Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
-    def _describe(self, instance_id: str) -> dict:
+    def _describe(self, instance_id: str) -> AwsRecord:
         reservations = self.call("describing the instance", "ec2", "describe_instances",
                                  InstanceIds=[instance_id])["Reservations"]
         return reservations[0]["Instances"][0]
 
-    def _wait(self, instance_id: str, state: str, progress: Progress, timeout: float = 900) -> dict:
+    def _wait(self, instance_id: str, state: str, progress: Progress, timeout: float = 900) -> AwsRecord:
         """Poll until the instance is in ``state`` (short first delays: a start often takes seconds)."""
         progress(f"waiting for {instance_id} to be {state}")
         deadline, delay = time.monotonic() + timeout, 0.5
@@ -570,7 +583,8 @@ class AWSProvider:
             time.sleep(delay)
             delay = min(delay * 2, 5)
 
-    def _learn_host_keys(self, inst: dict, progress: Progress, timeout: float | None = None) -> list[str]:
+    def _learn_host_keys(self, inst: AwsRecord, progress: Progress,
+                         timeout: float | None = None) -> builtins.list[str]:
         """Read the host keys the first-boot script prints on the console, and keep the ed25519 one
         in a tag (so another machine of the owner can pin it too)."""
         from mlenv.boxes import cloudinit
@@ -604,7 +618,7 @@ class AWSProvider:
                 return []
             time.sleep(5)
 
-    def _resume(self, inst: dict, progress: Progress) -> Box:
+    def _resume(self, inst: AwsRecord, progress: Progress) -> Box:
         state = inst["State"]["Name"]
         instance_id = inst["InstanceId"]
         if state == "stopping":
@@ -623,7 +637,7 @@ class AWSProvider:
 
     # --- stop / start / down --------------------------------------------------------------------
 
-    def _need(self, name: str) -> dict:
+    def _need(self, name: str) -> AwsRecord:
         inst = self._instance(validate_box_name(name))
         if inst is None:
             raise UsageError(f"no aws box named {name!r}", hint="`mlenv ls` lists the boxes")
@@ -655,7 +669,7 @@ class AWSProvider:
 
     # --- keys ---------------------------------------------------------------------------------------
 
-    def revoke_key(self, key_name: str, public_lines: list[str]) -> list[str]:
+    def revoke_key(self, key_name: str, public_lines: builtins.list[str]) -> builtins.list[str]:
         """Delete every mlenv key pair holding one of ``public_lines`` (``mlenv keys revoke``).
 
         A box's key pair is what EC2 installs at launch; once the key is revoked it must not come
@@ -672,18 +686,19 @@ class AWSProvider:
 
     # --- leftovers and orphans ------------------------------------------------------------------
 
-    def _tagged(self, operation: str, key: str, project: str | None, box: str | None, **extra) -> list[dict]:
-        filters = [{"Name": "tag-key", "Values": [TAG_BOX]}]
+    def _tagged(self, operation: str, key: str, project: str | None, box: str | None,
+                **extra: Any) -> builtins.list[AwsRecord]:
+        filters: builtins.list[AwsRecord] = [{"Name": "tag-key", "Values": [TAG_BOX]}]
         if project:
             filters.append({"Name": f"tag:{TAG_PROJECT}", "Values": [project]})
         if box:
             filters.append({"Name": f"tag:{TAG_BOX}", "Values": [box]})
         return self.call(f"listing {key}", "ec2", operation, Filters=filters + extra.pop("filters", []), **extra)[key]
 
-    def _resources(self, project: str | None, box: str | None) -> list[tuple[str | None, Orphan]]:
+    def _resources(self, project: str | None, box: str | None) -> builtins.list[tuple[str | None, Orphan]]:
         """Every tagged key pair, security group, detached volume and mlenv alarm (of one box), each
         with the project it belongs to."""
-        found = []
+        found: builtins.list[tuple[str | None, Orphan]] = []
         for pair in self._tagged("describe_key_pairs", "KeyPairs", project, box):
             tags = _tags(pair)
             found.append((tags.get(TAG_PROJECT), Orphan(self.name, "key-pair", pair["KeyName"], tags.get(TAG_BOX),
@@ -717,7 +732,7 @@ class AWSProvider:
         if leftovers:
             self.delete_orphans(leftovers)
 
-    def orphans(self) -> list[Orphan]:
+    def orphans(self) -> builtins.list[Orphan]:
         """Tagged resources of no live box: detached volumes, alarms of gone instances, key pairs and
         security groups whose box has no live instance."""
         instances = self._instances()
@@ -735,7 +750,7 @@ class AWSProvider:
                 orphans.append(resource)
         return orphans
 
-    def delete_orphans(self, orphans: list[Orphan]) -> None:
+    def delete_orphans(self, orphans: builtins.list[Orphan]) -> None:
         order = {"alarm": 0, "volume": 1, "key-pair": 2, "security-group": 3}
         for orphan in sorted(orphans, key=lambda o: order.get(o.kind, 9)):
             if orphan.kind == "alarm":
@@ -760,7 +775,7 @@ class AWSProvider:
                     raise
                 time.sleep(5)
 
-    def _undo(self, made: list[tuple[str, str]]) -> None:
+    def _undo(self, made: builtins.list[tuple[str, str]]) -> None:
         """Best-effort rollback of a failed ``up``; whatever survives is tagged and shown by ``gc``."""
         for kind, resource in reversed(made):
             try:
@@ -776,7 +791,7 @@ class AWSProvider:
             except MlenvError:
                 continue
 
-    def executor(self, box: Box):
+    def executor(self, box: Box) -> Executor:
         """Commands in the box's environment: inside the image's container (the keep-alive folder is
         mounted there), or on the instance with the synced venv first on PATH."""
         from mlenv.boxes.ssh import VenvExecutor
@@ -793,10 +808,11 @@ class ContainerOverSSH:
 
     keepalive_dir = KEEPALIVE_DIR
 
-    def __init__(self, inner, container: str, *, where: str) -> None:
+    def __init__(self, inner: Executor, container: str, *, where: str) -> None:
         self.inner, self.container, self.where = inner, container, where
 
-    def run(self, argv, *, input=None, env=None, timeout=None):
+    def run(self, argv: Sequence[str], *, input: bytes | None = None, env: Mapping[str, str] | None = None,
+            timeout: float | None = None) -> Completed:
         options = [f"--env={key}={value}" for key, value in (env or {}).items()]
         return self.inner.run(["docker", "exec", "-i", *options, self.container, *argv], input=input,
                               timeout=timeout)
@@ -805,7 +821,7 @@ class ContainerOverSSH:
 class AwsError(MlenvError):
     """An AWS API refused a call; ``code`` is its error code (``DependencyViolation``, ...)."""
 
-    exit_code = 6
+    exit_code = ExitCode.UNAVAILABLE
 
     def __init__(self, message: str, *, code: str = "", hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -819,7 +835,7 @@ def _quiet(_line: str) -> None:
     pass
 
 
-def _tags(resource: dict | None) -> dict[str, str]:
+def _tags(resource: AwsRecord | None) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in (resource or {}).get("Tags", [])}
 
 
@@ -838,7 +854,7 @@ def _cidr(value: Any, what: str) -> str:
                          hint='e.g. "203.0.113.7/32"') from None
 
 
-def _ssh_permission(cidrs: list[str]) -> dict:
+def _ssh_permission(cidrs: list[str]) -> AwsRecord:
     v4 = [{"CidrIp": c, "Description": "mlenv: SSH from the box owner"} for c in cidrs if ":" not in c]
     v6 = [{"CidrIpv6": c, "Description": "mlenv: SSH from the box owner"} for c in cidrs if ":" in c]
     permission: dict[str, Any] = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22}
@@ -849,7 +865,7 @@ def _ssh_permission(cidrs: list[str]) -> dict:
     return permission
 
 
-def _login_user(image: dict) -> str:
+def _login_user(image: AwsRecord) -> str:
     """The AMI's default login user, from its name (Ubuntu and the DLAMI: ubuntu; Amazon Linux: ec2-user)."""
     text = f"{image.get('Name', '')} {image.get('Description', '')}".lower()
     if "ubuntu" in text:
@@ -879,7 +895,7 @@ def _alarm_box(alarm_name: str, project: str | None) -> str | None:
     return None
 
 
-def _read_lock(spec):
+def _read_lock(spec: Spec) -> Lock | None:
     from mlenv.lock.model import lock_path, read_lock
 
     return read_lock(spec.root) if lock_path(spec.root).is_file() else None

@@ -163,7 +163,8 @@ def _is_whole_key(kind: str, blob: str) -> bool:
 
 
 def _blocks(text: str, begin: str, end: str) -> list[list[str]]:
-    blocks, current = [], None
+    blocks: list[list[str]] = []
+    current: list[str] | None = None  # the lines of the block being read
     for line in text.splitlines():
         if begin in line:
             current = []
