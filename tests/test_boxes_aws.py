@@ -354,7 +354,8 @@ def test_stop_start_ls_and_down_deletes_everything(aws, project):
     assert provider(project).get("a1") is None
     left = tagged_resources()
     assert [len(left[kind]) for kind in ("instances", "key_pairs", "groups", "alarms")] == [1, 1, 1, 1]
-    assert all({t["Key"]: t["Value"] for t in r["Tags"]}["mlenv:box"] == "a2" for r in left["key_pairs"] + left["groups"])
+    assert all({t["Key"]: t["Value"] for t in r["Tags"]}["mlenv:box"] == "a2"
+               for r in left["key_pairs"] + left["groups"])
     assert provider(project).orphans() == []
 
 
@@ -428,7 +429,7 @@ def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, proj
     the Debian mirror, PyPI and the test's package index).  No systemd there, so the watchdog runs
     as a detached process; everything else is the same script."""
     from mlenv.boxes.cloudinit import parse_host_keys, unpack
-    from mlenv.boxes.model import WATCHDOG_LOG
+    from mlenv.boxes.model import SSHRC, WATCHDOG_LOG
 
     laptop = public_key(DATA / "laptop.pub")
     plan = provider(project).plan_up(request("boot1", poll_s=1, authorized_keys=[laptop]))
@@ -473,9 +474,25 @@ def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, proj
             time.sleep(0.5)
         decision = json.loads(sh(f"head -n1 {WATCHDOG_LOG}"))
         assert decision  # one JSON line per poll
+        # an SSH login is activity: sshd runs /etc/ssh/sshrc (the docker provider's file) as the user
+        # at each login, and the watchdog's next poll reports the mark it leaves
+        assert sh("cat /etc/ssh/sshrc") == SSHRC
+        uid = sh(f"id -u {plan.user}").strip()
+        assert f"ssh-{uid} " not in sh(f"cat {WATCHDOG_LOG}")
+        login = container.exec_run(["/bin/sh", "/etc/ssh/sshrc"], user=plan.user)
+        assert login.exit_code == 0, login.output.decode()
+        seen = None
+        deadline = time.monotonic() + 30
+        while seen is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            polls = [json.loads(line) for line in sh(f"cat {WATCHDOG_LOG}").splitlines()]
+            seen = next((p["signals"]["login"] for p in polls if p.get("event") == "poll"
+                         and p["signals"]["login"].get("detail", "").startswith(f"ssh-{uid} ")), None)
+        assert seen is not None and seen["state"] == "active"
         # the lock is synced into the venv, and the box's executor runs there (as mlenv would over
         # SSH; here the docker CLI stands in for the SSH hop)
-        assert sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'").strip() == "1.1"
+        synced = sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'")
+        assert synced.strip() == "1.1"
         from mlenv.boxes.aws import BOX_VENV, ContainerOverSSH
         from mlenv.boxes.ssh import VenvExecutor
         from mlenv.execute import LocalExecutor, run_python
@@ -508,9 +525,9 @@ def test_the_cli_as_the_readme_shows(aws, project):
     assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout)[0]["state"] == "stopped"
     mlenv("start", "gpu1", "--provider", "aws")
     assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout)[0]["state"] == "running"
+    old_tags = [{"Key": "mlenv:box", "Value": "old"}, {"Key": "mlenv:project", "Value": "demo"}]
     boto("ec2").create_security_group(GroupName="mlenv-demo-old", Description="left by a killed up",
-                                      TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                                          {"Key": "mlenv:box", "Value": "old"}, {"Key": "mlenv:project", "Value": "demo"}]}])
+                                      TagSpecifications=[{"ResourceType": "security-group", "Tags": old_tags}])
     orphans = json.loads(mlenv("gc", "--json", "--provider", "aws").stdout)
     assert [(o["kind"], o["box"]) for o in orphans] == [("security-group", "old")]
     mlenv("gc", "--yes", "--provider", "aws")

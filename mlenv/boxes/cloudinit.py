@@ -2,9 +2,10 @@
 
 The user-data is a shell script (cloud-init runs ``#!`` user-data as is), rendered from
 ``templates/cloud-init.sh.j2``: SSH host keys to the console first (between markers, so the client
-pins them before it ever connects), then the idle watchdog as a systemd service, then the locked
-environment (the image by digest, or the lock synced into a venv).  The same script runs unchanged in
-a plain container, which is how it is tested.
+pins them before it ever connects), then the idle watchdog as a systemd service (with
+``/etc/ssh/sshrc``, so SSH logins count as activity), then the locked environment (the image by
+digest, or the lock synced into a venv).  The same script runs unchanged in a plain container, which
+is how it is tested.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def render(data: UserData) -> str:
         raise UsageError(f"cannot write the box's user-data: {problems[0]}")
     keys = [check_public_key(key) for key in data.authorized_keys]
 
+    from mlenv.boxes.model import ACTIVITY_DIR, SSHRC
     from mlenv.image.registry import is_ecr, registry_host, split_ref
     from mlenv.render import UV_VERSION, render_template
 
@@ -110,6 +112,8 @@ def render(data: UserData) -> str:
         box_dir=data.box_dir,
         keepalive_dir=data.keepalive_dir,
         watchdog_path=data.watchdog_path,
+        activity_dir=ACTIVITY_DIR,
+        sshrc=SSHRC,  # the docker provider's, so every box counts SSH logins the same way
         watchdog_gz_b64=_gz_b64(data.watchdog),
         watchdog_args=data.watchdog_args,
         image_ref=data.image_ref,
