@@ -16,8 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import Row, Skip, print_table, repetitions, run_timed
 from bench_cli import mlenv_command
+from common import Row, Skip, print_table, repetitions, run_timed
 
 BENCHMARK = "aws"
 SPEC = (
@@ -73,7 +73,8 @@ def main() -> list[Row]:
                                                         cwd=project, env=env))
                 samples["up again (found by tags)"].append(
                     run_timed([*mlenv, "up", "b1", "--provider", "aws", "--yes"], cwd=project, env=env))
-                samples["ls --json"].append(run_timed([*mlenv, "ls", "--json", "--provider", "aws"], cwd=project, env=env))
+                samples["ls --json"].append(
+                    run_timed([*mlenv, "ls", "--json", "--provider", "aws"], cwd=project, env=env))
                 samples["stop"].append(run_timed([*mlenv, "stop", "b1", "--provider", "aws"], cwd=project, env=env))
                 samples["start"].append(run_timed([*mlenv, "start", "b1", "--provider", "aws"], cwd=project, env=env))
                 samples["down --yes"].append(run_timed([*mlenv, "down", "b1", "--yes", "--provider", "aws"],

@@ -77,13 +77,13 @@ def _preflight(env: dict):
         client = engine()
         builder = find_builder()
     except MlenvError as exc:
-        raise SystemExit(f"no Docker setup for the image benchmark: {exc.message}")
+        raise SystemExit(f"no Docker setup for the image benchmark: {exc.message}") from None
     from docker.errors import ImageNotFound
 
     try:
         client.images.get(BASE)
     except ImageNotFound:
-        raise SystemExit(f"base image {BASE} is missing (run the docker tests once, or set MLENV_BENCH_BASE)")
+        raise SystemExit(f"base image {BASE} is missing (run the docker tests once, or set MLENV_BENCH_BASE)") from None
     return client, builder
 
 
@@ -136,7 +136,8 @@ def main(quick: bool = False) -> list[Row]:
 
         def build_mine(*extra: str) -> tuple[float, dict]:
             # --force: time a build even when an earlier run left an image with the same content tag
-            elapsed, result = _run([*mlenv, "build", "--base-image", BASE, "--json", "--force", *extra], cwd=mine, env=env)
+            elapsed, result = _run([*mlenv, "build", "--base-image", BASE, "--json", "--force", *extra],
+                                   cwd=mine, env=env)
             return elapsed, json.loads(result.stdout)
 
         def build_hand(*extra: str) -> float:

@@ -21,7 +21,6 @@ each tool is a true cold start whose cache size shows what resolution downloads:
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -353,7 +352,8 @@ def check_benchmark(project: Path, mlenv: list[str], repeat: int) -> list[Row]:
     spec = load_spec(project / "mlenv.toml")
     lock = read_lock(spec.root)
     assert not check_lock(spec, lock), "the benchmark project should be freshly locked"
-    rows.append(Row("lock-check", "in process: check_lock(spec, lock)", in_process(lambda: check_lock(spec, lock), 200)))
+    rows.append(Row("lock-check", "in process: check_lock(spec, lock)",
+                    in_process(lambda: check_lock(spec, lock), 200)))
     rows.append(Row("lock-check", "in process: load_spec + read_lock + check_lock", in_process(
         lambda: check_lock(load_spec(project / "mlenv.toml"), read_lock(project)), 50)))
     print_table("mlenv lock --check (fresh lock, no network)", rows,

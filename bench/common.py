@@ -91,7 +91,7 @@ Runner = Callable[[], float]
 def run_timed(cmd: Command, *, cwd: Path | None = None, env: dict | None = None, ok_codes=(0,)) -> float:
     """Wall time in seconds of one subprocess run (output captured, not printed)."""
     start = time.perf_counter()
-    result = subprocess.run(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode not in ok_codes:
         tail = (result.stderr or result.stdout).strip().splitlines()[-8:]
@@ -179,7 +179,8 @@ def print_table(title: str, rows: list[Row], *, caption: str | None = None) -> N
 
 def markdown_table(rows: list[Row]) -> str:
     """The same table as Markdown, for pasting into bench/README.md."""
-    lines = ["| case | n | median ms | min ms | max ms | ratio | goal | result |", "|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| case | n | median ms | min ms | max ms | ratio | goal | result |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
         result = "" if row.met is None else ("met" if row.met else "**missed**")

@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                          overflow="fold")
     for name, status, elapsed, (met, missed), detail in summary:
         colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[status]
-        table.add_row(name, f"[{colour}]{status}[/]", f"{elapsed:.1f}", str(met), f"[red]{missed}[/]" if missed else "0",
-                      detail)
+        table.add_row(name, f"[{colour}]{status}[/]", f"{elapsed:.1f}", str(met),
+                      f"[red]{missed}[/]" if missed else "0", detail)
     console.print(table)
     console.print(f"load average after: {os.getloadavg()[0]:.2f}")
 

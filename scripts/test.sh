@@ -34,8 +34,8 @@ fi
 echo "==> pip install -e .[test]"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
-echo "==> ruff check mlenv (lint + import order)"
-python3 -m ruff check mlenv
+echo "==> ruff check mlenv tests bench (lint + import order)"
+python3 -m ruff check mlenv tests bench
 echo "==> mypy (mlenv)"
 python3 -m mypy
 

@@ -46,7 +46,8 @@ def run_mlenv(*args: str, cwd: Path | None = None, env: dict | None = None, chec
 
 # --- projects: helpers shared by the test files, and fixtures over them -----------------------------
 
-def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra: str = "", targets: str | None = None) -> Path:
+def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra: str = "",
+               targets: str | None = None) -> Path:
     deps = ", ".join(f'"{d}"' for d in dependencies)
     targets = targets or '[targets.cpu]\nplatform = "linux/x86_64"\n'
     (folder / "mlenv.toml").write_text(
@@ -58,6 +59,8 @@ def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra
 
 
 CPU_TARGET = '[targets.cpu]\nplatform = "linux/x86_64"\n'
+# a project with no dependencies and one linux target: enough for commands that fail before any lock
+MINIMAL_SPEC = '[project]\nname = "demo"\npython = "3.11"\n' + CPU_TARGET
 
 
 def make_project(root: Path, index_url: str, *, targets: str = CPU_TARGET, dependencies=("tinylib",),

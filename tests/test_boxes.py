@@ -15,7 +15,7 @@ import pytest
 
 from mlenv.boxes import Box, UpRequest, format_duration, parse_duration, provider, validate_box_name
 from mlenv.errors import UsageError
-from tests.conftest import require, run_mlenv
+from tests.conftest import MINIMAL_SPEC, require, run_mlenv
 
 
 @pytest.mark.parametrize("name", ["a", "gpu1", "my-box-2", "a" * 31])
@@ -322,7 +322,7 @@ def test_gc_finds_and_removes_a_workspace_whose_box_is_gone(box_project, box, do
 
 
 def test_bad_box_names_never_reach_the_engine(tmp_path):
-    (tmp_path / "mlenv.toml").write_text('[project]\nname = "p"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    (tmp_path / "mlenv.toml").write_text(MINIMAL_SPEC)
     result = run_mlenv("up", "Bad;name", "--provider", "docker", "--dry-run", cwd=tmp_path,
                        env={"DOCKER_HOST": "unix:///nonexistent.sock"})
     assert result.returncode == 2 and "invalid box name" in result.stderr
@@ -339,7 +339,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(box_project, box, docker_cl
 
 
 def test_unreachable_engine_is_exit_6(tmp_path):
-    (tmp_path / "mlenv.toml").write_text('[project]\nname = "p"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    (tmp_path / "mlenv.toml").write_text(MINIMAL_SPEC)
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "HOME": str(tmp_path), "MLENV_HOME": str(tmp_path / "d")}
     stopped = run_mlenv("stop", "gpu1", "--provider", "docker", cwd=tmp_path, env=env)
     assert stopped.returncode == 6 and "Docker Engine" in stopped.stderr, stopped.stderr

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import run_mlenv
 from tests.test_gen import make_project
 
+
 @pytest.fixture
 def docker_env(docker_engine, build_cli, base_image):
     """What every build needs: the engine, a BuildKit CLI and the local base image."""
@@ -75,12 +76,14 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
     assert changed["skipped"] is None and changed["tag"] != first["tag"]
     # not a terminal: progress arrives as plain lines, one per finished step, with cache hits marked
     assert re.search(r"^\s+cached\s+\[deps 2/2\] RUN", changed_run.stderr, re.M), changed_run.stderr
-    assert re.search(r"^\s+\d+\.\ds\s+\[runtime 3/3\] COPY --from=source /src /app", changed_run.stderr, re.M), changed_run.stderr
+    assert re.search(r"^\s+\d+\.\ds\s+\[runtime 3/3\] COPY --from=source /src /app",
+                     changed_run.stderr, re.M), changed_run.stderr
     # the source stage takes the context without .mlenv/ (the dev stage's mlenv wheel)
     assert changed["steps_run"] == ["[source 1/2] COPY . /src", "[source 2/2] RUN rm -rf /src/.mlenv",
                                     "[runtime 3/3] COPY --from=source /src /app"], changed["steps_run"]
     assert any("uv pip sync" in step for step in changed["steps_cached"])
-    assert docker_client.containers.run(changed["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "hello again"
+    ran = docker_client.containers.run(changed["tag"], ["python", "/app/app.py"], remove=True)
+    assert ran.decode().strip() == "hello again"
 
     # --force rebuilds even when the tag exists (cached layers still count as a build)
     forced = built(build(project, "--force", env=docker_env))
@@ -184,14 +187,16 @@ def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env,
 @pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_wheel_url):
-    result = built(build(project, "--stage", "dev", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", env=docker_env))
+    result = built(build(project, "--stage", "dev", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}",
+                         env=docker_env))
     assert result["tag"].startswith("demo:cpu-dev-")
     container_output = docker_client.containers.run(
         result["tag"], ["mlenv", "doctor", "--target", "cpu"], remove=True, working_dir="/work",
         volumes={str(project): {"bind": "/work", "mode": "ro"}},
     ).decode()
     assert "/opt/venv/bin/python" in container_output
-    tools = docker_client.containers.run(result["tag"], ["sh", "-c", "git --version && test -x /usr/sbin/sshd && id -un"],
+    tools = docker_client.containers.run(result["tag"],
+                                         ["sh", "-c", "git --version && test -x /usr/sbin/sshd && id -un"],
                                          remove=True).decode()
     assert "git version" in tools and tools.strip().endswith("app")
 
@@ -399,13 +404,14 @@ def test_a_pypi_project_builds_on_the_default_network(tmp_path, docker_env, dock
     assert locked.returncode == 0, locked.stderr
     result = built(run_mlenv("build", "--base-image", "localhost/python:3.11-slim-bookworm", "--json",
                              cwd=root, env=docker_env, timeout=600))
-    assert docker_client.containers.run(result["tag"], ["python", "/app/app.py"], remove=True).decode().strip() == "1.17.0"
+    ran = docker_client.containers.run(result["tag"], ["python", "/app/app.py"], remove=True)
+    assert ran.decode().strip() == "1.17.0"
     assert run_mlenv("doctor", "--image", result["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
 
 
 def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_index):
-    from mlenv.lock import read_lock
     from mlenv.image.plan import plan_image
+    from mlenv.lock import read_lock
     from mlenv.render import render_dockerfile
     from mlenv.spec import load_spec
 

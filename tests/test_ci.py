@@ -423,7 +423,8 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
     assert image.with_("Hand the image to the test job")["path"] == tarball
     image.run("result")
     assert image.outputs["result"] == {"image": image_id, "artifact": "mlenv-image-cpu"}
-    needs = {"image-cpu": {name: image.resolve(value) for name, value in workflow["jobs"]["image-cpu"]["outputs"].items()}}
+    outputs = workflow["jobs"]["image-cpu"]["outputs"]
+    needs = {"image-cpu": {name: image.resolve(value) for name, value in outputs.items()}}
 
     # test job: the artifact lands in runner.temp, is loaded, and doctor + the tests run inside it
     test = Job(workflow, "test-cpu", ci_project, env=env, needs=needs, events=pull_request)
@@ -494,7 +495,8 @@ def test_image_tag_follows_the_lock_only(project, registry):
     """The tag step, run for real: same lock -> same tag (the pushed image is reused), a new pylock or
     Dockerfile -> a new tag; branch pushes write the build cache, pull requests do not."""
     if registry == "ecr":
-        set_ci(project, 'registry = "ecr"\naws-role = "arn:aws:iam::123456789012:role/gh-ci"\naws-region = "eu-west-1"\n')
+        set_ci(project, 'registry = "ecr"\naws-role = "arn:aws:iam::123456789012:role/gh-ci"\n'
+                        'aws-region = "eu-west-1"\n')
     assert run_mlenv("gen", "dockerfile", "--no-resolve-digest", cwd=project).returncode == 0
     assert init(project).returncode == 0
     workflow = yaml.safe_load((project / WORKFLOW).read_text())

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import run_mlenv
+from tests.conftest import MINIMAL_SPEC, run_mlenv
 
 HEAVY = ("boto3", "botocore", "docker", "paramiko", "papermill", "jinja2", "nbformat", "uv")
 
@@ -40,7 +40,7 @@ def test_no_spec_anywhere_says_to_run_init(tmp_path):
 
 
 def test_missing_lock_is_exit_4_with_the_fix(tmp_path):
-    (tmp_path / "mlenv.toml").write_text('[project]\nname = "x"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    (tmp_path / "mlenv.toml").write_text(MINIMAL_SPEC)
     for args in (("doctor",), ("sync",), ("lock", "--check")):
         result = run_mlenv(*args, cwd=tmp_path)
         assert result.returncode == 4, args
@@ -197,7 +197,7 @@ def test_import_arrows_point_down():
 def test_spec_option_is_common_to_the_commands(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
-    (project / "mlenv.toml").write_text('[project]\nname = "x"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n')
+    (project / "mlenv.toml").write_text(MINIMAL_SPEC)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for args in (("lock", "--check"), ("doctor",), ("gen", "all"), ("build",), ("sync",)):

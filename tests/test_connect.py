@@ -7,6 +7,7 @@ every test, so the real ~/.ssh is never read or written.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import os
@@ -392,7 +393,7 @@ def test_port_forward_fetches_a_page_from_the_box_side(home, sshd, tmp_path):
 
     sshd.authorize_root(local_key().public_line)
     (tmp_path / "index.html").write_text("served on the box")
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -590,7 +591,7 @@ def test_ssh_executor_keeps_the_executor_contract(home, sshd):
 
 # --- end to end with the docker provider ------------------------------------------------------------------
 
-from tests.test_boxes import box, box_project, up  # noqa: F401 - the boxes module's fixtures
+from tests.test_boxes import box, box_project, up  # noqa: E402, F401 - the boxes module's fixtures
 
 
 @pytest.mark.docker
@@ -625,7 +626,8 @@ def test_docker_box_plain_ssh_code_link_start_on_connect_rotate_and_down(box_pro
     assert project.mlenv("ssh-config", box, "--start-on-connect").returncode == 0
     assert project.mlenv("stop", box).returncode == 0
     resumed = subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", f"mlenv-{box}", "echo", "back"],
-                             capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **project.env})
+                             capture_output=True, text=True, timeout=300, check=False,
+                             env={**os.environ, **project.env})
     assert resumed.returncode == 0 and resumed.stdout.strip() == "back", resumed.stderr
 
     assert project.mlenv("down", box, "--yes").returncode == 0

@@ -80,13 +80,14 @@ def test_devcontainer_up_then_doctor_inside(locked_project, devcontainer_cli, do
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert "/opt/venv/bin/python" in doctor.stdout and "environment matches the lock" in doctor.stderr
         # ... and that mlenv is this checkout's code, not a release: same wheel bytes
-        installed = subprocess.run([devcontainer_cli, "exec", *common, "/opt/mlenv/bin/python", "-c",
-                                    "import mlenv.selfwheel, pathlib; print(pathlib.Path(mlenv.selfwheel.__file__).read_text())"],
+        show_source = "import mlenv.selfwheel, pathlib; print(pathlib.Path(mlenv.selfwheel.__file__).read_text())"
+        installed = subprocess.run([devcontainer_cli, "exec", *common, "/opt/mlenv/bin/python", "-c", show_source],
                                    capture_output=True, text=True, env=env, timeout=120)
         assert installed.stdout.strip() == (REPO / "mlenv" / "selfwheel.py").read_text().strip()
         user = subprocess.run([devcontainer_cli, "exec", *common, "id", "-un"], capture_output=True, text=True,
                               env=env, timeout=120)
         assert user.stdout.strip() == "app"
     finally:
-        for container in docker_client.containers.list(all=True, filters={"label": f"devcontainer.local_folder={root}"}):
+        ours = {"label": f"devcontainer.local_folder={root}"}
+        for container in docker_client.containers.list(all=True, filters=ours):
             container.remove(force=True)

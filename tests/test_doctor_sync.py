@@ -157,7 +157,8 @@ def test_doctor_on_a_gpu_machine_picks_the_cuda_target_and_is_clean(synced_gpu_p
 
 
 def test_doctor_without_a_gpu_fails_a_cuda_target(synced_gpu_project, tmp_path):
-    env = fake_nvidia_smi(tmp_path / "bin", None, fail="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
+    env = fake_nvidia_smi(tmp_path / "bin", None,
+                          fail="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
     code, report = gpu_findings(synced_gpu_project, env, "--target", "gpu")
     assert code == 1
     (finding,) = [f for f in report["findings"] if f["check"] == "gpu"]

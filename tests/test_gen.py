@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CPU_TARGET, REPO, make_project, parse_jsonc, require, run_mlenv  # noqa: F401 - re-exported
+
 
 @pytest.fixture
 def project(tmp_path, local_index):
@@ -51,7 +51,8 @@ def test_dockerfile_stages_and_pins(project):
     assert "--mount=type=cache,id=mlenv-uv,target=/root/.cache/uv" in deps
     assert "UV_COMPILE_BYTECODE=1" in text
     runtime = text.split("FROM base AS runtime")[1]
-    assert runtime.rstrip().splitlines()[-2:] == ["COPY --from=source /src /app", 'CMD ["python"]']  # the source comes last
+    # the source comes last
+    assert runtime.rstrip().splitlines()[-2:] == ["COPY --from=source /src /app", 'CMD ["python"]']
     assert re.search(r"^USER 1000:1000$", runtime, re.M)
     assert 'io.mlenv.lock-hash="' in text and "org.opencontainers.image.title" in text
     assert "--group dev" in text.split("FROM deps AS dev")[1]
@@ -97,10 +98,11 @@ def test_cuda_base_images(tmp_path, local_index):
 
 
 def test_base_image_override_is_recorded_in_the_lock(project):
-    result = gen(project, "dockerfile", "--base-image", "mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64)
+    mirror = "mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64
+    result = gen(project, "dockerfile", "--base-image", mirror)
     assert result.returncode == 0, result.stderr
     text = (project / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64 in text
+    assert f"ARG BASE_IMAGE={mirror}" in text
     lock = (project / "mlenv.lock").read_text()
     assert 'ref = "mirror.example.com/python:3.11-slim-bookworm"' in lock
     assert f'digest = "sha256:{"a" * 64}"' in lock
@@ -110,7 +112,7 @@ def test_base_image_override_is_recorded_in_the_lock(project):
     (project / "mlenv.toml").write_text(
         (project / "mlenv.toml").read_text() + '\n[image]\nbase = "mirror.example.com/python:3.11-slim-bookworm"\n')
     assert gen(project, "dockerfile").returncode == 0
-    assert "ARG BASE_IMAGE=mirror.example.com/python:3.11-slim-bookworm@sha256:" + "a" * 64 in (project / "Dockerfile").read_text()
+    assert f"ARG BASE_IMAGE={mirror}" in (project / "Dockerfile").read_text()
     assert gen(project, "dockerfile", "--check").returncode == 0
 
 

@@ -27,7 +27,8 @@ exit 0
 """
 
 
-def gpu_env(tmp_path: Path, case: str | None, *, proc: str | None = None, sys_file: str | None = None) -> dict[str, str]:
+def gpu_env(tmp_path: Path, case: str | None, *, proc: str | None = None,
+            sys_file: str | None = None) -> dict[str, str]:
     """Environment whose PATH holds a fake nvidia-smi replaying ``case`` (None: no nvidia-smi at all).
 
     The driver files point at recordings or at nothing, so a real GPU host cannot leak into a test.

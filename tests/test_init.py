@@ -315,7 +315,8 @@ def _import(tmp_path: Path, files: dict[str, str]):
 
 def test_include_cycle_is_detected(tmp_path):
     with pytest.raises(SpecError, match=r"cycle: requirements.txt -> a.txt -> b.txt -> a.txt") as info:
-        _import(tmp_path, {"requirements.txt": "-r a.txt\n", "a.txt": "numpy\n-r b.txt\n", "b.txt": "--requirement=a.txt\n"})
+        _import(tmp_path, {"requirements.txt": "-r a.txt\n", "a.txt": "numpy\n-r b.txt\n",
+                           "b.txt": "--requirement=a.txt\n"})
     assert (info.value.path, info.value.line) == ("b.txt", 1)
 
 
@@ -346,7 +347,8 @@ def test_private_index_and_credentials(tmp_path):
     )})
     assert [(i.name, i.url, i.default, i.explicit) for i in imported.indexes] == [
         ("pypi-corp-example-com", "https://pypi.corp.example.com/simple", True, False),
-        ("art-example-com", "https://${ARTIFACTORY_USER}:${ARTIFACTORY_TOKEN}@art.example.com/api/pypi/simple", False, False),
+        ("art-example-com", "https://${ARTIFACTORY_USER}:${ARTIFACTORY_TOKEN}@art.example.com/api/pypi/simple",
+         False, False),
         ("pytorch-cpu", "https://download.pytorch.org/whl/cpu", False, True),
     ]
     assert imported.dependencies == ["torch==2.5.1", "corp-utils>=3"]
@@ -386,7 +388,8 @@ def test_bare_urls_and_local_paths_are_reported(tmp_path):
 
 
 def test_dev_file_including_main_does_not_duplicate(tmp_path):
-    imported = _import(tmp_path, {"requirements.txt": "numpy\n", "dev-requirements.txt": "-r requirements.txt\nnumpy\npytest\n"})
+    imported = _import(tmp_path, {"requirements.txt": "numpy\n",
+                                  "dev-requirements.txt": "-r requirements.txt\nnumpy\npytest\n"})
     assert imported.dependencies == ["numpy"] and imported.groups == {"dev": ["pytest"]}
 
 
@@ -449,7 +452,8 @@ def test_conda_oddities_are_errors_or_notes(tmp_path):
     with pytest.raises(SpecError, match="unexpected entry 'conda'") as info:
         _import(tmp_path, {"environment.yml": "dependencies:\n  - numpy\n  - conda: [x]\n"})
     assert info.value.line == 3
-    imported = _import(tmp_path / "b", {"environment.yml": "dependencies:\n  - numpy[version='>=1.2']\n  - blas=*=mkl\n"})
+    imported = _import(tmp_path / "b",
+                       {"environment.yml": "dependencies:\n  - numpy[version='>=1.2']\n  - blas=*=mkl\n"})
     assert imported.dependencies == []
     assert len([n for n in imported.notes if n.kind == "conda"]) == 2
 

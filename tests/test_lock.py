@@ -226,7 +226,10 @@ def test_check_of_a_fresh_lock_needs_neither_typer_nor_the_spec_parser(tmp_path,
         "except SystemExit as exit:\n    code = exit.code\n"
         "print('code', code, 'typer' in sys.modules, 'mlenv.spec' in sys.modules)\n"
     )
-    run = lambda: subprocess.run([sys.executable, "-c", probe], cwd=sub, capture_output=True, text=True).stdout.split()
+
+    def run() -> list[str]:
+        return subprocess.run([sys.executable, "-c", probe], cwd=sub, capture_output=True, text=True).stdout.split()
+
     assert run() == ["code", "0", "False", "False"]
 
     spec.write_text(spec.read_text() + "# a comment changes the digest, not the inputs\n")

@@ -100,19 +100,21 @@ def line_of(text: str, needle: str) -> int:
 @pytest.mark.parametrize(
     ("text", "at", "message", "hint"),
     [
-        (GOOD.replace("[targets.cpu]\n", "[targets.cpu]\nplatfrom = 'x'\n"), "platfrom", "unknown key 'platfrom'", "did you mean 'platform'?"),
+        (GOOD.replace("[targets.cpu]\n", "[targets.cpu]\nplatfrom = 'x'\n"), "platfrom", "unknown key 'platfrom'",
+         "did you mean 'platform'?"),
         (GOOD.replace('gpu = "a10g"', 'gpu = "a10x"'), "a10x", "unknown GPU model 'a10x'", "did you mean 'a10'?"),
         (GOOD.replace('platform = "macos/arm64"', 'platform = "macos/arm64"\ncuda = "12.6"'), '"12.6"',
          "CUDA is not available on macos/arm64", "linux"),
         (GOOD.replace('cuda = "12.4"', 'cuda = "12.3"'), '"12.3"', "unknown CUDA version '12.3'", "12.4"),
-        (GOOD.replace('sources = { torch = "pytorch-cu124" }', 'sources = { torch = "pytorch-cu12" }'), "pytorch-cu12\"",
-         "unknown index 'pytorch-cu12'", "did you mean 'pytorch-cu124'?"),
+        (GOOD.replace('sources = { torch = "pytorch-cu124" }', 'sources = { torch = "pytorch-cu12" }'),
+         "pytorch-cu12\"", "unknown index 'pytorch-cu12'", "did you mean 'pytorch-cu124'?"),
         (GOOD.replace('cuda = "12.4"', 'cuda = "12.1"'), "sources = {", "serves CUDA builds cu124", "cu121"),
         (GOOD.replace('gpu-count = 2', 'gpu-count = "two"'), "gpu-count", "expected a positive integer", None),
         (GOOD.replace('idle = "30m"', 'idle = "soon"'), "idle", "duration", None),
         (GOOD.replace('python = "3.11"', 'python = ">=3.10"'), "python =", "one version", "exactly one Python"),
         (GOOD.replace('"numpy>=1.26"', '"numpy>=>1.26"'), "dependencies =", "invalid requirement", None),
-        (GOOD.replace("[sweep]\njobs = 2", "[sweeps]\njobs = 2"), "[sweeps]", "unknown key 'sweeps'", "did you mean 'sweep'?"),
+        (GOOD.replace("[sweep]\njobs = 2", "[sweeps]\njobs = 2"), "[sweeps]", "unknown key 'sweeps'",
+         "did you mean 'sweep'?"),
     ],
 )
 def test_bad_specs_name_the_line_and_the_fix(text, at, message, hint):
@@ -191,12 +193,15 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path):
 toml_scalars = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.floats(allow_nan=False))
 toml_values = st.recursive(
     toml_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(
-        ["name", "python", "platform", "cuda", "gpu", "url", "dependencies", "sources", "x", "gpu-count"]), inner, max_size=3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(
+        st.sampled_from(["name", "python", "platform", "cuda", "gpu", "url", "dependencies", "sources", "x",
+                         "gpu-count"]),
+        inner, max_size=3)),
     max_leaves=8,
 )
 toml_documents = st.dictionaries(
-    st.sampled_from(["project", "targets", "index", "sources", "dependency-groups", "image", "sweep", "devbox", "other"]),
+    st.sampled_from(["project", "targets", "index", "sources", "dependency-groups", "image", "sweep", "devbox",
+                     "other"]),
     toml_values,
     max_size=5,
 )

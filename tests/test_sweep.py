@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import REPO, require, run_mlenv
+from tests.conftest import MINIMAL_SPEC, REPO, require, run_mlenv
 
 NOTEBOOKS = REPO / "tests" / "notebooks"
 
@@ -40,7 +40,8 @@ def test_grid_zip_random_and_stable_ids():
     # the id depends on the parameters only, not on their order or on the invocation
     assert run_id({"lr": 0.1, "epochs": 1}) == run_id({"epochs": 1, "lr": 0.1}) == grid[0].run_id
     assert len({run.run_id for run in grid}) == 4
-    assert [run.parameters for run in expand(axes, "zip")] == [{"lr": "0.1", "epochs": "1"}, {"lr": "0.01", "epochs": "3"}]
+    assert [run.parameters for run in expand(axes, "zip")] == [{"lr": "0.1", "epochs": "1"},
+                                                               {"lr": "0.01", "epochs": "3"}]
 
     space = [parse_cli_parameter("lr=loguniform:1e-4:1e-1"), parse_cli_parameter("n=int:1:3"),
              parse_cli_parameter("opt=choice:adam,sgd")]
@@ -106,7 +107,8 @@ def test_values_are_typed_from_the_notebook_defaults():
     info = load_notebook(NOTEBOOKS / "good.ipynb")
     types = {name: parameter.type_name for name, parameter in info.parameters.items()}
     assert types == {"lr": "float", "epochs": "int", "optimizer": "str", "use_bias": "bool"}
-    assert coerce(info.parameters["lr"], "1", name="lr") == 1.0 and isinstance(coerce(info.parameters["lr"], "1", name="lr"), float)
+    lr = coerce(info.parameters["lr"], "1", name="lr")
+    assert lr == 1.0 and isinstance(lr, float)
     assert coerce(info.parameters["epochs"], "3", name="epochs") == 3
     assert coerce(info.parameters["use_bias"], "false", name="use_bias") is False
     assert coerce(info.parameters["optimizer"], "1e-3", name="optimizer") == "1e-3"
@@ -133,7 +135,8 @@ def test_record_outside_a_kernel_and_reading_metrics_back():
 
 def test_importing_mlenv_stays_light():
     code = ("import sys, mlenv; mlenv.record('x', 1); "
-            "heavy = [m for m in ('papermill', 'nbformat', 'jupyter_client', 'rich', 'typer', 'IPython') if m in sys.modules]; "
+            "heavy = [m for m in ('papermill', 'nbformat', 'jupyter_client', 'rich', 'typer', 'IPython') "
+            "if m in sys.modules]; "
             "print(heavy)")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
@@ -177,8 +180,8 @@ def _report_case():
                 else:
                     records.append(RunRecord(f"r{index}", parameters, "completed",
                                              {"acc": round(0.5 + index / 100, 3), "loss": round(0.5 - index / 100, 3)}))
-    return Summary("nb.ipynb", "python3", "grid", "out", ["lr", "depth", "opt", "seed"], records, parse_sort("acc:desc"),
-                   environment={"lock": "0123abcd", "target": "cpu"})
+    return Summary("nb.ipynb", "python3", "grid", "out", ["lr", "depth", "opt", "seed"], records,
+                   parse_sort("acc:desc"), environment={"lock": "0123abcd", "target": "cpu"})
 
 
 def test_report_marks_the_best_run_and_failed_runs_everywhere_and_stays_offline():
@@ -341,11 +344,12 @@ def test_bad_input_is_one_clear_error_before_any_run(tmp_path, args, code, messa
 
 def test_sweep_settings_from_files(tmp_path):
     (tmp_path / "mlenv.toml").write_text(
-        '[project]\nname = "demo"\npython = "3.11"\n[targets.cpu]\nplatform = "linux/x86_64"\n'
-        f'[sweep]\nnotebook = "{NOTEBOOKS / "good.ipynb"}"\nparameters = {{ lr = [0.1, 0.2], epochs = 2 }}\n')
+        MINIMAL_SPEC
+        + f'[sweep]\nnotebook = "{NOTEBOOKS / "good.ipynb"}"\nparameters = {{ lr = [0.1, 0.2], epochs = 2 }}\n')
     planned = run_mlenv("sweep", "--dry-run", "--json", cwd=tmp_path)
     assert planned.returncode == 0, planned.stderr
-    assert [run["parameters"] for run in json.loads(planned.stdout)] == [{"lr": 0.1, "epochs": 2}, {"lr": 0.2, "epochs": 2}]
+    assert [run["parameters"] for run in json.loads(planned.stdout)] == [{"lr": 0.1, "epochs": 2},
+                                                                         {"lr": 0.2, "epochs": 2}]
     # the command line overrides one parameter, and -f sweep.toml the file
     (tmp_path / "sweep.toml").write_text(
         '[sweep]\nmode = "random"\nsamples = 5\nseed = 3\n'
@@ -361,7 +365,8 @@ def test_sweep_settings_from_files(tmp_path):
     assert [run["parameters"] for run in json.loads(other.stdout)] == [{}]
     (tmp_path / "bad.toml").write_text('jobs = 2\nnotebok = "x.ipynb"\n')
     bad = run_mlenv("sweep", "-f", "bad.toml", cwd=tmp_path)
-    assert bad.returncode == 3 and "bad.toml:2:1: unknown key 'notebok'" in bad.stderr and "did you mean 'notebook'" in bad.stderr
+    assert bad.returncode == 3, bad.stderr
+    assert "bad.toml:2:1: unknown key 'notebok'" in bad.stderr and "did you mean 'notebook'" in bad.stderr
 
 
 def test_kernel_start_failures_are_retried_with_a_fresh_kernel(tmp_path):

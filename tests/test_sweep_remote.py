@@ -86,7 +86,10 @@ def test_dask_cluster_gives_the_same_results_as_local(tmp_path, dask_cluster):
     remote = run_mlenv(*args, "-o", str(tmp_path / "dask"), "--cluster", dask_cluster)
     assert local.returncode == remote.returncode == 1, remote.stderr
     assert comparable(tmp_path / "dask") == comparable(tmp_path / "local")
-    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == sorted(p.name for p in (tmp_path / "local").iterdir())
+    def names(folder):
+        return sorted(p.name for p in folder.iterdir())
+
+    assert names(tmp_path / "dask") == names(tmp_path / "local")
     executed = json.loads(next((tmp_path / "dask").glob("x=3-*.ipynb")).read_text())
     assert executed["metadata"]["mlenv"]["status"] == "completed"
 

@@ -33,18 +33,8 @@ wd = _load()
 
 # /proc/net/tcp of a box with sshd listening, one ssh session, an outgoing connection and a
 # connection to a port nobody watches (recorded, inode numbers kept)
-PROC_NET_TCP = """\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41237 1 0000000000000000 100 0 0 10 0
-   1: 020011AC:0016 010011AC:D1A2 01 00000000:00000000 02:000A7B2C 00000000     0        0 44012 4 0000000000000000 20 4 31 10 -1
-   2: 020011AC:9C40 0100007F:1F90 01 00000000:00000000 02:000A7B2C 00000000  1000        0 44101 2 0000000000000000 20 4 30 10 -1
-   3: 020011AC:0016 010011AC:D1B0 06 00000000:00000000 03:00001624 00000000     0        0 0 3 0000000000000000
-"""
-PROC_NET_TCP6 = """\
-  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:22B8 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 45120 1 0000000000000000 100 0 0 10 0
-   1: 0000000000000000FFFF0000020011AC:22B8 0000000000000000FFFF0000010011AC:E0F2 01 00000000:00000000 00:00000000 00000000  1000        0 45188 1 0000000000000000 20 4 30 10 -1
-"""
+PROC_NET_TCP = (REPO / "tests" / "data" / "proc" / "net_tcp").read_text()
+PROC_NET_TCP6 = (REPO / "tests" / "data" / "proc" / "net_tcp6").read_text()
 
 # two /proc/stat readings 10 s apart on a 2-CPU machine (USER_HZ 100): 1.5 busy cores, then 0.02
 PROC_STAT_1 = """\
@@ -430,7 +420,8 @@ def test_script_exits_on_its_own_when_idle(tmp_path):
     result = subprocess.run(
         [sys.executable, str(WATCHDOG), "--idle", "2", "--idle-connected", "60", "--max-lifetime", "60", "--poll", "1",
          "--log", str(log), "--state", str(tmp_path / "state.json"), "--keepalive-dir", str(tmp_path / "ka"),
-         "--action", "exit", "--dev-pts", str(empty), "--activity-dir", str(tmp_path / "marks"), "--jupyter-runtime-dir", str(empty), "--ports", "1",
+         "--action", "exit", "--dev-pts", str(empty), "--activity-dir", str(tmp_path / "marks"),
+         "--jupyter-runtime-dir", str(empty), "--ports", "1",
          "--cpu-cores", "64", "--nvidia-smi", "no-such-nvidia-smi"],
         capture_output=True, text=True, timeout=30,
     )
@@ -459,6 +450,7 @@ def test_script_is_stdlib_only():
     import ast
 
     tree = ast.parse(WATCHDOG.read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported = {alias.name.split(".")[0]
+                for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
