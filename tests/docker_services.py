@@ -8,6 +8,7 @@ fails in CI (``require``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -141,19 +142,18 @@ def base_image(docker_client, tmp_path_factory):
     return BASE_IMAGE
 
 
-@pytest.fixture(scope="session")
-def docker_registry(tmp_path_factory):
-    """Debian's docker-registry on a loopback port; yields ``127.0.0.1:PORT``."""
+@contextlib.contextmanager
+def serve_registry(folder: Path, config: str = ""):
+    """Debian's docker-registry on a loopback port, storing in ``folder``, with ``config`` (YAML) added
+    to its configuration; yields ``127.0.0.1:PORT``."""
     binary = shutil.which("docker-registry")
     require(binary is not None, "docker-registry (apt-get install docker-registry)")
-    folder = tmp_path_factory.mktemp("registry")
     port = _free_port()
-    config = folder / "config.yml"
-    config.write_text(
+    (folder / "config.yml").write_text(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {folder / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+        f"    rootdirectory: {folder / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n{config}"
     )
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=subprocess.DEVNULL,
                                stderr=open(folder / "log", "wb"), start_new_session=True)
 
     def answers() -> bool:
@@ -163,10 +163,19 @@ def docker_registry(tmp_path_factory):
         except OSError:
             return False
 
-    _wait(answers, 30, "docker-registry")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        _wait(answers, 30, "docker-registry")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def docker_registry(tmp_path_factory):
+    """Debian's docker-registry on a loopback port; yields ``127.0.0.1:PORT``."""
+    with serve_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

