@@ -22,8 +22,6 @@ Only typer and rich are imported at startup; every command imports what it needs
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
 import typer
@@ -67,34 +65,6 @@ def _register() -> None:
 _register()
 
 
-# --- signals -----------------------------------------------------------------------------------------
-
-_terminated = False
-_MAIN_PID = os.getpid()
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM runs the same cleanup as Ctrl-C (what completed is kept), then exits 143."""
-    global _terminated
-    if os.getpid() != _MAIN_PID:  # a forked worker inherited this handler: die as it would have
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    _terminated = True
-    raise KeyboardInterrupt
-
-
-def _interruption(exc=None):
-    """The error to report after Ctrl-C or SIGTERM (exit 130 or 143)."""
-    from mlenv.errors import ExitCode, Interrupted
-
-    exc = exc or Interrupted("interrupted")
-    if _terminated:
-        exc.exit_code = ExitCode.TERMINATED
-        exc.message = exc.message.replace("interrupted", "terminated (SIGTERM)", 1)
-    return exc
-
-
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: maps errors to one message and a documented exit code."""
     try:  # recent typer vendors click; older releases use the click package
@@ -103,40 +73,27 @@ def main(args: list[str] | None = None) -> None:
         from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
     from mlenv import console
-    from mlenv.errors import ExitCode, Interrupted, MlenvError
+    from mlenv.application import run
+    from mlenv.errors import ExitCode
 
-    global _MAIN_PID
-    _MAIN_PID = os.getpid()
-    signal.signal(signal.SIGTERM, _on_sigterm)
     argv = sys.argv[1:] if args is None else list(args)
     wants_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     mlenv = Application()
 
-    def fail(exc: MlenvError) -> None:
-        if mlenv.json or wants_json:
-            console.print_json(exc.to_json())
-        console.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
+    def invoke() -> int:
+        try:
+            # standalone_mode=False: click returns typer.Exit codes instead of exiting, and lets our
+            # errors through to `run`, which prints them
+            code = app(args=argv, standalone_mode=False, obj=mlenv)
+        except click_exceptions.ClickException as exc:
+            if wants_json:
+                console.print_json({"error": {"code": exc.exit_code, "message": exc.format_message(), "hint": None}})
+            exc.show()
+            return exc.exit_code
+        except typer.Abort:
+            raise KeyboardInterrupt from None
+        if code == ExitCode.INTERRUPTED:  # typer turned a KeyboardInterrupt outside a command into Exit(130)
+            raise KeyboardInterrupt
+        return code if isinstance(code, int) else 0
 
-    try:
-        # standalone_mode=False: click returns typer.Exit codes instead of exiting, and lets our
-        # errors through to be printed here
-        code = app(args=argv, standalone_mode=False, obj=mlenv)
-    except Interrupted as exc:
-        if console.debug_enabled():
-            console.err.print_exception()
-        fail(_interruption(exc))
-    except MlenvError as exc:
-        if console.debug_enabled():
-            console.err.print_exception()
-        fail(exc)
-    except click_exceptions.ClickException as exc:
-        if wants_json:
-            console.print_json({"error": {"code": exc.exit_code, "message": exc.format_message(), "hint": None}})
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        fail(_interruption())
-    if code == ExitCode.INTERRUPTED:  # typer turned a KeyboardInterrupt outside a command into Exit(130)
-        fail(_interruption())
-    sys.exit(code if isinstance(code, int) else 0)
+    run(invoke, mlenv, wants_json=wants_json)

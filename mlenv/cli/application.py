@@ -1,77 +1,23 @@
-"""The application object every command gets in ``ctx.obj`` (as hatch does with its ``Application``).
+"""The application object every command gets in ``ctx.obj`` (as hatch does with its ``Application``),
+and the common options.
 
-It carries what the common options said (``--spec``, ``--json``, ``--debug``), loads the spec and
-the lock the first time a command asks for them, and is the one way commands print.  The common
-options are declared once, here, and added to every command by ``Command``; a command asks for
-``--json`` with ``@app.command(..., json=True)``.
+``Application`` itself lives in ``mlenv.application`` (typer-free, so the entry point can run a plain
+`mlenv lock` without typer).  The common options are declared once, here, and added to every command
+by ``Command``; a command asks for ``--json`` with ``@app.command(..., json=True)``.
 """
 
 from __future__ import annotations
 
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import typer
 from typer.core import TyperCommand
 
-from mlenv import console
+from mlenv.application import Application
 
-if TYPE_CHECKING:
-    from mlenv.lock import Lock
-    from mlenv.spec import Spec
-
-
-class Application:
-    """Options common to every command, the spec and lock on demand, and the output helpers."""
-
-    def __init__(self) -> None:
-        self.spec_path: Path | None = None
-        self.json = False
-        self.console = console
-
-    @property
-    def debug(self) -> bool:
-        return console.debug_enabled()
-
-    @debug.setter
-    def debug(self, enabled: bool) -> None:
-        console.set_debug(enabled)
-
-    @cached_property
-    def spec(self) -> Spec:
-        """The validated mlenv.toml (``--spec``, or the nearest one at or above the current folder)."""
-        from mlenv.spec import load_spec
-
-        return load_spec(self.spec_path)
-
-    @cached_property
-    def lock(self) -> Lock:
-        """The project's mlenv.lock; a missing or corrupt lock is a ``LockError`` (exit 4)."""
-        from mlenv.lock import read_lock
-
-        return read_lock(self.spec.root)
-
-    # Output: results on stdout, people's messages on stderr, every message printed literally.
-    @property
-    def out(self):  # noqa: ANN201 - rich.console.Console, imported lazily by callers
-        return console.out
-
-    @property
-    def err(self):  # noqa: ANN201
-        return console.err
-
-    def print_json(self, data: Any) -> None:
-        console.print_json(data)
-
-    def status(self, message: str) -> None:
-        console.status(message)
-
-    def success(self, message: str) -> None:
-        console.success(message)
-
-    def warn(self, message: str) -> None:
-        console.warn(message)
+__all__ = ["Application", "Command", "JsonCommand", "NoSpecCommand", "Typer", "application"]
 
 
 def application(ctx: typer.Context) -> Application:
