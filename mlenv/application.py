@@ -22,7 +22,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mlenv import console
 from mlenv.errors import ExitCode, Interrupted, MlenvError
 
 if TYPE_CHECKING:
@@ -33,19 +32,25 @@ if TYPE_CHECKING:
 
 
 class Application:
-    """Options common to every command, the spec and lock on demand, and the output helpers."""
+    """Options common to every command, the spec and lock on demand, and the output helpers.
+
+    The console (rich) is imported on first output, not at startup: `mlenv lock` loads it while uv
+    resolves (see ``mlenv.lock_command``)."""
 
     def __init__(self) -> None:
         self.spec_path: Path | None = None
         self.json = False
-        self.console = console
 
     @property
     def debug(self) -> bool:
+        from mlenv import console
+
         return console.debug_enabled()
 
     @debug.setter
     def debug(self, enabled: bool) -> None:
+        from mlenv import console
+
         console.set_debug(enabled)
 
     @cached_property
@@ -65,22 +70,34 @@ class Application:
     # Output: results on stdout, people's messages on stderr, every message printed literally.
     @property
     def out(self) -> Console:
+        from mlenv import console
+
         return console.out
 
     @property
     def err(self) -> Console:
+        from mlenv import console
+
         return console.err
 
     def print_json(self, data: Any) -> None:
+        from mlenv import console
+
         console.print_json(data)
 
     def status(self, message: str) -> None:
+        from mlenv import console
+
         console.status(message)
 
     def success(self, message: str) -> None:
+        from mlenv import console
+
         console.success(message)
 
     def warn(self, message: str) -> None:
+        from mlenv import console
+
         console.warn(message)
 
 
@@ -118,6 +135,8 @@ def run(command: Callable[[], int], app: Application, *, wants_json: bool = Fals
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     def fail(exc: MlenvError) -> NoReturn:
+        from mlenv import console
+
         if app.json or wants_json:
             console.print_json(exc.to_json())
         console.error(exc.message, exc.hint)
@@ -126,12 +145,12 @@ def run(command: Callable[[], int], app: Application, *, wants_json: bool = Fals
     try:
         code = command()
     except Interrupted as exc:
-        if console.debug_enabled():
-            console.err.print_exception()
+        if app.debug:
+            app.err.print_exception()
         fail(_interruption(exc))
     except MlenvError as exc:
-        if console.debug_enabled():
-            console.err.print_exception()
+        if app.debug:
+            app.err.print_exception()
         fail(exc)
     except KeyboardInterrupt:
         fail(_interruption())

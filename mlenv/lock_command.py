@@ -37,11 +37,12 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
         mlenv.success(f"mlenv.lock is up to date ({len(spec.targets)} targets)")
         return 0
 
-    def trace(text: str) -> None:
-        mlenv.err.print(text, markup=False, highlight=False)
+    def trace(text: str) -> None:  # uv's full output, with --debug
+        if mlenv.debug:
+            mlenv.err.print(text, markup=False, highlight=False)
 
-    result = lock_project(spec, upgrade=upgrade, upgrade_packages=upgrade_packages, warn=mlenv.warn,
-                          trace=trace if mlenv.debug else None)
+    result = lock_project(spec, upgrade=upgrade, upgrade_packages=upgrade_packages, warn=mlenv.warn, trace=trace,
+                          while_resolving=_load_report)
     if mlenv.json:
         mlenv.print_json({
             "resolved": result.resolved,
@@ -72,3 +73,11 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
     else:
         mlenv.success("mlenv.lock is up to date; nothing to resolve")
     return 0
+
+
+def _load_report() -> None:
+    """Import what the report prints with (rich: tens of milliseconds) while uv resolves, on a core
+    that would otherwise wait for it."""
+    import rich.table  # noqa: F401
+
+    from mlenv import console  # noqa: F401

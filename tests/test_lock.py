@@ -210,8 +210,9 @@ def test_lock_against_the_real_default_index(tmp_path):
     assert wheel["sha256"] == "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274"
 
 
-def test_check_of_a_fresh_lock_needs_neither_typer_nor_the_spec_parser(tmp_path, local_index):
-    """The fast path CI hooks hit: answered from digests alone, from any subfolder."""
+def test_check_and_plain_lock_run_without_typer(tmp_path, local_index):
+    """The fast paths: `lock --check` of a fresh lock (CI hooks) is answered from digests alone, from
+    any subfolder; a plain `mlenv lock` runs the lock command without typer."""
     import subprocess
     import sys
 
@@ -219,23 +220,26 @@ def test_check_of_a_fresh_lock_needs_neither_typer_nor_the_spec_parser(tmp_path,
     lock(tmp_path)
     sub = tmp_path / "src" / "pkg"
     sub.mkdir(parents=True)
-    probe = (
-        "import runpy, sys\n"
-        "sys.argv = ['mlenv', 'lock', '--check']\n"
-        "try:\n    runpy.run_module('mlenv', run_name='__main__')\n"
-        "except SystemExit as exit:\n    code = exit.code\n"
-        "print('code', code, 'typer' in sys.modules, 'mlenv.spec' in sys.modules)\n"
-    )
 
-    def run() -> list[str]:
+    def run(*args: str) -> list[str]:
+        probe = (
+            "import runpy, sys\n"
+            f"sys.argv = ['mlenv', {', '.join(map(repr, args))}]\n"
+            "try:\n    runpy.run_module('mlenv', run_name='__main__')\n"
+            "except SystemExit as exit:\n    code = exit.code\n"
+            "print('code', code, 'typer' in sys.modules, 'mlenv.spec' in sys.modules)\n"
+        )
         return subprocess.run([sys.executable, "-c", probe], cwd=sub, capture_output=True, text=True).stdout.split()
 
-    assert run() == ["code", "0", "False", "False"]
+    assert run("lock", "--check") == ["code", "0", "False", "False"]
 
     spec.write_text(spec.read_text() + "# a comment changes the digest, not the inputs\n")
-    assert run() == ["code", "0", "True", "True"]  # the full check decides, and finds it fresh
+    assert run("lock", "--check") == ["code", "0", "True", "True"]  # the full check decides, and finds it fresh
     spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "devtool"]'))
-    assert run() == ["code", "1", "True", "True"]
+    assert run("lock", "--check") == ["code", "1", "True", "True"]
+    # a plain `mlenv lock` with work to do runs the lock command without loading typer (nor pydantic)
+    assert run("lock") == ["code", "0", "False", "True"]
+    assert run("lock", "--check") == ["code", "0", "False", "False"]
 
 
 # --- accelerator builds: routing to the right torch index, CUDA checked after resolving ----------------

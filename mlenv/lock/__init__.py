@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from mlenv import __version__
 from mlenv.errors import LockError, MlenvError, ResolutionError, ToolMissingError
@@ -26,12 +27,13 @@ from mlenv.lock.model import (
     pylock_name,
     read_lock,
 )
-from mlenv.lock.pylock import render_pylock
+from mlenv.lock.pylock import pylock_body, pylock_header
 from mlenv.lock.resolve import ResolvedPackage, reject_vcs, resolve_target, uv_binary
 from mlenv.lock.sources import moved_sources
 from mlenv.spec import Spec, Target
 
 Warn = Callable[[str], None]
+Trace = Callable[[str], None]
 
 __all__ = ["Change", "Lock", "LockResult", "check_lock", "lock_project", "read_lock"]
 
@@ -92,7 +94,8 @@ def _locked_target(spec: Spec, target: Target, pylock_sha256: str, previous: Loc
     )
 
 
-def _merge(packages: dict[tuple[str, str, str], LockedPackage], target: str, found: ResolvedPackage | LockedPackage):
+def _merge(packages: dict[tuple[str, str, str], LockedPackage], target: str,
+           found: ResolvedPackage | LockedPackage) -> None:
     key = (found.name, found.version, found.index)
     existing = packages.get(key)
     if existing is None:
@@ -117,7 +120,7 @@ def _previous_lock(root: Path, warn: Warn) -> Lock | None:
         return None
 
 
-def exclusive_sets(inputs_or_spec) -> list[tuple[str, ...]]:
+def exclusive_sets(inputs_or_spec: Spec | dict[str, Any]) -> list[tuple[str, ...]]:
     """The exclusive group sets of a spec, or of a locked target's inputs."""
     if isinstance(inputs_or_spec, Spec):
         return [tuple(item) for item in inputs_or_spec.exclusive_groups]
@@ -155,14 +158,21 @@ class TargetFailed(Exception):
         self.target, self.error = target, error
 
 
-def _resolve_with_alternatives(spec: Spec, target: Target, resolve, label: str):
+# what one resolution installs: (None or the exclusive group, its packages), main + shared groups first
+InstallSets = list[tuple[str | None, list[ResolvedPackage]]]
+# resolve(target, groups, main pins or None, label) -> packages
+ResolveOne = Callable[[Target, tuple[str, ...], list[ResolvedPackage] | None, str], list[ResolvedPackage]]
+
+
+def _resolve_with_alternatives(spec: Spec, target: Target, resolve: ResolveOne,
+                               label: str) -> tuple[list[ResolvedPackage], InstallSets]:
     """Main + shared groups once, then each exclusive group on top of those pins, merged with markers.
     Returns the merged packages and, per installable set (None: no alternative), what it installs."""
     alternatives = [g for item in spec.exclusive_groups for g in item]
     shared = tuple(g for g in spec.groups if g not in alternatives)
     base = resolve(target, shared, None, label)
     merged = {p.name: p for p in base}
-    sets: list[tuple[str | None, list[ResolvedPackage]]] = [(None, base)]
+    sets: InstallSets = [(None, base)]
     for group in alternatives:
         try:
             extra = resolve(target, (*shared, group), base, f"{label} + group {group}")
@@ -187,7 +197,7 @@ def _resolve_with_alternatives(spec: Spec, target: Target, resolve, label: str):
     return sorted(merged.values(), key=lambda p: p.name), sets
 
 
-def _check_target(target: Target, packages: list[ResolvedPackage], sets) -> BuildFacts:
+def _check_target(target: Target, packages: list[ResolvedPackage], sets: InstallSets) -> BuildFacts:
     """The facts a lock states, checked: CUDA builds match the target, no module from two distributions."""
     facts = check_builds(target, packages)
     problems = list(facts.problems)
@@ -211,13 +221,15 @@ def lock_project(
     upgrade_packages: tuple[str, ...] = (),
     write: bool = True,
     warn: Warn | None = None,
-    trace=None,
+    trace: Trace | None = None,
+    while_resolving: Callable[[], object] | None = None,
 ) -> LockResult:
     """Resolve the targets whose inputs changed (all with ``upgrade``) and write the lock files.
 
     Nothing is written unless every target resolves: a failure leaves the previous lock intact.
     ``warn`` receives what the user should know (uv's warnings, raised driver floors, moved sources);
-    ``trace`` uv's full output (for --debug).
+    ``trace`` uv's full output (for --debug); ``while_resolving`` runs on this thread while uv
+    resolves (the caller prepares its report in time that would otherwise be spent waiting).
     """
     warn = warn or (lambda message: None)
     root = spec.root
@@ -250,11 +262,12 @@ def lock_project(
     from mlenv.lock.builds import torch_routing
     from mlenv.lock.resolve import _resolution_project
 
-    def resolution_key(target: Target) -> tuple:
+    def resolution_key(target: Target) -> tuple[str, str]:
         routing = torch_routing(spec, target)
         return (target.python_platform, _resolution_project(spec, target, routing, tuple(spec.groups)))
 
-    def resolve_one(target: Target, groups, base, label):
+    def resolve_one(target: Target, groups: tuple[str, ...], base: list[ResolvedPackage] | None,
+                    label: str) -> list[ResolvedPackage]:
         previous_pylock = root / pylock_name(target.name)
         return resolve_target(
             spec, target, groups=groups, previous_pylock=previous_pylock if base is None else None,
@@ -269,7 +282,7 @@ def lock_project(
         except MlenvError as exc:
             failures.append(TargetFailed(target.name, exc))
     failed = {f.target for f in failures}
-    leaders: dict[tuple, Target] = {}
+    leaders: dict[tuple[str, str], Target] = {}
     follower_of: dict[str, str] = {}
     for target in to_resolve:
         if target.name not in failed:
@@ -278,7 +291,7 @@ def lock_project(
     unique = [t for t in to_resolve if follower_of.get(t.name) == t.name]
     labels = {leader.name: ", ".join(n for n, of in follower_of.items() if of == leader.name) for leader in unique}
 
-    def resolve(target: Target):
+    def resolve(target: Target) -> tuple[list[ResolvedPackage], InstallSets] | TargetFailed:
         try:
             return _resolve_with_alternatives(spec, target, resolve_one, labels[target.name])
         except MlenvError as exc:
@@ -288,7 +301,10 @@ def lock_project(
     if unique:
         uv_binary()
     with ThreadPoolExecutor(max_workers=max(1, len(unique))) as pool:
-        by_leader = dict(zip((t.name for t in unique), pool.map(resolve, unique), strict=True))
+        outcomes = pool.map(resolve, unique)
+        if while_resolving is not None and unique:
+            while_resolving()
+        by_leader = dict(zip((t.name for t in unique), outcomes, strict=True))
     failures += [outcome for outcome in by_leader.values() if isinstance(outcome, TargetFailed)]
     results: dict[str, list[ResolvedPackage]] = {}
     facts: dict[str, BuildFacts] = {}
@@ -309,9 +325,9 @@ def lock_project(
 
     packages: dict[tuple[str, str, str], LockedPackage] = {}
     if previous:
-        for package in previous.packages:
-            for target in set(package.targets) & set(reused):
-                _merge(packages, target, package)
+        for kept in previous.packages:
+            for target_name in set(kept.targets) & set(reused):
+                _merge(packages, target_name, kept)
     for target_name, resolved in results.items():
         for package in resolved:
             _merge(packages, target_name, package)
@@ -335,15 +351,19 @@ def lock_project(
     )
 
     pylocks: dict[str, str] = {}
+    bodies: dict[tuple[str, str], str] = {}  # (resolution, platform) -> pylock body: rendered once
     targets: dict[str, LockedTarget] = {}
     for name, target in spec.targets.items():
         old = previous.targets.get(name) if previous else None
-        if name in reused:
+        if name in reused and old is not None:
             targets[name] = old
             continue
+        shared = (follower_of[name], target.platform)
+        if shared not in bodies:
+            bodies[shared] = pylock_body(target.platform, results[name], requires_python=spec.requires_python,
+                                         index_urls=indexes)
         # the pylock depends only on packages and target facts, never on its own hash
-        draft = _locked_target(spec, target, "", old, facts[name])
-        text = render_pylock(draft, results[name], requires_python=spec.requires_python, index_urls=indexes)
+        text = pylock_header(name) + bodies[shared]
         pylocks[name] = text
         targets[name] = _locked_target(spec, target, sha256_bytes(text.encode()), old, facts[name])
     lock = replace(lock, targets=targets)
@@ -374,7 +394,8 @@ def _combined(failures: list[TargetFailed]) -> MlenvError:
     return error
 
 
-def _updates(previous: Lock | None, lock: Lock, results: dict) -> list[tuple[str, str, str | None, str | None]]:
+def _updates(previous: Lock | None, lock: Lock,
+             results: dict[str, list[ResolvedPackage]]) -> list[tuple[str, str, str | None, str | None]]:
     """(target, package, old version, new version) for every package a re-resolution moved."""
     changes = []
     for target in sorted(results):

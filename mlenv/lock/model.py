@@ -255,13 +255,14 @@ class Lock:
     def dumps(self) -> str:
         """Deterministic TOML: same lock, same bytes (sorted, no timestamps)."""
         packages = sorted(self.packages, key=lambda p: (p.name, p.version, p.index))
+        meta: dict[str, object] = {
+            "version": self.version,
+            "created-by": self.created_by,
+            "compat-data": self.compat_data,
+            "spec-sha256": self.spec_sha256,
+        }
         data = {
-            "lock": {
-                "version": self.version,
-                "created-by": self.created_by,
-                "compat-data": self.compat_data,
-                "spec-sha256": self.spec_sha256,
-            },
+            "lock": meta,
             "python": {"requires": self.python_requires, "version": self.python_version},
             "index": [{"name": name, "url": url} for name, url in sorted(self.indexes.items())],
             "target": [self.targets[name].to_toml() for name in sorted(self.targets)],
@@ -282,7 +283,7 @@ class Lock:
         }
         # a digest of everything else: a hand edit (a version, a sha256, a target field) is caught by
         # every reader, including the stdlib-only `lock --check` fast path in mlenv/_entry.py
-        data["lock"]["content-sha256"] = content_digest(data)
+        meta["content-sha256"] = content_digest(data)
         header = "# Written by mlenv from mlenv.toml: do not edit by hand; run `mlenv lock` instead.\n"
         return header + tomli_w.dumps(data, multiline_strings=False)
 

@@ -7,29 +7,56 @@ then take them only when asked (``uv pip sync pylock.cpu.toml --group dev``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 import tomli_w
 
 from mlenv import __version__
 from mlenv.hardware.platforms import PLATFORMS
-from mlenv.lock.model import MAIN_GROUP, LockedTarget
+from mlenv.lock.model import MAIN_GROUP, Artifact, pylock_name
 
 
-def _artifact(artifact) -> dict:
-    entry = {"url": artifact.url}
+def _artifact(artifact: Artifact) -> dict[str, object]:
+    entry: dict[str, object] = {"url": artifact.url}
     if artifact.size is not None:
         entry["size"] = artifact.size
     entry["hashes"] = {"sha256": artifact.sha256}
     return entry
 
 
-def render_pylock(target: LockedTarget, packages, *, requires_python: str, index_urls: dict[str, str]) -> str:
-    """``packages``: what uv resolved for this target (name, version, index, groups, artifacts)."""
-    sys_platform, machine, _ = PLATFORMS[target.platform]
-    packages = sorted(packages, key=lambda p: p.name)
-    groups = sorted({group for package in packages for group in package.groups} - {MAIN_GROUP})
+class Resolved(Protocol):
+    """What a pylock entry is made of: a package uv resolved, or one kept from the lock."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def index(self) -> str: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]: ...
+
+
+def pylock_header(target: str) -> str:
+    return (
+        f"# Target {target!r} of mlenv.lock, written by mlenv {__version__}: do not edit by hand.\n"
+        f"# Install: uv pip sync {pylock_name(target)} [--group GROUP]   (hashes are always checked)\n"
+    )
+
+
+def pylock_body(platform: str, packages: Iterable[Resolved], *, requires_python: str,
+                index_urls: dict[str, str]) -> str:
+    """The TOML of a pylock without its header: the same for targets that share a platform and a
+    resolution, so `lock_project` renders it once for them."""
+    sys_platform, machine, _ = PLATFORMS[platform]
+    ordered = sorted(packages, key=lambda p: p.name)
+    groups = sorted({group for package in ordered for group in package.groups} - {MAIN_GROUP})
     entries = []
-    for package in packages:
-        entry: dict = {"name": package.name, "version": package.version}
+    for package in ordered:
+        entry: dict[str, object] = {"name": package.name, "version": package.version}
         if MAIN_GROUP not in package.groups:
             entry["marker"] = " or ".join(f"'{group}' in dependency_groups" for group in sorted(package.groups))
         if package.index != "url":  # a direct-URL dependency comes from its URL, not an index
@@ -50,8 +77,4 @@ def render_pylock(target: LockedTarget, packages, *, requires_python: str, index
         "default-groups": [],
         "packages": entries,
     }
-    header = (
-        f"# Target {target.name!r} of mlenv.lock, written by mlenv {__version__}: do not edit by hand.\n"
-        f"# Install: uv pip sync {target.pylock_path} [--group GROUP]   (hashes are always checked)\n"
-    )
-    return header + tomli_w.dumps(data)
+    return tomli_w.dumps(data)

@@ -14,6 +14,7 @@ output file, which uv treats as preferences; ``--upgrade`` / ``--upgrade-package
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 import tomllib
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,6 +47,7 @@ class ResolvedPackage:
     artifacts: tuple[Artifact, ...]
 
 
+@functools.cache
 def uv_binary() -> str:
     try:
         from uv import find_uv_bin
@@ -60,7 +63,7 @@ def uv_binary() -> str:
 def _resolution_project(spec: Spec, target: Target, routing: Routing, groups: tuple[str, ...]) -> str:
     sources = {**spec.sources_for(target), **routing.sources()}
     dependencies = [*spec.dependencies, *routing.added.get(MAIN_GROUP, ())]
-    project = {
+    project: dict[str, object] = {
         "project": {
             "name": ROOT_PROJECT,
             "version": "0",
@@ -76,7 +79,7 @@ def _resolution_project(spec: Spec, target: Target, routing: Routing, groups: tu
         declared.append(routing.index)
     indexes = []
     for index in declared:
-        entry = {"name": index.name, "url": index.url}
+        entry: dict[str, str | bool] = {"name": index.name, "url": index.url}
         if index.explicit:
             entry["explicit"] = True
         if index.default:
@@ -206,7 +209,8 @@ def explain_failure(target: str, stderr: str, spec: Spec | None = None) -> Mlenv
     return ResolutionError(f"could not lock target {target!r}:\n{body}", hint=hint)
 
 
-def _run_uv(args: list[str], cwd: Path, target: str, spec: Spec | None = None, trace=None) -> str:
+def _run_uv(args: list[str], cwd: Path, target: str, spec: Spec | None = None,
+            trace: Callable[[str], None] | None = None) -> str:
     """Run uv; returns its stderr (warnings).  ``trace`` receives uv's full stderr (for --debug)."""
     env = {**os.environ, "NO_COLOR": "1", "UV_NO_PROGRESS": "1"}
     env.pop("VIRTUAL_ENV", None)
@@ -309,8 +313,8 @@ def resolve_target(
     previous_pylock: Path | None = None,
     upgrade: bool = False,
     upgrade_packages: tuple[str, ...] = (),
-    warn=None,
-    trace=None,
+    warn: Callable[[str], None] | None = None,
+    trace: Callable[[str], None] | None = None,
     label: str | None = None,
     preferences: list[ResolvedPackage] | None = None,
 ) -> list[ResolvedPackage]:
@@ -355,7 +359,7 @@ def resolve_target(
         ambiguous_index = any(not index.explicit and not index.default for index in spec.indexes)
         if not groups and not ambiguous_index:
             return _from_pylock_alone(spec, target, routing, pylock)
-        pins = {}
+        pins: dict[str, str] = {}
         for entry in pylock.get("packages", []):
             direct = entry.get("archive") or entry.get("vcs") or entry.get("directory")
             pins[canonicalize_name(entry["name"])] = f"@ {direct['url']}" if direct else entry["version"]
