@@ -229,7 +229,8 @@ def test_check_and_plain_lock_run_without_typer(tmp_path, local_index):
             "except SystemExit as exit:\n    code = exit.code\n"
             "print('code', code, 'typer' in sys.modules, 'mlenv.spec' in sys.modules)\n"
         )
-        return subprocess.run([sys.executable, "-c", probe], cwd=sub, capture_output=True, text=True).stdout.split()
+        output = subprocess.run([sys.executable, "-c", probe], cwd=sub, capture_output=True, text=True).stdout
+        return output.split()[-4:]  # after what the command printed
 
     assert run("lock", "--check") == ["code", "0", "False", "False"]
 
