@@ -525,6 +525,14 @@ def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, proj
         seen = next((p["signals"]["login"] for p in polls if p.get("event") == "poll"
                      and p["signals"]["login"].get("detail", "").startswith(f"ssh-{uid} ")), None)
     assert seen is not None and seen["state"] == "active"
+    # with the file there sshd hands a forwarded X11 cookie to it, not to xauth: `ssh -X` keeps working
+    sh("apt-get install -y -qq --no-install-recommends xauth >/dev/null")
+    cookie = "0123456789abcdef" * 2
+    forwarded = container.exec_run(["sh", "-c", f"echo MIT-MAGIC-COOKIE-1 {cookie} | /bin/sh /etc/ssh/sshrc"],
+                                   user=plan.user, environment={"DISPLAY": "localhost:10.0"})
+    assert forwarded.exit_code == 0, forwarded.output.decode()
+    assert any(line.split()[0].endswith("unix:10") and line.split()[-1] == cookie
+               for line in sh("xauth list", user=plan.user).splitlines())
     # the lock is synced into the venv, and the box's executor runs there (as mlenv would over
     # SSH; here the docker CLI stands in for the SSH hop)
     synced = sh("/opt/mlenv/venv/bin/python -c 'import tinylib, tinydep; print(tinydep.__version__)'")

@@ -45,6 +45,11 @@ WATCHDOG_PATH = f"{BOX_DIR}/watchdog.py"
 # so short `ssh box CMD` commands count as presence, not only terminals and busy CPUs.
 SSHRC = f"""# Written by mlenv: an SSH login is activity for the box's idle watchdog.
 touch "{ACTIVITY_DIR}/ssh-$(id -u)" 2>/dev/null || true
+# sshd leaves a forwarded X11 cookie to this file once it exists (sshd(8), SSHRC): hand it to xauth
+if [ -n "${{DISPLAY:-}}" ] && command -v xauth >/dev/null 2>&1 && read -r proto cookie; then
+    case $DISPLAY in localhost:*) display="unix:${{DISPLAY#localhost:}}" ;; *) display=$DISPLAY ;; esac
+    printf 'add %s %s %s\\n' "$display" "$proto" "$cookie" | xauth -q -
+fi
 """
 
 # Defaults of `mlenv up` (and [devbox] idle / idle-connected / max-lifetime).
