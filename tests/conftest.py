@@ -80,6 +80,38 @@ def make_project(root: Path, index_url: str, *, targets: str = CPU_TARGET, depen
     return root
 
 
+NOTEBOOKS = REPO / "tests" / "notebooks"
+
+
+def make_notebook(path: Path, parameters: str | None, *cells: str, kernel: str = "python3") -> Path:
+    """A notebook of code cells, the first tagged ``parameters`` (papermill's) unless it is None."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nb.cells.extend(nbformat.v4.new_code_cell(source) for source in cells)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def locked_template(tmp_path_factory, extra: str = ""):
+    """``(index, folder)``: a locked demo project and the package index it locks against, for
+    module-scoped fixtures (their tests copy the folder: `mlenv lock` is the slow part).  The caller
+    closes the index."""
+    from tests.pkgindex import LocalIndex, add_tiny_packages
+
+    index = add_tiny_packages(LocalIndex(tmp_path_factory.mktemp("index")))
+    folder = tmp_path_factory.mktemp("template")
+    write_spec(folder, index.url, extra=extra)
+    result = run_mlenv("lock", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return index, folder
+
+
 def parse_jsonc(path: Path) -> dict:
     """devcontainer.json is JSON with comments; ours has only whole-line // comments."""
     return json.loads("\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")))
@@ -97,3 +129,40 @@ def locked_project(tmp_path, local_index):
     """``locked_project(name="demo", **options)``: a project with one source file, locked against the
     loopback index."""
     return lambda name="demo", **options: make_project(tmp_path / name, local_index.url, **options)
+
+
+# --- GPUs: none exists here, so a fake nvidia-smi replays recorded answers -----------------------------
+
+NVIDIA = REPO / "tests" / "data" / "nvidia"
+FAKE_SMI = """#!/bin/sh
+# replays a recorded nvidia-smi answer: full.* for the query with compute_cap, basic.* without
+case "$*" in *compute_cap*) k=full ;; *) k=basic ;; esac
+d='{case}'
+[ -f "$d/$k.out" ] || k=full
+cat "$d/$k.out"
+if [ -f "$d/$k.rc" ]; then exit "$(cat "$d/$k.rc")"; fi
+exit 0
+"""
+
+
+def gpu_env(tmp_path: Path, case: str | None, *, proc: str | None = None,
+            sys_file: str | None = None) -> dict[str, str]:
+    """Environment whose PATH holds a fake nvidia-smi replaying ``case`` (None: no nvidia-smi at all).
+
+    The driver files point at recordings or at nothing, so a real GPU host cannot leak into a test.
+    """
+    folder = tmp_path / f"bin-{case or 'none'}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if case is not None:
+        script = folder / "nvidia-smi"
+        script.write_text(FAKE_SMI.format(case=NVIDIA / case))
+        script.chmod(0o755)
+        path = os.pathsep.join([str(folder), "/usr/bin", "/bin"])
+    else:
+        path = str(folder)  # an empty folder: nothing named nvidia-smi anywhere
+    return {
+        **os.environ,
+        "PATH": path,
+        "MLENV_NVIDIA_PROC_VERSION": str(NVIDIA / "proc" / proc) if proc else str(tmp_path / "no-proc"),
+        "MLENV_NVIDIA_SYS_VERSION": str(NVIDIA / "sys" / sys_file) if sys_file else str(tmp_path / "no-sys"),
+    }

@@ -159,15 +159,21 @@ def index_server(tmp_path):
         server.close()
 
 
+# (name, version, requires): the tiny packages most tests lock
+TINY_PACKAGES = (("tinydep", "1.0", []), ("tinydep", "1.1", []), ("tinylib", "1.0", ["tinydep>=1.0"]),
+                 ("devtool", "0.5", []))
+
+
+def add_tiny_packages(index: LocalIndex) -> LocalIndex:
+    for name, version, requires in TINY_PACKAGES:
+        index.add(name, version, requires=requires)
+    return index
+
+
 @pytest.fixture
 def local_index(index_server) -> LocalIndex:
     """One index with a few tiny packages most tests need."""
-    index = index_server("main")
-    index.add("tinydep", "1.0")
-    index.add("tinydep", "1.1")
-    index.add("tinylib", "1.0", requires=["tinydep>=1.0"])
-    index.add("devtool", "0.5")
-    return index
+    return add_tiny_packages(index_server("main"))
 
 
 # What the PyTorch indexes and PyPI publish, in miniature: torch 2.5.1 exists as +cpu and +cu124,

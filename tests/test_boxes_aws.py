@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, run_mlenv
-from tests.test_lock import write_spec
+from tests.conftest import locked_template, require, run_mlenv
 
 DATA = Path(__file__).parent / "data" / "aws"
 CALLER_IP = "198.51.100.23"
@@ -232,22 +231,6 @@ def aws(moto_server, tmp_path, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
-
-
-def locked_template(tmp_path_factory, extra: str):
-    """A locked demo project and the package index it locks against, made once per module (tests copy
-    the folder: `mlenv lock` is the slow part)."""
-    from tests.pkgindex import LocalIndex
-
-    index = LocalIndex(tmp_path_factory.mktemp("index"))
-    for name, version, requires in (("tinydep", "1.0", []), ("tinydep", "1.1", []),
-                                    ("tinylib", "1.0", ["tinydep>=1.0"]), ("devtool", "0.5", [])):
-        index.add(name, version, requires=requires)
-    folder = tmp_path_factory.mktemp("template")
-    write_spec(folder, index.url, extra=extra)
-    result = run_mlenv("lock", cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return index, folder
 
 
 @pytest.fixture(scope="module")

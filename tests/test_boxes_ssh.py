@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, run_mlenv
+from tests.conftest import locked_template, require, run_mlenv
 
 
 def _free_port() -> int:
@@ -100,8 +100,6 @@ def laptop(tmp_path, monkeypatch, lab_machine):
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, lab_machine):
-    from tests.test_boxes_aws import locked_template
-
     index, folder = locked_template(tmp_path_factory, (
         f'[devbox]\nprovider = "ssh"\nhost = "{lab_machine["host"]}"\nport = {lab_machine["port"]}\n'
         f'user = "{lab_machine["user"]}"\n'))

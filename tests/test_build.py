@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_mlenv
-from tests.test_gen import make_project
 
 
 @pytest.fixture
@@ -32,8 +31,8 @@ def built(result) -> dict:
 
 
 @pytest.fixture
-def project(tmp_path, local_index):
-    return make_project(tmp_path / "demo", local_index.url)
+def project(locked_project):
+    return locked_project("demo")
 
 
 @pytest.mark.network  # the tools stage installs uv from PyPI
@@ -124,8 +123,8 @@ def test_ca_bundle_is_a_secret_never_a_layer(project, docker_env, docker_client,
 
 @pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
-def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, docker_client, docker_registry):
-    root = make_project(tmp_path / "pushed", local_index.url, image=f'[image]\nregistry = "{docker_registry}"\n')
+def test_push_to_registry_and_pull_by_digest(locked_project, docker_env, docker_client, docker_registry):
+    root = locked_project("pushed", image=f'[image]\nregistry = "{docker_registry}"\n')
     result = built(build(root, "--push", env=docker_env))
     digest = result["pushed_digest"]
     assert digest and digest.startswith("sha256:")
@@ -146,14 +145,14 @@ def test_push_to_registry_and_pull_by_digest(tmp_path, local_index, docker_env, 
 
 @pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
-def test_base_image_pinned_by_registry_digest(tmp_path, local_index, docker_env, docker_client, docker_registry,
+def test_base_image_pinned_by_registry_digest(locked_project, docker_env, docker_client, docker_registry,
                                               base_image):
     mirror = f"{docker_registry}/python:3.11-slim-bookworm"  # a private mirror of the base image
     docker_client.images.get(base_image).tag(mirror)
     for event in docker_client.images.push(mirror, stream=True, decode=True):
         assert "error" not in event, event
     digest = docker_client.images.get_registry_data(mirror).id
-    root = make_project(tmp_path / "pinned", local_index.url, image=f'[image]\nbase = "{mirror}"\n')
+    root = locked_project("pinned", image=f'[image]\nbase = "{mirror}"\n')
     result = run_mlenv("gen", "dockerfile", cwd=root, env=docker_env)
     assert result.returncode == 0, result.stderr
     assert f"ARG BASE_IMAGE={mirror}@{digest}\n" in (root / "Dockerfile").read_text()
@@ -215,9 +214,8 @@ def test_stale_lock_is_refused(project, docker_env):
 
 
 @pytest.mark.docker
-def test_failed_build_names_the_step_and_its_log(tmp_path, local_index, docker_env):
-    root = make_project(tmp_path / "broken", local_index.url,
-                        image='[image]\nsystem-packages = ["mlenv-no-such-package"]\n')
+def test_failed_build_names_the_step_and_its_log(locked_project, docker_env):
+    root = locked_project("broken", image='[image]\nsystem-packages = ["mlenv-no-such-package"]\n')
     result = build(root, env=docker_env)
     assert result.returncode == 7, result.stderr
     assert "build failed at [base 2/3] RUN apt-get update" in result.stderr
@@ -341,7 +339,7 @@ def test_no_buildkit_cli_is_one_clear_message(tmp_path, monkeypatch):
         find_builder()
 
 
-def test_ecr_login_through_boto3(tmp_path, monkeypatch):
+def test_ecr_login_through_boto3(monkeypatch):
     import shutil
     import socket
     import subprocess
@@ -409,13 +407,13 @@ def test_a_pypi_project_builds_on_the_default_network(tmp_path, docker_env, dock
     assert run_mlenv("doctor", "--image", result["tag"], "--target", "cpu", cwd=root, env=docker_env).returncode == 0
 
 
-def test_content_tags_follow_everything_that_shapes_the_image(tmp_path, local_index):
+def test_content_tags_follow_everything_that_shapes_the_image(locked_project):
     from mlenv.image.plan import plan_image
     from mlenv.lock import read_lock
     from mlenv.render import render_dockerfile
     from mlenv.spec import load_spec
 
-    root = make_project(tmp_path / "p", local_index.url)
+    root = locked_project("p")
     spec, lock = load_spec(root), read_lock(root)
     plan = plan_image(spec, lock, "cpu")
     text = render_dockerfile(plan)

@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from mlenv import ci
-from tests.conftest import REPO, require, run_mlenv
-from tests.test_gen import make_project
+from tests.conftest import REPO, make_project, require, run_mlenv
 
 WORKFLOW = Path(".github/workflows/mlenv.yml")
 TWO_TARGETS = ('[targets.cpu]\nplatform = "linux/x86_64"\n\n'

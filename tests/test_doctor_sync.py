@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_mlenv
-from tests.test_lock import write_spec
 
 TARGETS = (
     '[targets.cpu]\nplatform = "linux/x86_64"\n\n'
@@ -33,8 +32,8 @@ def fake_nvidia_smi(folder: Path, csv: str | None, *, fail: str | None = None) -
 
 
 @pytest.fixture
-def project(tmp_path, local_index):
-    write_spec(tmp_path, local_index.url, targets=TARGETS)
+def project(tmp_path, spec_file):
+    spec_file(tmp_path, targets=TARGETS)
     result = run_mlenv("lock", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return tmp_path

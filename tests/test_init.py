@@ -21,8 +21,7 @@ from mlenv.hardware.detect import MachineInfo
 from mlenv.importers import choose_python, conda_to_pip, group_for_file, import_project, logical_lines
 from mlenv.init import parse_target_option, plan_init
 from mlenv.spec import load_spec
-from tests.conftest import run_mlenv
-from tests.test_hardware import gpu_env
+from tests.conftest import gpu_env, run_mlenv
 
 DATA = Path(__file__).parent / "data" / "init"
 PY = "{}.{}".format(*sys.version_info[:2])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, run_mlenv, write_spec  # noqa: F401 - write_spec: other test files import it from here
+from tests.conftest import IN_CI, gpu_env, run_mlenv, write_spec
 
 LINUX_WHEEL = "cp311-cp311-manylinux_2_17_x86_64"
 MAC_WHEEL = "cp311-cp311-macosx_11_0_arm64"
@@ -303,8 +303,6 @@ def test_the_driver_floor_is_what_the_resolved_wheels_need(tmp_path, torch_index
     assert (gpu["cuda"], gpu["driver-min"]) == ("12.4", "570.26")
 
     # doctor holds a machine to that floor: driver 550.90.07 runs CUDA 12.4, not these wheels fully
-    from tests.test_hardware import gpu_env
-
     doctor = run_mlenv("doctor", "--target", "gpu", "--json", cwd=tmp_path, env=gpu_env(tmp_path, "8xa100"))
     findings = json.loads(doctor.stdout)["findings"]
     driver = next(f for f in findings if f["check"] == "driver")

@@ -15,9 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import MINIMAL_SPEC, REPO, require, run_mlenv
-
-NOTEBOOKS = REPO / "tests" / "notebooks"
+from tests.conftest import MINIMAL_SPEC, NOTEBOOKS, require, run_mlenv
 
 
 def results(folder: Path) -> dict:

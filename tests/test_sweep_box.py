@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests import test_boxes
-from tests.test_sweep_papermill import make_notebook
+from tests.conftest import NOTEBOOKS, REPO, make_notebook
 
 pytestmark = pytest.mark.docker
 box_project, box, up = test_boxes.box_project, test_boxes.box, test_boxes.up  # the boxes tests' fixtures
@@ -61,10 +61,8 @@ def test_sweep_on_a_box_holds_it_streams_progress_and_brings_the_results_back(bo
     import sys
     import time
 
-    from tests.conftest import REPO
-
     napping = tmp_path / "napping.ipynb"
-    napping.write_text((REPO / "tests" / "notebooks" / "napping.ipynb").read_text())
+    napping.write_text((NOTEBOOKS / "napping.ipynb").read_text())
     stopped = tmp_path / "stopped"
     process = subprocess.Popen(
         [sys.executable, "-m", "mlenv", "sweep", str(napping), "-p", "i=1,2,3,4,5,6,7,8", "-p", "naptime=2",

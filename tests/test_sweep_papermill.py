@@ -13,23 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require, run_mlenv
-
-NOTEBOOKS = REPO / "tests" / "notebooks"
-
-
-def make_notebook(path: Path, parameters: str | None, *cells: str, kernel: str = "python3") -> Path:
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        nb.cells.append(cell)
-    nb.cells.extend(nbformat.v4.new_code_cell(source) for source in cells)
-    nbformat.write(nb, str(path))
-    return path
+from tests.conftest import NOTEBOOKS, REPO, make_notebook, require, run_mlenv
 
 
 def results(folder: Path) -> dict:

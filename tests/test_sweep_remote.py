@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require, run_mlenv
-
-NOTEBOOKS = REPO / "tests" / "notebooks"
+from tests.conftest import NOTEBOOKS, make_notebook, require, run_mlenv
 
 
 def free_port() -> int:
@@ -99,8 +97,6 @@ def test_dask_cluster_gives_the_same_results_as_local(tmp_path, dask_cluster):
 
 
 def test_a_run_rescheduled_after_its_worker_died_counts_its_attempts(tmp_path, dask_cluster):
-    from tests.test_sweep_papermill import make_notebook
-
     # the kernel's parent is the Dask worker: the first attempt kills it, the nanny restarts it and the
     # scheduler runs the task again (on either worker); the second attempt finds the marker and goes on
     notebook = make_notebook(tmp_path / "kills.ipynb", 'marker = ""',
@@ -280,10 +276,8 @@ def test_s3_notebook_in_and_out(moto_s3, tmp_path):
     assert missing.returncode == 2 and "notebook s3://sweeps/notebooks/nope.ipynb does not exist" in missing.stderr
 
 
-def test_dask_workers_are_checked_against_the_lock(tmp_path, dask_cluster, local_index):
-    from tests.test_lock import write_spec
-
-    write_spec(tmp_path, local_index.url)  # a project locked to tinylib: the workers' kernels have other packages
+def test_dask_workers_are_checked_against_the_lock(tmp_path, dask_cluster, spec_file):
+    spec_file(tmp_path)  # a project locked to tinylib: the workers' kernels have other packages
     assert run_mlenv("lock", cwd=tmp_path).returncode == 0
     notebook = tmp_path / "trivial.ipynb"
     notebook.write_text((NOTEBOOKS / "trivial.ipynb").read_text())
