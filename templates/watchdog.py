@@ -100,11 +100,24 @@ def probe_keepalive(directory, now):
 # --- Jupyter ---------------------------------------------------------------------------------------
 
 
+HOMES = "/home/*"  # users' home folders (also those /etc/passwd does not list: a uid given to `docker run`)
+
+
 def default_jupyter_dirs():
+    """Where Jupyter servers write their jpserver-PID.json: every user's default runtime folder, and
+    the platformdirs one (JUPYTER_PLATFORM_DIRS=1).  Looked up on every poll: a user's folder appears
+    when their first server starts, long after the watchdog did."""
+    homes = set(glob.glob(HOMES)) | {"/root"}
+    try:
+        import pwd
+
+        homes |= {entry.pw_dir for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
+    except (ImportError, OSError):
+        pass
     dirs = [os.environ.get("JUPYTER_RUNTIME_DIR", "")]
-    dirs += glob.glob("/home/*/.local/share/jupyter/runtime") + ["/root/.local/share/jupyter/runtime"]
+    dirs += [os.path.join(home, ".local/share/jupyter/runtime") for home in sorted(homes)]
     dirs += glob.glob("/run/user/*/jupyter")
-    return [d for d in dirs if d]
+    return [d for d in dirs if d and os.path.isdir(d)]
 
 
 def _pid_alive(pid):
@@ -415,10 +428,9 @@ class Watchdog(object):
             cpu = CpuMeter(args.cpu_source, threshold=args.cpu_cores)
             cpu.probe(self.started)  # the first reading: the first poll then has a window to average
             connections = ConnectionTracker(args.ports, args.weak_min_age)
-            jupyter_dirs = args.jupyter_runtime_dir or default_jupyter_dirs()
             probes = {
                 "keepalive": lambda now: probe_keepalive(args.keepalive_dir, now),
-                "jupyter": lambda now: probe_jupyter(jupyter_dirs),
+                "jupyter": lambda now: probe_jupyter(args.jupyter_runtime_dir or default_jupyter_dirs()),
                 "gpu": lambda now: probe_gpu(args.nvidia_smi, args.gpu_percent, args.nvidia_smi_timeout),
                 "cpu": cpu.probe,
                 "terminal": lambda now: probe_terminals(args.dev_pts, now, max(args.poll, 10.0)),

@@ -72,27 +72,38 @@ base = "{base}"
 """
 
 
+def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, build_cli, mlenv_wheel_url):
+    """A locked project in a fresh folder, with its own HOME (ssh config, keys, mlenv's data)."""
+    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
+    home = tmp_path_factory.mktemp("home")
+    root = tmp_path_factory.mktemp("boxes") / name
+    root.mkdir()
+    (root / "mlenv.toml").write_text(spec)
+    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
+           "MLENV_DOCKER": build_cli}
+    project = SimpleProject(root, env, ["--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host"],
+                            home)
+    locked = project.mlenv("lock")
+    require(locked.returncode == 0 or "pypi.org" not in locked.stderr, "PyPI (the project's dependencies)")
+    assert locked.returncode == 0, locked.stderr
+    return project
+
+
+def remove_project_images(docker_client, name: str) -> None:
+    for image in docker_client.images.list(name=name):
+        for tag in image.tags:
+            docker_client.images.remove(tag, force=True)
+
+
 @pytest.fixture(scope="module")
 def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
     """A project whose mlenv.toml names the local base image (as a user behind a mirror would).
 
     No dependencies: the lock, and so the dev image's layers, stay the same from run to run, and the
     BuildKit cache makes the module's one image build take seconds after the first run."""
-    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
-    home = tmp_path_factory.mktemp("home")
-    root = tmp_path_factory.mktemp("boxes") / "boxdemo"
-    root.mkdir()
-    (root / "mlenv.toml").write_text(SPEC.format(base=base_image))
-    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
-           "MLENV_DOCKER": build_cli}
-    project = SimpleProject(root, env, ["--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host"],
-                            home)
-    locked = project.mlenv("lock")
-    assert locked.returncode == 0, locked.stderr
-    yield project
-    for image in docker_client.images.list(name="boxdemo"):
-        for tag in image.tags:
-            docker_client.images.remove(tag, force=True)
+    yield make_box_project(tmp_path_factory, "boxdemo", SPEC.format(base=base_image), docker_engine, build_cli,
+                           mlenv_wheel_url)
+    remove_project_images(docker_client, "boxdemo")
 
 
 class SimpleProject:
@@ -110,6 +121,10 @@ class SimpleProject:
 @pytest.fixture
 def box(box_project, docker_client):
     """A fresh box name; whatever the test made is removed afterwards."""
+    yield from fresh_box(docker_client)
+
+
+def fresh_box(docker_client):
     name = f"t{uuid.uuid4().hex[:8]}"
     yield name
     for container in docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"}):
@@ -140,6 +155,7 @@ def wait_state(project, name, state, within: float) -> float:
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
 def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
     project = box_project
     first = up(project, box, "--idle", "20s")
@@ -208,6 +224,7 @@ def wait_exited(docker_client, name, within: float) -> float:
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
 def test_terminal_input_keeps_the_box_up_and_the_warning_lands_in_the_terminal(box_project, box, docker_client):
     project = box_project
     up(project, box, "--idle", "12s", "--idle-connected", "18s")
@@ -234,26 +251,68 @@ def test_terminal_input_keeps_the_box_up_and_the_warning_lands_in_the_terminal(b
     assert any(d["event"] == "warn" and d.get("terminals_warned") for d in decisions)
 
 
+def free_local_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ssh_banner_through(port: int, within: float = 20) -> bytes:
+    """The first bytes an SSH server sends, read through a local forwarded port once it is open."""
+    import socket
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                banner = sock.recv(64)
+                if banner:
+                    return banner
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing answered through 127.0.0.1:{port} within {within}s")
+        time.sleep(0.3)
+
+
 @pytest.mark.docker
-def test_ide_like_session_counts_as_weak_activity_not_forever(box_project, box, docker_client):
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
+@pytest.mark.parametrize("kind", ["ide", "tunnel"])
+def test_ide_like_session_or_tunnel_counts_as_weak_activity_not_forever(box_project, box, docker_client, kind):
+    """VS Code Remote-SSH's `ssh -T ... sh` (no terminal) and `ssh -N -L` (no session at all, so no
+    login mark either): an open connection, maybe nobody behind it."""
     project = box_project
     up(project, box, "--idle", "8s", "--idle-connected", "20s")
     started = time.monotonic()
-    ide = subprocess.Popen(project.ssh(box, "-T") + ["sleep 600"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind == "ide":
+        argv = project.ssh(box, "-T") + ["sleep 600"]
+    else:
+        local_port = free_local_port()
+        argv = project.ssh(box, "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:22")
+    connection = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
     try:
-        time.sleep(14)  # past the idle time: the open connection holds the box
+        if kind == "tunnel":  # a real tunnel: the box's own sshd answers through it
+            assert ssh_banner_through(local_port).startswith(b"SSH-")
+        time.sleep(max(0.0, 14 - (time.monotonic() - started)))  # past the idle time: the connection holds it
         assert state_of(docker_client, box) == "running"
-        assert last_decision(project, box)["signals"]["connection"]["state"] == "active"
+        held = last_decision(project, box)
+        assert held["signals"]["connection"]["state"] == "active", held
+        if kind == "tunnel":
+            assert held["signals"]["login"]["state"] == "idle" and held["signals"]["terminal"]["state"] == "idle"
         wait_exited(docker_client, box, 30)
         stopped_after = time.monotonic() - started
     finally:
-        ide.kill()
-    assert 18 <= stopped_after <= 32  # the idle-connected window (20 s from the login), not the 8 s idle
+        connection.kill()
+    # the idle-connected window (20 s from the login, or from the box's start for a tunnel), not the 8 s idle
+    assert (18 if kind == "ide" else 14) <= stopped_after <= 32, stopped_after
     assert last_decision(project, box)["reason"] == "idle-connected"
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
 def test_keepalive_holds_the_box_until_released(box_project, box, docker_client):
     project = box_project
     up(project, box, "--idle", "8s")
@@ -269,14 +328,13 @@ def test_keepalive_holds_the_box_until_released(box_project, box, docker_client)
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
 def test_max_lifetime_stops_the_box_regardless(box_project, box, docker_client):
     project = box_project
     up(project, box, "--idle", "1h", "--max-lifetime", "15s")
     started = time.monotonic()
     assert project.mlenv("keepalive", box, "--for", "1h").returncode == 0
-    with __import__("socket").socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        local_port = sock.getsockname()[1]
+    local_port = free_local_port()
     tunnel = subprocess.Popen(project.ssh(box, "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:8888"),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -289,6 +347,7 @@ def test_max_lifetime_stops_the_box_regardless(box_project, box, docker_client):
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
 def test_interrupted_up_leaves_nothing_unlabelled(box_project, box, docker_client):
     project = box_project
     process = subprocess.Popen(
@@ -309,6 +368,7 @@ def test_interrupted_up_leaves_nothing_unlabelled(box_project, box, docker_clien
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
 def test_gc_finds_and_removes_a_workspace_whose_box_is_gone(box_project, box, docker_client):
     project = box_project
     up(project, box, "--idle", "1h")
@@ -345,3 +405,107 @@ def test_unreachable_engine_is_exit_6(tmp_path):
     assert stopped.returncode == 6 and "Docker Engine" in stopped.stderr, stopped.stderr
     listed_ = run_mlenv("ls", "--json", cwd=tmp_path, env=env)
     assert listed_.returncode == 0 and json.loads(listed_.stdout) == [] and "not listed" in listed_.stderr
+
+
+# --- a busy Jupyter kernel, end to end ----------------------------------------------------------------
+# The README's path: Jupyter in a dependency group of the lock (so the dev image has it), `mlenv up`,
+# `mlenv jupyter NAME` (starts the server on the box as the box's user, forwards it here), a notebook
+# cell running in a kernel.  Jupyter Server rather than JupyterLab: the same server, fewer megabytes.
+
+JUPYTER_SPEC = SPEC.replace('name = "boxdemo"', 'name = "boxjupyter"') + """
+[dependency-groups]
+dev = ["jupyter_server", "ipykernel"]
+"""
+
+
+@pytest.fixture(scope="module")
+def jupyter_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
+    yield make_box_project(tmp_path_factory, "boxjupyter", JUPYTER_SPEC.format(base=base_image), docker_engine,
+                           build_cli, mlenv_wheel_url)
+    remove_project_images(docker_client, "boxjupyter")
+
+
+@pytest.fixture
+def jupyter_box(jupyter_project, docker_client):
+    yield from fresh_box(docker_client)
+
+
+def api(base: str, token: str, path: str, body: dict | None = None):
+    """A Jupyter REST call the way a script does it (token header); never counted as activity."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{base}{path}?no_track_activity=1", method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def start_cell(base: str, token: str, code: str) -> str:
+    """Start a kernel and run ``code`` in it over the kernel's websocket, as JupyterLab does; return
+    the kernel id once the kernel says it is busy with the cell (the socket is then closed: the
+    cell runs on, like a notebook whose browser tab was closed)."""
+    from datetime import UTC, datetime
+
+    import websocket  # websocket-client, a dependency of jupyter_server
+
+    kernel = api(base, token, "/api/kernels", {"name": "python3"})
+    socket_url = base.replace("http://", "ws://") + f"/api/kernels/{kernel['id']}/channels"
+    connection = websocket.create_connection(socket_url, header=[f"Authorization: token {token}"], timeout=120)
+    try:
+        msg_id = uuid.uuid4().hex
+        connection.send(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "version": "5.3",
+                       "session": uuid.uuid4().hex, "date": datetime.now(UTC).isoformat()},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True}}))
+        while True:
+            message = json.loads(connection.recv())
+            if (message.get("msg_type") == "execute_input"
+                    and message.get("parent_header", {}).get("msg_id") == msg_id):
+                return kernel["id"]
+    finally:
+        connection.close()
+
+
+@pytest.mark.docker
+@pytest.mark.network  # Jupyter Server and ipykernel come from PyPI
+def test_busy_kernel_keeps_the_box_up_and_an_idle_one_lets_it_stop(jupyter_project, jupyter_box, docker_client):
+    import signal
+
+    project, box = jupyter_project, jupyter_box
+    up(project, box, "--idle", "8s")
+    jupyter = subprocess.Popen([sys.executable, "-m", "mlenv", "jupyter", box, "--no-browser"], cwd=project.root,
+                               env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        url = jupyter.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), jupyter.stderr.read() if jupyter.poll() is not None else url
+        base, token = url.split("?token=")[0].rstrip("/"), url.split("?token=")[1]
+        naptime = 25
+        start_cell(base, token, f"import time\ntime.sleep({naptime})")
+        busy_since = time.monotonic()
+        # the watchdog asks the server every poll without moving its activity clock (what Jupyter's
+        # own culler and JupyterHub's read)
+        before = api(base, token, "/api/status")["last_activity"]
+        time.sleep(4)
+        assert api(base, token, "/api/status")["last_activity"] == before
+    finally:
+        jupyter.send_signal(signal.SIGINT)  # the laptop goes away: the forwarding ends, the cell runs on
+        jupyter.communicate(timeout=30)
+
+    time.sleep(12)  # past the 8 s idle, with no connection and no terminal: only the kernel holds the box
+    assert state_of(docker_client, box) == "running"
+    held = last_decision(project, box)
+    assert held["signals"]["jupyter"]["state"] == "active", held
+    assert "busy kernel python3" in held["signals"]["jupyter"]["detail"]
+    assert held["signals"]["connection"]["state"] == "idle", held
+
+    # the cell ends, the kernel is idle (and stays open): the box stops by itself, an idle time later
+    wait_exited(docker_client, box, naptime + 30)
+    stopped_after = time.monotonic() - busy_since
+    assert naptime + 8 - 2 <= stopped_after <= naptime + 8 + 15, stopped_after
+    decision = last_decision(project, box)
+    assert decision["reason"] == "idle" and decision["signals"]["jupyter"]["state"] == "idle", decision
+    assert "no busy kernel" in decision["signals"]["jupyter"]["detail"]

@@ -246,6 +246,23 @@ def test_jupyter_errors_are_unknown_and_dead_servers_are_ignored(jupyter, tmp_pa
     assert wd.probe_jupyter([str(tmp_path / "nothing")]).state == wd.IDLE
 
 
+def test_a_jupyter_server_started_after_the_watchdog_is_found(jupyter, tmp_path, monkeypatch):
+    """The box's user starts Jupyter (`mlenv jupyter`) long after the watchdog: the runtime folder in
+    their home does not exist when the watchdog starts, and must be looked for again on every poll."""
+    server, runtime = jupyter
+    monkeypatch.setattr(wd, "HOMES", str(tmp_path / "home" / "*"))
+    monkeypatch.delenv("JUPYTER_RUNTIME_DIR", raising=False)
+    args = wd.parse_args(["--log", str(tmp_path / "log.jsonl"), "--keepalive-dir", str(tmp_path / "ka"),
+                          "--activity-dir", str(tmp_path / "act"), "--dev-pts", str(tmp_path), "--action", "exit"])
+    dog = wd.Watchdog(args, act=lambda reason: None)
+    assert dog.step()["signals"]["jupyter"]["state"] == wd.IDLE
+    later = tmp_path / "home" / "app" / ".local" / "share" / "jupyter" / "runtime"
+    later.parent.mkdir(parents=True)
+    runtime.rename(later)
+    record = dog.step()["signals"]["jupyter"]
+    assert record["state"] == wd.ACTIVE and "python3 (6f0c2a4e)" in record["detail"], record
+
+
 # --- keep-alives and terminals ---------------------------------------------------------------------
 
 
