@@ -31,15 +31,16 @@ Every poll is one JSON line in --log; --state holds the latest numbers for `mlen
 
 import argparse
 import glob
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 
 ACTIVE, IDLE, UNKNOWN = "active", "idle", "unknown"
 TCP_ESTABLISHED = "01"
@@ -100,20 +101,15 @@ def probe_keepalive(directory, now):
 # --- Jupyter ---------------------------------------------------------------------------------------
 
 
-HOMES = "/home/*"  # users' home folders (also those /etc/passwd does not list: a uid given to `docker run`)
+HOMES = ("/home/*", "/root")  # users' home folders
 
 
 def default_jupyter_dirs():
     """Where Jupyter servers write their jpserver-PID.json: every user's default runtime folder, and
     the platformdirs one (JUPYTER_PLATFORM_DIRS=1).  Looked up on every poll: a user's folder appears
     when their first server starts, long after the watchdog did."""
-    homes = set(glob.glob(HOMES)) | {"/root"}
-    try:
-        import pwd
-
-        homes |= {entry.pw_dir for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
-    except (ImportError, OSError):
-        pass
+    # the watchdog's own home too: a user's watchdog (ssh provider) may live outside /home
+    homes = {home for pattern in HOMES for home in glob.glob(pattern)} | {os.path.expanduser("~")}
     dirs = [os.environ.get("JUPYTER_RUNTIME_DIR", "")]
     dirs += [os.path.join(home, ".local/share/jupyter/runtime") for home in sorted(homes)]
     dirs += glob.glob("/run/user/*/jupyter")
@@ -136,6 +132,56 @@ def kernels_busy(kernels):
             if isinstance(k, dict) and k.get("execution_state") == "busy"]
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: a server started with ``--sock`` has no TCP port."""
+
+    def __init__(self, path, timeout):
+        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def _jupyter_host(info):
+    """Where to reach a server from the box itself: loopback when it listens on every interface."""
+    host = str(info.get("hostname") or "")
+    return "127.0.0.1" if host in ("", "0.0.0.0", "*", "::", "localhost") else host
+
+
+def jupyter_address(info):
+    if info.get("sock"):
+        return "unix:" + str(info["sock"])
+    scheme = "https" if info.get("secure") else "http"
+    host = _jupyter_host(info)
+    return "%s://%s:%s%s" % (scheme, "[%s]" % host if ":" in host else host, info.get("port"),
+                             info.get("base_url") or "/")
+
+
+def ask_jupyter(info, path, timeout):
+    """GET ``base_url + path`` from the server a jpserver-PID.json describes, with its token; the
+    decoded JSON answer.  Raises on anything else (the caller counts that as "cannot tell")."""
+    if info.get("sock"):
+        connection = _UnixHTTPConnection(str(info["sock"]), timeout)
+    elif info.get("secure"):  # our own server on this machine: its certificate names some other host
+        connection = http.client.HTTPSConnection(_jupyter_host(info), int(info.get("port") or 8888), timeout=timeout,
+                                                 context=ssl._create_unverified_context())
+    else:
+        connection = http.client.HTTPConnection(_jupyter_host(info), int(info.get("port") or 8888), timeout=timeout)
+    headers = {"Authorization": "token " + str(info["token"])} if info.get("token") else {}
+    try:
+        connection.request("GET", (info.get("base_url") or "/") + path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise ValueError("HTTP %d %s" % (response.status, response.reason))
+    return json.loads(body.decode("utf-8"))
+
+
 def probe_jupyter(runtime_dirs, timeout=5.0):
     servers = []
     for directory in runtime_dirs:
@@ -153,22 +199,14 @@ def probe_jupyter(runtime_dirs, timeout=5.0):
             continue
         if "pid" in info and not _pid_alive(info["pid"]):
             continue  # a file left behind by a server that is gone
-        scheme = "https" if info.get("secure") else "http"
-        base = info.get("base_url") or "/"
-        url = "%s://127.0.0.1:%s%sapi/kernels?no_track_activity=1" % (scheme, int(info.get("port", 8888)), base)
-        request = urllib.request.Request(url)
-        if info.get("token"):
-            request.add_header("Authorization", "token " + info["token"])
-        context = ssl._create_unverified_context() if scheme == "https" else None  # loopback to our own server
         asked += 1
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-                kernels = json.loads(response.read().decode("utf-8"))
+            kernels = ask_jupyter(info, "api/kernels?no_track_activity=1", timeout)
         except Exception as exc:  # noqa: BLE001 - any failure is "cannot tell", which keeps the box up
-            problems.append("%s: %s" % (url.split("?")[0], _short(exc)))
+            problems.append("%s: %s" % (jupyter_address(info), _short(exc)))
             continue
         if not isinstance(kernels, list):
-            problems.append("unexpected answer from %s" % url)
+            problems.append("unexpected answer from %s" % jupyter_address(info))
             continue
         busy += kernels_busy(kernels)
     if busy:

@@ -9,6 +9,7 @@ import http.server
 import importlib.util
 import json
 import os
+import socketserver
 import subprocess
 import sys
 import threading
@@ -184,7 +185,9 @@ def test_gpu_failing_or_hanging_nvidia_smi_keeps_the_box_up(fake_nvidia_smi):
 
 
 class _Jupyter:
-    def __init__(self, kernels, status=200):
+    """Answers GET /api/kernels like jupyter_server; on loopback TCP, or on a unix socket (``--sock``)."""
+
+    def __init__(self, kernels, status=200, unix_socket=None):
         self.kernels, self.status, self.requests = kernels, status, []
         server = self
 
@@ -200,8 +203,12 @@ class _Jupyter:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
+        if unix_socket:
+            self.httpd = socketserver.ThreadingUnixStreamServer(unix_socket, Handler)
+            self.port = 0
+        else:
+            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -246,11 +253,36 @@ def test_jupyter_errors_are_unknown_and_dead_servers_are_ignored(jupyter, tmp_pa
     assert wd.probe_jupyter([str(tmp_path / "nothing")]).state == wd.IDLE
 
 
+def test_jupyter_on_a_unix_socket_or_every_interface_is_asked_where_it_listens(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    sock = tmp_path / "jupyter.sock"
+    server = _Jupyter(KERNELS_BUSY, unix_socket=str(sock))
+    try:  # `jupyter server --sock PATH`: port 0, no TCP at all
+        (runtime / f"jpserver-{os.getpid()}.json").write_text(json.dumps({
+            "base_url": "/", "hostname": "", "pid": os.getpid(), "port": 0, "secure": False, "sock": str(sock),
+            "token": "t0k"}))
+        reading = wd.probe_jupyter([str(runtime)])
+        assert reading.state == wd.ACTIVE, reading
+        assert server.requests == [("/api/kernels?no_track_activity=1", "token t0k")]
+    finally:
+        server.close()
+    server = _Jupyter(KERNELS_IDLE)
+    try:  # `--ip=0.0.0.0`: reached on loopback
+        (runtime / f"jpserver-{os.getpid()}.json").write_text(json.dumps({
+            "base_url": "/", "hostname": "0.0.0.0", "pid": os.getpid(), "port": server.port, "secure": False,
+            "sock": "", "token": "t0k"}))
+        assert wd.probe_jupyter([str(runtime)]).state == wd.IDLE
+    finally:
+        server.close()
+
+
 def test_a_jupyter_server_started_after_the_watchdog_is_found(jupyter, tmp_path, monkeypatch):
     """The box's user starts Jupyter (`mlenv jupyter`) long after the watchdog: the runtime folder in
     their home does not exist when the watchdog starts, and must be looked for again on every poll."""
     server, runtime = jupyter
-    monkeypatch.setattr(wd, "HOMES", str(tmp_path / "home" / "*"))
+    monkeypatch.setattr(wd, "HOMES", (str(tmp_path / "home" / "*"),))
+    monkeypatch.setenv("HOME", str(tmp_path / "watchdog-home"))
     monkeypatch.delenv("JUPYTER_RUNTIME_DIR", raising=False)
     args = wd.parse_args(["--log", str(tmp_path / "log.jsonl"), "--keepalive-dir", str(tmp_path / "ka"),
                           "--activity-dir", str(tmp_path / "act"), "--dev-pts", str(tmp_path), "--action", "exit"])
