@@ -35,6 +35,7 @@ from mlenv.importers import (
     Imported,
     ImportedIndex,
     Note,
+    cyclic_gc_paused,
     import_project,
     torch_pin,
 )
@@ -345,7 +346,8 @@ def plan_init(root: Path, *, name: str | None = None, python: str | None = None,
                     imported=imported, machine=machine, targets=proposed, indexes=indexes, notes=notes)
     plan.text = render(plan)
     try:
-        parse_spec(plan.text, plan.path)
+        with cyclic_gc_paused():  # the rendered spec is as large as the requirements files
+            parse_spec(plan.text, plan.path)
         plan.validated = plan.text
     except SpecError as exc:
         # the inputs were read fine, so this is a proposal mlenv cannot express: say what, keep nothing

@@ -229,3 +229,83 @@ def test_arbitrary_text_never_crashes(text):
         parse(text)
     except MlenvError:
         pass
+
+
+# --- the fast path of parse_requirement -----------------------------------------------------------
+
+def _as_packaging_reads_it(text: str):
+    """What packaging's own parser makes of ``text``: its fields, or the error it raises."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        return "invalid"
+    return requirement
+
+
+def _same_requirement(fast, slow) -> None:
+    assert fast == slow and str(fast) == str(slow) and hash(fast) == hash(slow)
+    assert vars(fast).keys() == vars(slow).keys()  # a field packaging adds later must not be missing
+    for key, value in vars(slow).items():
+        assert getattr(fast, key) == value, key
+    assert [str(s) for s in fast.specifier] == [str(s) for s in slow.specifier]
+    for version in ("0.9", "1.0", "1.0.1", "1.0rc1", "1.0+cu124", "2.0", "2.0.post1", "10"):
+        assert fast.specifier.contains(version) == slow.specifier.contains(version), version
+
+
+def _plain_corpus() -> list[str]:
+    """Lines shaped like the fast path's, valid and not: every operator with every version form, the
+    distributions installed here as `pip freeze` writes them, and near misses packaging refuses."""
+    from importlib.metadata import distributions
+
+    operators = ["==", "!=", ">=", "<=", ">", "<", "~=", "===", "=", "=>", "=<", ""]
+    versions = ["1", "1.0", "1.2.3", "01.0", "1.0a1", "1.0b2", "1.0rc1", "1.0.post1", "1.0.dev3", "1.0rc1.post2.dev3",
+                "1.0.*", "1.*", "1.0+cu124", "1.0+local.7", "1.0+abc.*", "1.0.*.*", "", "a", "1.0.", ".1", "1..0",
+                "1.0-1", "1.0_1", "1.0RC1", "1.0c1"]
+    names = ["numpy", "scikit-learn", "zope.interface", "typing_extensions", "A", "a-", "-a", "a..b", "Django",
+             "ruamel.yaml.clib", "1password", "a_b-c.d"]
+    corpus = [f"{name}{op}{version}" for name in names for op in operators for version in versions]
+    corpus += [f"numpy{first},{second}" for first in (">=1.0", "<2", "==1.*", "!=1.5", ">=1.0+cu1")
+               for second in ("<2.0", "!=1.5.*", "", ">=", ",<3", "~=1.4")]
+    corpus += [f"{dist.metadata['Name']}=={dist.version}" for dist in distributions()]
+    return corpus
+
+
+def test_fast_requirement_parse_equals_packaging_on_a_corpus():
+    """mlenv/spec.py parses plain lines without packaging's PEP 508 parser: for every line it must
+    accept exactly what packaging accepts and build an equal object."""
+    from packaging.requirements import InvalidRequirement
+
+    from mlenv.spec import _PLAIN_REQUIREMENT, parse_requirement
+
+    corpus = _plain_corpus()
+    fast_path = [text for text in corpus if _PLAIN_REQUIREMENT.fullmatch(text)]
+    assert len(fast_path) > 1000  # the corpus exercises the fast path, not only the fallback
+    accepted = 0
+    for text in corpus:
+        slow = _as_packaging_reads_it(text)
+        parse_requirement.cache_clear()
+        if slow == "invalid":
+            with pytest.raises(InvalidRequirement):
+                parse_requirement(text)
+            continue
+        _same_requirement(parse_requirement(text), slow)
+        accepted += 1
+    assert accepted > 1000
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="abcAB01239.-_*+=!<>~,", min_size=1, max_size=14))
+def test_fast_requirement_parse_equals_packaging_on_random_lines(text):
+    from packaging.requirements import InvalidRequirement
+
+    from mlenv.spec import parse_requirement
+
+    slow = _as_packaging_reads_it(text)
+    parse_requirement.cache_clear()
+    if slow == "invalid":
+        with pytest.raises(InvalidRequirement):
+            parse_requirement(text)
+    else:
+        _same_requirement(parse_requirement(text), slow)
