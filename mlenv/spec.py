@@ -337,7 +337,8 @@ _CUDA_INDEX = re.compile(r"/cu(\d{2,3})(?:/|$)")
 _PLAIN_VERSION = r"[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?(?:\.\*)?" \
                  r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"
 _PLAIN_CLAUSE = rf"(?:~=|==|!=|<=|>=|<|>){_PLAIN_VERSION}"
-_PLAIN_REQUIREMENT = re.compile(rf"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)((?:{_PLAIN_CLAUSE}(?:,{_PLAIN_CLAUSE})*)?)")
+_PLAIN_REQUIREMENT = re.compile(
+    rf"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)((?:{_PLAIN_CLAUSE}(?:,{_PLAIN_CLAUSE})*)?)")
 
 
 @functools.cache
