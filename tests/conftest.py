@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["tests.pkgindex", "tests.docker_services"]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """`-m "not network"` runs offline: a test that installs mlenv's wheel (built with hatchling from
+    PyPI, into an image whose tools come from PyPI) must carry the network marker."""
+    unmarked = [item.nodeid for item in items
+                if "mlenv_wheel" in getattr(item, "fixturenames", ()) and item.get_closest_marker("network") is None]
+    if unmarked:
+        raise pytest.UsageError("mark these @pytest.mark.network (they build or install mlenv's wheel):\n  "
+                                + "\n  ".join(unmarked))
 
 
 def require(ok: bool, what: str) -> None:
@@ -130,6 +142,95 @@ def locked_project(tmp_path, local_index):
     loopback index."""
     return lambda name="demo", **options: make_project(tmp_path / name, local_index.url, **options)
 
+
+# --- dev boxes on the docker provider: one dev image per test module, a fresh box per test ---------------
+# Used by test_boxes.py, test_connect.py and test_sweep_box.py (each module builds and removes its own).
+
+BOX_SPEC = """\
+[project]
+name = "boxdemo"
+python = "3.11"
+dependencies = []
+
+[targets.cpu]
+platform = "linux/x86_64"
+
+[image]
+base = "{base}"
+"""
+
+
+def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, build_cli, mlenv_wheel_url):
+    """A locked project in a fresh folder, with its own HOME (ssh config, keys, mlenv's data)."""
+    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
+    home = tmp_path_factory.mktemp("home")
+    root = tmp_path_factory.mktemp("boxes") / name
+    root.mkdir()
+    (root / "mlenv.toml").write_text(spec)
+    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
+           "MLENV_DOCKER": build_cli}
+    project = BoxProject(root, env, ["--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host"],
+                            home)
+    locked = project.mlenv("lock")
+    require(locked.returncode == 0 or "pypi.org" not in locked.stderr, "PyPI (the project's dependencies)")
+    assert locked.returncode == 0, locked.stderr
+    return project
+
+
+def remove_project_images(docker_client, name: str) -> None:
+    """Remove every tag of a box project's images (the dev image is per project)."""
+    for image in docker_client.images.list(name=name):
+        for tag in image.tags:
+            docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="module")
+def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
+    """A project whose mlenv.toml names the local base image (as a user behind a mirror would).
+
+    No dependencies: the lock, and so the dev image's layers, stay the same from run to run, and the
+    BuildKit cache makes the module's one image build take seconds after the first run."""
+    yield make_box_project(tmp_path_factory, "boxdemo", BOX_SPEC.format(base=base_image), docker_engine, build_cli,
+                           mlenv_wheel_url)
+    remove_project_images(docker_client, "boxdemo")
+
+
+class BoxProject:
+    """A box test's project: its folder, its own HOME and environment, and the build options of `up`."""
+
+    def __init__(self, root: Path, env: dict, build: list[str], home: Path) -> None:
+        self.root, self.env, self.build, self.home = root, env, build, home
+
+    def mlenv(self, *args: str, timeout: float = 600):
+        return run_mlenv(*args, cwd=self.root, env=self.env, timeout=timeout)
+
+    def ssh(self, name: str, *args: str, **kwargs):
+        """The user's OpenSSH through the config mlenv wrote (its Include line in ~/.ssh/config)."""
+        return ["ssh", "-F", str(self.home / ".ssh" / "config"), *args, f"mlenv-{name}"]
+
+
+@pytest.fixture
+def box(box_project, docker_client):
+    """A fresh box name; whatever the test made is removed afterwards."""
+    yield from fresh_box(docker_client)
+
+
+def fresh_box(docker_client):
+    """Generator body of a box-name fixture: a unique name, and afterwards the removal of its container and
+    volumes."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    for container in docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"}):
+        container.remove(force=True)
+    for volume in docker_client.volumes.list(filters={"label": f"mlenv.box={name}"}):
+        volume.remove(force=True)
+
+
+def up(project, name, *args):
+    """`mlenv up NAME --provider docker --yes` with this machine's build options; must succeed."""
+    result = project.mlenv("up", name, "--provider", "docker", "--yes", *args, *project.build)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 # --- GPUs: none exists here, so a fake nvidia-smi replays recorded answers -----------------------------
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from mlenv.boxes import Box, UpRequest, format_duration, parse_duration, provider, validate_box_name
 from mlenv.errors import UsageError
-from tests.conftest import MINIMAL_SPEC, require, run_mlenv
+from tests.conftest import BOX_SPEC, MINIMAL_SPEC, fresh_box, make_box_project, remove_project_images, run_mlenv, up
 
 
 @pytest.mark.parametrize("name", ["a", "gpu1", "my-box-2", "a" * 31])
@@ -54,89 +52,8 @@ def test_unknown_provider_is_a_usage_error_with_a_suggestion():
 
 
 # --- the docker provider, end to end on the real engine -----------------------------------------------
-# One dev image for the module; each test makes its own box (seconds) and removes it.
-
-
-
-SPEC = """\
-[project]
-name = "boxdemo"
-python = "3.11"
-dependencies = []
-
-[targets.cpu]
-platform = "linux/x86_64"
-
-[image]
-base = "{base}"
-"""
-
-
-def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, build_cli, mlenv_wheel_url):
-    """A locked project in a fresh folder, with its own HOME (ssh config, keys, mlenv's data)."""
-    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
-    home = tmp_path_factory.mktemp("home")
-    root = tmp_path_factory.mktemp("boxes") / name
-    root.mkdir()
-    (root / "mlenv.toml").write_text(spec)
-    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
-           "MLENV_DOCKER": build_cli}
-    project = SimpleProject(root, env, ["--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host"],
-                            home)
-    locked = project.mlenv("lock")
-    require(locked.returncode == 0 or "pypi.org" not in locked.stderr, "PyPI (the project's dependencies)")
-    assert locked.returncode == 0, locked.stderr
-    return project
-
-
-def remove_project_images(docker_client, name: str) -> None:
-    for image in docker_client.images.list(name=name):
-        for tag in image.tags:
-            docker_client.images.remove(tag, force=True)
-
-
-@pytest.fixture(scope="module")
-def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
-    """A project whose mlenv.toml names the local base image (as a user behind a mirror would).
-
-    No dependencies: the lock, and so the dev image's layers, stay the same from run to run, and the
-    BuildKit cache makes the module's one image build take seconds after the first run."""
-    yield make_box_project(tmp_path_factory, "boxdemo", SPEC.format(base=base_image), docker_engine, build_cli,
-                           mlenv_wheel_url)
-    remove_project_images(docker_client, "boxdemo")
-
-
-class SimpleProject:
-    def __init__(self, root: Path, env: dict, build: list[str], home: Path) -> None:
-        self.root, self.env, self.build, self.home = root, env, build, home
-
-    def mlenv(self, *args: str, timeout: float = 600):
-        return run_mlenv(*args, cwd=self.root, env=self.env, timeout=timeout)
-
-    def ssh(self, name: str, *args: str, **kwargs):
-        """The user's OpenSSH through the config mlenv wrote (its Include line in ~/.ssh/config)."""
-        return ["ssh", "-F", str(self.home / ".ssh" / "config"), *args, f"mlenv-{name}"]
-
-
-@pytest.fixture
-def box(box_project, docker_client):
-    """A fresh box name; whatever the test made is removed afterwards."""
-    yield from fresh_box(docker_client)
-
-
-def fresh_box(docker_client):
-    name = f"t{uuid.uuid4().hex[:8]}"
-    yield name
-    for container in docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"}):
-        container.remove(force=True)
-    for volume in docker_client.volumes.list(filters={"label": f"mlenv.box={name}"}):
-        volume.remove(force=True)
-
-
-def up(project, name, *args):
-    result = project.mlenv("up", name, "--provider", "docker", "--yes", *args, *project.build)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+# One dev image for the module (box_project, in conftest); each test makes its own box (seconds) and
+# removes it.
 
 
 def listed(project) -> dict:
@@ -389,6 +306,7 @@ def test_bad_box_names_never_reach_the_engine(tmp_path):
 
 
 @pytest.mark.docker
+@pytest.mark.network  # box_project installs the mlenv wheel it builds (hatchling from PyPI)
 def test_dry_run_prints_the_plan_and_creates_nothing(box_project, box, docker_client):
     result = box_project.mlenv("up", box, "--provider", "docker", "--dry-run", "--idle", "45m")
     assert result.returncode == 0, result.stderr
@@ -412,7 +330,7 @@ def test_unreachable_engine_is_exit_6(tmp_path):
 # `mlenv jupyter NAME` (starts the server on the box as the box's user, forwards it here), a notebook
 # cell running in a kernel.  Jupyter Server rather than JupyterLab: the same server, fewer megabytes.
 
-JUPYTER_SPEC = SPEC.replace('name = "boxdemo"', 'name = "boxjupyter"') + """
+JUPYTER_SPEC = BOX_SPEC.replace('name = "boxdemo"', 'name = "boxjupyter"') + """
 [dependency-groups]
 dev = ["jupyter_server", "ipykernel"]
 """

@@ -467,6 +467,7 @@ def boot_host(docker_client, base_image, tmp_path_factory):
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the first-boot script installs uv from PyPI
 def test_user_data_runs_in_a_plain_container_and_does_what_it_promises(aws, project, boot_host):
     """What EC2 would get from `up` (no registry: the lock synced into a venv), run for real."""
     from mlenv.boxes.cloudinit import parse_host_keys, unpack
@@ -574,6 +575,7 @@ def tiny_image(docker_client, tag: str) -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.network  # the first-boot script installs the AWS CLI from PyPI
 def test_user_data_logs_in_to_ecr_pulls_the_image_by_digest_and_runs_it(aws, moto_server, ecr_registry, boot_host,
                                                                        docker_client, tmp_path):
     """The image path of the first boot, for real: the script asks ECR (moto) for a token with the

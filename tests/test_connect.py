@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import require, run_mlenv
+from tests.conftest import require, run_mlenv, up
 
 SSHD = "/usr/sbin/sshd"
 
@@ -591,11 +591,9 @@ def test_ssh_executor_keeps_the_executor_contract(home, sshd):
 
 # --- end to end with the docker provider ------------------------------------------------------------------
 
-from tests.test_boxes import box, box_project, up  # noqa: E402, F401 - the boxes module's fixtures
-
-
 @pytest.mark.docker
-def test_docker_box_plain_ssh_code_link_start_on_connect_rotate_and_down(box_project, box):  # noqa: F811
+@pytest.mark.network  # the dev image's tools stage installs uv from PyPI
+def test_docker_box_plain_ssh_code_link_start_on_connect_rotate_and_down(box_project, box):
     project = box_project
     user_config = project.home / ".ssh" / "config"
     planned = project.mlenv("up", box, "--provider", "docker", "--dry-run")

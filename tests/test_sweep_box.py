@@ -6,11 +6,9 @@ import json
 
 import pytest
 
-from tests import test_boxes
-from tests.conftest import NOTEBOOKS, REPO, make_notebook
+from tests.conftest import NOTEBOOKS, REPO, make_notebook, up
 
-pytestmark = pytest.mark.docker
-box_project, box, up = test_boxes.box_project, test_boxes.box, test_boxes.up  # the boxes tests' fixtures
+pytestmark = [pytest.mark.docker, pytest.mark.network]  # the dev image installs uv from PyPI
 
 ON_THE_BOX = ("import os, socket, sys, time, mlenv\n"
               "from mlenv.boxes.model import KEEPALIVE_DIR\n"
