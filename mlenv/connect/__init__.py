@@ -62,6 +62,17 @@ def _trusted_keys(box: Any) -> list[PublicKey]:
     return [parse_public_key(line) for line in (getattr(box, "host_keys", None) or [])]
 
 
+def _jump(box: Any) -> dict[str, Any]:
+    """The jump host a provider reaches the box through (``box.extra["jump"]``: host, port, user and
+    its host keys, learned by the provider), or {}."""
+    jump = (getattr(box, "extra", None) or {}).get("jump")
+    return jump if isinstance(jump, dict) else {}
+
+
+def _jump_keys(box: Any) -> list[PublicKey]:
+    return [parse_public_key(line) for line in _jump(box).get("host_keys") or []]
+
+
 def _record(box: Any, *, start_on_connect: bool | None) -> registry.Record:
     previous = registry.get(box.name) if isinstance(getattr(box, "name", None), str) else None
     identity = previous.identity if previous and Path(previous.identity).is_file() else None
@@ -78,6 +89,9 @@ def _record(box: Any, *, start_on_connect: bool | None) -> registry.Record:
         workdir=extra.get("workdir") if isinstance(extra.get("workdir"), str) else None,
         authorized_keys=extra.get("authorized_keys") if isinstance(extra.get("authorized_keys"), str)
         else "~/.ssh/authorized_keys",
+        jump_host=_jump(box).get("host"),
+        jump_port=_jump(box).get("port"),
+        jump_user=_jump(box).get("user"),
     )
 
 
@@ -91,7 +105,7 @@ def endpoint(box: Any) -> tuple[session.Endpoint, list[PublicKey]]:
 
 def open_session(box: Any, *, timeout: float = 20) -> session.Session:
     where, trusted = endpoint(box)
-    return session.Session(where, trusted_keys=trusted, timeout=timeout)
+    return session.Session(where, trusted_keys=trusted, jump_trusted_keys=_jump_keys(box), timeout=timeout)
 
 
 def wait_for_ssh(box: Any, timeout: float = 300, *, progress: Callable[[str], None] | None = None) -> float:
@@ -133,6 +147,14 @@ def register(box: Any, *, assume_yes: bool = False, confirm: Confirm | None = No
     question, for scripts).  A key different from the pinned one raises ``HostKeyChanged``."""
     warn = warn or (lambda message: None)
     record = _record(box, start_on_connect=start_on_connect)
+    jump = record.jump
+    if jump is not None:
+        # the jump host first: the box's own sshd is only reachable through it, so its key must come
+        # from the provider (a trusted channel), never from a scan
+        if not _trusted_keys(box):
+            raise HostKeyUnknown(record.name)
+        _pin(jump.name, jump.host, jump.port, trusted=_jump_keys(box), assume_yes=assume_yes, confirm=confirm,
+             warn=warn, timeout=timeout)
     keys, pinned_by = _pin(record.name, record.host, record.port, trusted=_trusted_keys(box),
                            assume_yes=assume_yes, confirm=confirm, warn=warn, timeout=timeout)
     records = registry.load()
@@ -187,6 +209,7 @@ def forget(name: str) -> bool:
     records = registry.load()
     had = records.pop(name, None) is not None
     hostkeys.unpin(name)
+    hostkeys.unpin(hostkeys.jump_name(name))
     if had:
         registry.save(records)
         sshconfig.write(records)
@@ -225,5 +248,12 @@ def stdio(name: str, *, progress: Callable[[str], None] | None = None, timeout: 
     sshd, then relay this process's stdin/stdout to it.  Messages go to ``progress`` (stderr):
     stdout belongs to the SSH stream."""
     box = current_box(name, start=True, progress=progress)
-    session.wait_for_ssh(box.ssh_host, int(box.ssh_port or 22), timeout=timeout, name=name, progress=progress)
-    session.relay_stdio(box.ssh_host, int(box.ssh_port or 22))
+    record = registry.get(name)
+    jump = record.jump if record is not None else None
+    if jump is None:
+        session.wait_for_ssh(box.ssh_host, int(box.ssh_port or 22), timeout=timeout, name=name, progress=progress)
+        session.relay_stdio(box.ssh_host, int(box.ssh_port or 22))
+        return
+    # a box behind a jump host: its provider's start waited for its sshd; relay through the jump session
+    with session.Session(jump, trusted_keys=_jump_keys(box)) as via:
+        session.relay_stdio(box.ssh_host, int(box.ssh_port or 22), via=via)

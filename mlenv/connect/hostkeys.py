@@ -19,6 +19,12 @@ def alias(name: str) -> str:
     return ALIAS_PREFIX + name
 
 
+def jump_name(name: str) -> str:
+    """The name box ``name``'s jump host is pinned and configured under (``mlenv-NAME.jump``): a dot
+    cannot be in a box name, so it never clashes with another box."""
+    return f"{name}.jump"
+
+
 class HostKeyChanged(ToolMissingError):
     """The box offered a host key other than the pinned one: mlenv refuses to connect (exit 6)."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlenv import validate
 from mlenv.connect import paths
+from mlenv.connect.hostkeys import jump_name
 from mlenv.connect.session import Endpoint
 from mlenv.errors import SpecError
 from mlenv.fsutil import atomic_write
@@ -44,6 +45,10 @@ class Record:
     # where the box's sshd reads the login user's keys (a provider may keep them elsewhere)
     authorized_keys: str = "~/.ssh/authorized_keys"
     extra: dict = field(default_factory=dict)
+    # reached through this SSH server (ProxyJump), e.g. a container's sshd on a machine's loopback
+    jump_host: str | None = None
+    jump_port: int | None = None
+    jump_user: str | None = None
 
     def __post_init__(self) -> None:
         for check, value in ((validate.box_name, self.name), (validate.hostname, self.host)):
@@ -62,10 +67,25 @@ class Record:
         check_path(self.authorized_keys[1:] if self.authorized_keys.startswith("~/") else self.authorized_keys,
                    "the box's authorized_keys file")
         self.start_on_connect = bool(self.start_on_connect)
+        if self.jump_host is not None:
+            problem = validate.hostname(self.jump_host)
+            if problem:
+                raise SpecError(f"jump host of box {self.name!r}: {problem}")
+            port = self.jump_port
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                raise SpecError(f"invalid jump port {port!r} for box {self.name!r}: 1-65535")
+            if not isinstance(self.jump_user, str) or not _SSH_USER.fullmatch(self.jump_user):
+                raise SpecError(f"invalid jump user {self.jump_user!r} for box {self.name!r}")
+
+    @property
+    def jump(self) -> Endpoint | None:
+        if self.jump_host is None or self.jump_port is None or self.jump_user is None:
+            return None
+        return Endpoint(jump_name(self.name), self.jump_host, self.jump_port, self.jump_user, Path(self.identity))
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.name, self.host, self.port, self.user, Path(self.identity))
+        return Endpoint(self.name, self.host, self.port, self.user, Path(self.identity), self.jump)
 
 
 def load() -> dict[str, Record]:

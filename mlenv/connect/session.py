@@ -38,6 +38,9 @@ class Endpoint:
     port: int
     user: str
     identity: Path
+    # the SSH server this one is reached through (ssh's ProxyJump): a container's sshd published on a
+    # machine's loopback only, reached from that machine
+    jump: Endpoint | None = None
 
     @property
     def address(self) -> str:
@@ -87,10 +90,10 @@ def _offered(transport) -> PublicKey:
     return PublicKey(key.get_name(), key.get_base64())
 
 
-def _start(host: str, port: int, timeout: float, preferred_types: list[str]):
+def _start(host: str, port: int, timeout: float, preferred_types: list[str], sock=None):
     import paramiko
 
-    sock = _dial(host, port, timeout)
+    sock = sock if sock is not None else _dial(host, port, timeout)
     transport = paramiko.Transport(sock)
     options = transport.get_security_options()
     wanted = [kind for kind in preferred_types if kind in options.key_types]
@@ -117,14 +120,22 @@ class Session:
     """An authenticated SSH connection to a box.  Use as a context manager, or ``close()``."""
 
     def __init__(self, endpoint: Endpoint, *, trusted_keys: list[PublicKey] | None = None,
-                 timeout: float = 20) -> None:
+                 jump_trusted_keys: list[PublicKey] | None = None, timeout: float = 20) -> None:
         import paramiko
 
         self.endpoint = endpoint
         known = hostkeys.pinned(endpoint.name) or list(trusted_keys or [])
         if not known:
             raise hostkeys.HostKeyUnknown(endpoint.name)
-        transport = _start(endpoint.host, endpoint.port, timeout, [key.type for key in known])
+        # through the jump host: its own session (its own pinned key), then a direct-tcpip channel
+        self.jump = Session(endpoint.jump, trusted_keys=jump_trusted_keys, timeout=timeout) if endpoint.jump else None
+        try:
+            sock = self.jump.open_channel(endpoint.host, endpoint.port) if self.jump else None
+            transport = _start(endpoint.host, endpoint.port, timeout, [key.type for key in known], sock)
+        except BaseException:
+            if self.jump:
+                self.jump.close()
+            raise
         try:
             offered = _offered(transport)
             if not any(key.same_key(offered) for key in known):
@@ -145,6 +156,8 @@ class Session:
                 raise ToolMissingError(f"SSH login to {endpoint.address} failed: {exc}") from None
         except BaseException:
             transport.close()
+            if self.jump:
+                self.jump.close()
             raise
         transport.set_keepalive(30)
         self.transport = transport
@@ -157,6 +170,18 @@ class Session:
 
     def close(self) -> None:
         self.transport.close()
+        if self.jump:
+            self.jump.close()
+
+    def open_channel(self, host: str, port: int, *, timeout: float = 30):
+        """A ``direct-tcpip`` channel to host:port as seen from this box (what ``ssh -W`` opens)."""
+        import paramiko
+
+        try:
+            return self.transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ToolMissingError(f"{self.endpoint.address} cannot open a connection to {host}:{port}: {exc}",
+                                   hint="check that the box is running (`mlenv ls`)") from None
 
     def run(self, command: str, *, input: bytes | None = None, env: Mapping[str, str] | None = None,
             stdout: Sink | None = None, stderr: Sink | None = None, timeout: float | None = None) -> int:
@@ -209,7 +234,7 @@ class Session:
         return LocalForward(self.transport, remote_host, remote_port, local_port)
 
 
-def _pump(left, right) -> None:
+def pump(left, right) -> None:
     """Copy bytes both ways between a socket and a paramiko channel until either side closes."""
     try:
         while True:
@@ -262,7 +287,7 @@ class LocalForward:
             except Exception:  # noqa: BLE001 - the box refused this one connection: drop it, keep listening
                 client.close()
                 continue
-            threading.Thread(target=_pump, args=(client, channel), daemon=True).start()
+            threading.Thread(target=pump, args=(client, channel), daemon=True).start()
 
     def __enter__(self) -> Self:
         return self
@@ -275,10 +300,11 @@ class LocalForward:
         self.listener.close()
 
 
-def relay_stdio(host: str, port: int, *, timeout: float = 30) -> None:
-    """Copy this process's stdin to host:port and the answers to stdout until either side closes:
-    what ssh's ``ProxyCommand`` needs (ssh itself speaks the protocol and checks the host key)."""
-    sock = _dial(host, port, timeout)
+def relay_stdio(host: str, port: int, *, timeout: float = 30, via: Session | None = None) -> None:
+    """Copy this process's stdin to host:port (as seen from ``via``, a jump host, when given) and the
+    answers to stdout until either side closes: what ssh's ``ProxyCommand`` needs (ssh itself speaks
+    the protocol and checks the host key)."""
+    sock = via.open_channel(host, port) if via is not None else _dial(host, port, timeout)
     sock.settimeout(None)
     stdin, stdout = 0, 1
     try:

@@ -41,16 +41,15 @@ def proxy_command(name: str) -> str:
     return shlex.join(argv).replace("%", "%%")
 
 
-def render_block(record: Record) -> str:
-    """One ``Host mlenv-NAME`` block; every value comes from a validated ``Record``."""
-    lines = [
-        f"Host {alias(record.name)}",
-        f"    HostName {record.host}",
-        f"    Port {record.port}",
-        f"    User {record.user}",
-        f"    IdentityFile {_quoted(record.identity)}",
+def _host_lines(host_alias: str, host: str, port: int, user: str, identity: str) -> list[str]:
+    return [
+        f"Host {host_alias}",
+        f"    HostName {host}",
+        f"    Port {port}",
+        f"    User {user}",
+        f"    IdentityFile {_quoted(identity)}",
         "    IdentitiesOnly yes",
-        f"    HostKeyAlias {alias(record.name)}",
+        f"    HostKeyAlias {host_alias}",
         f"    UserKnownHostsFile {_quoted(str(paths.known_hosts()))}",
         "    StrictHostKeyChecking yes",
         "    CheckHostIP no",
@@ -58,8 +57,20 @@ def render_block(record: Record) -> str:
         f"    ServerAliveInterval {SERVER_ALIVE_INTERVAL}",
         "    ServerAliveCountMax 4",
     ]
+
+
+def render_block(record: Record) -> str:
+    """One ``Host mlenv-NAME`` block (and ``Host mlenv-NAME.jump`` first for a box reached through a
+    jump host, each with its own pinned key); every value comes from a validated ``Record``."""
+    lines = []
+    jump = record.jump
+    if jump is not None:
+        lines += _host_lines(alias(jump.name), jump.host, jump.port, jump.user, record.identity) + [""]
+    lines += _host_lines(alias(record.name), record.host, record.port, record.user, record.identity)
     if record.start_on_connect:
-        lines.append(f"    ProxyCommand {proxy_command(record.name)}")
+        lines.append(f"    ProxyCommand {proxy_command(record.name)}")  # it goes through the jump itself
+    elif jump is not None:
+        lines.append(f"    ProxyJump {alias(jump.name)}")
     return "\n".join(lines) + "\n"
 
 
