@@ -267,6 +267,8 @@ class DevboxSettings(Section):
     host: str | None = setting(validate.hostname)
     user: str | None = setting(validate.login)
     port: int | None = setting(validate.port)
+    # ssh: run the box as a container when the machine's docker answers (unset), always (true), never (false: a venv)
+    docker: bool | None = setting(BOOL)
     region: str | None = setting(validate.line)
     instance_type: str | None = setting(validate.line)
     ami: str | None = setting(validate.line)

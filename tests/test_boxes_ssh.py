@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import locked_template, require, run_mlenv
+from tests.docker_services import DOCKER_HOST
 
 
 def _free_port() -> int:
@@ -52,6 +53,15 @@ def lab_machine():
     home = folder / "home"
     # "*": no password, but not a locked account (sshd without PAM refuses locked ones)
     subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/sh", "-p", "*", user], check=True)
+    # a second user whose docker answers, as on a GPU server: in the docker group, the docker CLI's
+    # context (its own ~/.docker, like any user of a non-default engine) naming the engine's socket
+    docker_user, docker_home = f"mlenv-d{os.getpid() % 100000}", folder / "docker-home"
+    subprocess.run(["useradd", "-m", "-d", str(docker_home), "-s", "/bin/sh", "-p", "*", "-G", "docker",
+                    docker_user], check=True)
+    as_docker_user = ["runuser", "-u", docker_user, "--", "env", f"HOME={docker_home}", "docker", "context"]
+    subprocess.run([*as_docker_user, "create", "lab", "--docker", f"host={DOCKER_HOST}"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_docker_user, "use", "lab"], check=True, capture_output=True)
     port = _free_port()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "hostkey")], check=True)
     authorized = folder / "authorized_keys"
@@ -59,7 +69,7 @@ def lab_machine():
     (folder / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'hostkey'}\nAuthorizedKeysFile {authorized}\n"
         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nPidFile {folder / 'pid'}\n"
-        f"AllowUsers {user}\nLogLevel INFO\n"
+        f"AllowUsers {user} {docker_user}\nLogLevel INFO\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     subprocess.run(["/usr/sbin/sshd", "-f", str(folder / "sshd_config"), "-E", str(folder / "log")], check=True)
@@ -68,19 +78,20 @@ def lab_machine():
         time.sleep(0.1)
     try:
         yield {"host": "127.0.0.1", "port": port, "user": user, "home": home, "authorized_keys": authorized,
-               "host_key": (folder / "hostkey.pub").read_text().split()[:2]}
+               "host_key": (folder / "hostkey.pub").read_text().split()[:2], "docker_user": docker_user}
     finally:
         os.kill(int((folder / "pid").read_text()), signal.SIGTERM)
-        uid = pwd.getpwnam(user).pw_uid
-        for pid in _processes_of(uid):  # watchdogs a failed test left behind, by pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 10
-        while _processes_of(uid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        subprocess.run(["userdel", user], check=False)
+        for name in (user, docker_user):
+            uid = pwd.getpwnam(name).pw_uid
+            for pid in _processes_of(uid):  # watchdogs a failed test left behind, by pid
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 10
+            while _processes_of(uid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            subprocess.run(["userdel", name], check=False)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -194,8 +205,23 @@ def test_up_sets_the_box_up_over_ssh_and_the_watchdog_stops_what_mlenv_started(l
     assert [b.name for b in provider(project).list()] == ["lab1"]
     again = provider(project).up(request(), lambda line: None)
     assert again.created == box.created and len(watchdogs(uid)) == 1
+    # an SSH login is activity: no root here, so the user's own ~/.ssh/rc (which sshd runs at each login,
+    # for commands too) records it where the box's watchdog reads it
+    rc = lab_machine["home"] / ".ssh" / "rc"
+    assert "--activity-dir " + str(lab_machine["home"] / ".mlenv" / "activity") in watchdogs(uid)[0]
+    marker = lab_machine["home"] / ".mlenv" / "activity" / f"ssh-{uid}"
+    before = marker.stat().st_mtime if marker.exists() else 0.0
+    time.sleep(0.05)
+    executor.run(["true"]).check("a login")
+    assert marker.stat().st_mtime > before
+
+    def login_seen() -> bool:
+        decisions = [json.loads(line) for line in provider(project).watchdog_log("lab1").splitlines()]
+        return any(d.get("signals", {}).get("login", {}).get("state") == "active" for d in decisions)
+    assert eventually(login_seen, 15)
     provider(project).down("lab1")
     assert not folder.exists() and not watchdogs(uid)
+    assert not rc.exists()  # mlenv made it for its last box on the machine: gone with it
 
 
 def test_when_the_watchdog_exits_what_mlenv_started_is_stopped_and_stop_start_down(laptop, project, lab_machine):
@@ -250,3 +276,113 @@ def test_the_cli_as_the_readme_shows(laptop, project, lab_machine):
     mlenv("down", "exp1", "--yes")
     assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout) == []
     assert not (lab_machine["home"] / ".mlenv" / "boxes" / "exp1").exists()
+
+
+# --- docker mode: the machine's docker answers, so the box is a container there ---------------------
+# One box for the module (the dev image build is the slow part); the "machine" is the sshd above, its
+# docker user's CLI reaching the shared engine, and the box's sshd is reached through it (ProxyJump).
+
+DOCKER_SPEC = """\
+[project]
+name = "sshboxdemo"
+python = "3.11"
+dependencies = []
+
+[targets.cpu]
+platform = "linux/x86_64"
+
+[image]
+base = "{base}"
+
+[devbox]
+provider = "ssh"
+host = "{host}"
+port = {port}
+user = "{user}"
+"""
+
+
+@pytest.fixture(scope="module")
+def container_box(tmp_path_factory, lab_machine, docker_engine, docker_client, build_cli, base_image,
+                  mlenv_wheel_url):
+    """`mlenv up NAME --yes` on the machine, as the README shows; removed (container, volume, image)
+    at the end whatever the tests did."""
+    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
+    home = tmp_path_factory.mktemp("laptop")
+    root = tmp_path_factory.mktemp("sshdocker") / "sshboxdemo"
+    root.mkdir()
+    (root / "mlenv.toml").write_text(DOCKER_SPEC.format(base=base_image, host=lab_machine["host"],
+                                                        port=lab_machine["port"], user=lab_machine["docker_user"]))
+    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
+           "MLENV_DOCKER": build_cli}
+
+    def mlenv(*args: str, expect: int | None = 0, timeout: float = 600):
+        result = run_mlenv(*args, cwd=root, env=env, timeout=timeout)
+        if expect is not None:
+            assert result.returncode == expect, result.stdout + result.stderr
+        return result
+
+    mlenv("lock")
+    from mlenv.connect.keys import local_key
+
+    with pytest.MonkeyPatch.context() as patch:  # mlenv's key for this laptop home, authorized on the machine
+        patch.setenv("HOME", str(home))
+        patch.setenv("MLENV_HOME", str(home / "mlenv-data"))
+        lab_machine["authorized_keys"].write_text(local_key().public_line + "\n")
+    name = f"sd{os.getpid() % 100000}"
+    up = mlenv("up", name, "--yes", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host")
+    try:
+        yield {"name": name, "mlenv": mlenv, "home": home, "up": up}
+    finally:
+        mlenv("down", name, "--yes", expect=None)
+        for container in docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"}):
+            container.remove(force=True)
+        for volume in docker_client.volumes.list(filters={"label": f"mlenv.box={name}"}):
+            volume.remove(force=True)
+        for image in docker_client.images.list(name="sshboxdemo"):
+            for tag in image.tags:
+                docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.network
+def test_docker_mode_end_to_end_as_the_readme_shows(container_box, docker_client, lab_machine):
+    name, mlenv, home = container_box["name"], container_box["mlenv"], container_box["home"]
+    assert "docker answers on 127.0.0.1: the box is a container there" in container_box["up"].stderr
+    # the docker provider's box, on the machine's engine: sshd published on its loopback only
+    container = docker_client.containers.get(f"mlenv-box-{name}")
+    assert container.labels["mlenv.provider"] == "ssh" and container.status == "running"
+    assert container.attrs["HostConfig"]["PortBindings"]["22/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert docker_client.volumes.get(f"mlenv-box-{name}-work").attrs["Labels"]["mlenv.box"] == name
+    boxes = [b for b in json.loads(mlenv("ls", "--json").stdout) if b["name"] == name]
+    assert [(b["provider"], b["state"], b["region"]) for b in boxes] == [("ssh", "running", "127.0.0.1")]
+    # the local docker provider does not claim it (the same engine here)
+    assert name not in [b["name"] for b in json.loads(mlenv("ls", "--json", "--provider", "docker").stdout)]
+
+    # `mlenv ssh NAME -- CMD` runs inside the container: its hostname, the image's venv and lock
+    ran = mlenv("ssh", name, "--", "hostname; python -c 'import sys; print(sys.prefix)'; ls /opt/mlenv-lock")
+    assert ran.stdout.split() == [name, "/opt/venv", "pylock.cpu.toml"], ran.stderr
+    assert mlenv("ssh", name, "--", "exit 3", expect=3).returncode == 3
+    # both hops pinned, the box reached through the machine
+    config = (home / ".ssh" / "mlenv" / "config").read_text()
+    assert f"Host mlenv-{name}.jump" in config and f"ProxyJump mlenv-{name}.jump" in config
+    pins = (home / ".ssh" / "mlenv" / "known_hosts").read_text()
+    assert f"mlenv-{name}.jump {' '.join(lab_machine['host_key'])}" in pins
+    box_key = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode().split()[:2]
+    assert f"mlenv-{name} {' '.join(box_key)}" in pins
+    # a login is activity for the box's watchdog (the container's /etc/ssh/sshrc)
+    assert "ssh-" in mlenv("ssh", name, "--", "ls /var/lib/mlenv/activity").stdout
+
+    # the rest of the commands, through the ssh provider
+    mlenv("doctor", "--box", name)
+    mlenv("keepalive", name, "--for", "10m")
+    assert mlenv("ssh", name, "--", "ls /var/lib/mlenv/keepalive").stdout.split() == ["cli"]
+    assert "start" in mlenv("logs", name).stdout
+    mlenv("stop", name)
+    assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout)[0]["state"] == "stopped"
+    mlenv("start", name)
+    assert mlenv("ssh", name, "--", "hostname").stdout.strip() == name
+    mlenv("down", name, "--yes")
+    assert not docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"})
+    assert not docker_client.volumes.list(filters={"label": f"mlenv.box={name}"})
+    assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout) == []

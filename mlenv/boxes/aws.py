@@ -414,27 +414,9 @@ class AWSProvider:
         )
         if with_user_data:
             if registry:
-                plan.image_ref = self._registry_image(spec, lock, target.name, req.build_options, progress)
+                plan.image_ref = registry_image(spec, lock, target.name, req.build_options, progress)
             plan.user_data = self._user_data(req, plan, spec, lock, locked)
         return plan
-
-    def _registry_image(self, spec: Spec, lock: Lock | None, target_name: str, build: Mapping[str, Any],
-                        progress: Progress) -> str:
-        """The target's dev image in [image] registry, pinned by digest: built and pushed first when
-        the registry does not have it yet (``mlenv build --stage dev --push`` with the same build
-        options gives the same content tag)."""
-        from mlenv.image.build import build_target
-        from mlenv.image.registry import registry_digest
-
-        if lock is None:
-            raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
-        progress(f"making sure {spec.image.registry} has the dev image of target {target_name}")
-        outcome = build_target(spec, lock, target_name, stage="dev", push_image=True, **build)
-        digest = outcome.pushed_digest or registry_digest(outcome.tag)
-        if not digest:
-            raise ToolMissingError(f"{outcome.tag} is not readable from its registry",
-                                   hint="check the registry and your login (ECR: AWS credentials)")
-        return f"{outcome.tag}@{digest}"
 
     def _user_data(self, req: UpRequest, plan: Plan, spec: Spec, lock: Lock | None,
                    locked: LockedTarget | None) -> bytes:
@@ -912,3 +894,22 @@ def _read_lock(spec: Spec) -> Lock | None:
     from mlenv.lock.model import lock_path, read_lock
 
     return read_lock(spec.root) if lock_path(spec.root).is_file() else None
+
+
+def registry_image(spec: Spec, lock: Lock | None, target_name: str, build: Mapping[str, Any],
+                   progress: Progress) -> str:
+    """The target's dev image in [image] registry, pinned by digest: built and pushed first when
+    the registry does not have it yet (``mlenv build --stage dev --push`` with the same build
+    options gives the same content tag)."""
+    from mlenv.image.build import build_target
+    from mlenv.image.registry import registry_digest
+
+    if lock is None:
+        raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
+    progress(f"making sure {spec.image.registry} has the dev image of target {target_name}")
+    outcome = build_target(spec, lock, target_name, stage="dev", push_image=True, **build)
+    digest = outcome.pushed_digest or registry_digest(outcome.tag)
+    if not digest:
+        raise ToolMissingError(f"{outcome.tag} is not readable from its registry",
+                               hint="check the registry and your login (ECR: AWS credentials)")
+    return f"{outcome.tag}@{digest}"

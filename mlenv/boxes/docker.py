@@ -53,6 +53,8 @@ NAME_PREFIX = "mlenv-box-"  # container "mlenv-box-NAME", workspace volume "mlen
 LABEL_CREATED = "mlenv.created"
 LABEL_USER = "mlenv.ssh-user"
 LABEL_SETTINGS = "mlenv.watchdog"
+# the provider that made a box (the ssh provider runs these containers on a remote engine too)
+LABEL_PROVIDER = "mlenv.provider"
 SSHD_CONFIG = f"{BOX_DIR}/sshd_config"
 # the login user's own file, so `mlenv keys rotate/revoke` can edit it over SSH
 AUTHORIZED_KEYS = ".ssh/authorized_keys"
@@ -190,12 +192,24 @@ class DockerProvider:
         self.spec = spec
         self.owner = current_owner()
 
+    # --- where: the engine, a free port, SSH answering (the ssh provider reaches them through a host) ---
+
+    def _engine(self):
+        return _client()
+
+    def _free_port(self) -> int:
+        return _free_port()
+
+    def _ssh_banner(self, port: int) -> bool:
+        return _ssh_banner(port)
+
     # --- reading boxes from labels ----------------------------------------------------------------
 
     def _containers(self, name: str | None = None) -> list:
-        client = _client()
+        client = self._engine()
         labels = [f"{LABEL_OWNER}={self.owner}", f"{LABEL_BOX}={name}" if name else LABEL_BOX]
-        return _engine_call("listing boxes", lambda: client.containers.list(all=True, filters={"label": labels}))
+        found = _engine_call("listing boxes", lambda: client.containers.list(all=True, filters={"label": labels}))
+        return [c for c in found if (c.labels or {}).get(LABEL_PROVIDER, "docker") == self.name]
 
     def _container(self, name: str):
         validate_box_name(name)
@@ -366,12 +380,13 @@ class DockerProvider:
 
         from mlenv.render import JUPYTER_PORT, render_template, templates_dir
 
-        client = _client()
+        client = self._engine()
         image = _engine_call("reading the dev image", lambda: client.images.get(image_tag))
         lock_hash = (image.labels or {}).get("io.mlenv.lock-hash", "")
         poll, weak_min_age = watchdog_timings(req.idle_s)
         labels = {
             LABEL_BOX: req.name, LABEL_OWNER: self.owner, LABEL_PROJECT: spec.name, LABEL_LOCK: lock_hash,
+            LABEL_PROVIDER: self.name,
             LABEL_TARGET: target, LABEL_CREATED: str(int(time.time())), LABEL_USER: user,
             LABEL_SETTINGS: f"idle={req.idle_s} idle-connected={req.idle_connected_s} "
                             f"max-lifetime={req.max_lifetime_s} poll={poll}",
@@ -399,11 +414,12 @@ class DockerProvider:
         try:
             progress(f"creating container {container_name(req.name)}")
             volume = _engine_call("creating the workspace volume", lambda: client.volumes.create(
-                volume_name(req.name), labels={LABEL_BOX: req.name, LABEL_OWNER: self.owner, LABEL_PROJECT: spec.name}))
+                volume_name(req.name), labels={LABEL_BOX: req.name, LABEL_OWNER: self.owner, LABEL_PROJECT: spec.name,
+                                             LABEL_PROVIDER: self.name}))
             made.append(volume)
             container = None
             for _attempt in range(3):  # the free port can be taken between choosing and binding it
-                port = _free_port()
+                port = self._free_port()
                 try:
                     container = client.containers.create(
                         image_tag, command=[BOOT], entrypoint=["/bin/sh"], user="0", name=container_name(req.name),
@@ -446,7 +462,7 @@ class DockerProvider:
         deadline = time.monotonic() + SSH_READY_TIMEOUT
         delay = 0.02
         while time.monotonic() < deadline:
-            if _ssh_banner(port):
+            if self._ssh_banner(port):
                 progress(f"SSH ready on 127.0.0.1:{port}")
                 return
             container.reload()
@@ -493,7 +509,7 @@ class DockerProvider:
         container = self._container(name)
         if container is not None:
             _engine_call(f"removing box {name}", lambda: container.remove(force=True))
-        client = _client()
+        client = self._engine()
         try:
             volume = client.volumes.get(volume_name(name))
         except NotFound:
@@ -504,13 +520,15 @@ class DockerProvider:
     def orphans(self) -> builtins.list[Orphan]:
         """Labelled volumes whose box has no container (a box interrupted mid-`up`, a container
         removed by hand) and containers that never started."""
-        client = _client()
+        client = self._engine()
         boxes = {c.labels.get(LABEL_BOX) for c in self._containers()}
         found = []
         volumes = _engine_call("listing volumes", lambda: client.volumes.list(
             filters={"label": [f"{LABEL_OWNER}={self.owner}", LABEL_BOX]}))
         for volume in volumes:
             box = (volume.attrs.get("Labels") or {}).get(LABEL_BOX)
+            if (volume.attrs.get("Labels") or {}).get(LABEL_PROVIDER, "docker") != self.name:
+                continue
             if box not in boxes:
                 found.append(Orphan(self.name, "volume", volume.name, box,
                                     "workspace volume of a box that is gone", 0.0))
@@ -523,7 +541,7 @@ class DockerProvider:
     def delete_orphans(self, orphans: builtins.list[Orphan]) -> None:
         from docker.errors import NotFound
 
-        client = _client()
+        client = self._engine()
         for orphan in orphans:
             try:
                 if orphan.kind == "volume":

@@ -41,16 +41,22 @@ WATCHDOG_LOG = f"{BOX_DIR}/watchdog.jsonl"
 WATCHDOG_STATE = f"{BOX_DIR}/watchdog-state.json"
 WATCHDOG_PATH = f"{BOX_DIR}/watchdog.py"
 
-# /etc/ssh/sshrc on every box: sshd runs it (as the user) at each login, before the command or shell,
-# so short `ssh box CMD` commands count as presence, not only terminals and busy CPUs.
-SSHRC = f"""# Written by mlenv: an SSH login is activity for the box's idle watchdog.
-touch "{ACTIVITY_DIR}/ssh-$(id -u)" 2>/dev/null || true
-# sshd leaves a forwarded X11 cookie to this file once it exists (sshd(8), SSHRC): hand it to xauth
-if [ -n "${{DISPLAY:-}}" ] && command -v xauth >/dev/null 2>&1 && read -r proto cookie; then
-    case $DISPLAY in localhost:*) display="unix:${{DISPLAY#localhost:}}" ;; *) display=$DISPLAY ;; esac
-    printf 'add %s %s %s\\n' "$display" "$proto" "$cookie" | xauth -q -
-fi
-"""
+def sshrc(activity_dir: str = ACTIVITY_DIR) -> str:
+    """/etc/ssh/sshrc on every box (or a login user's ~/.ssh/rc where mlenv cannot write /etc): sshd
+    runs it (as the user) at each login, before the command or shell, so short `ssh box CMD` commands
+    count as presence, not only terminals and busy CPUs.  The watchdog reads ``--activity-dir``."""
+    import shlex
+
+    return ("# Written by mlenv: an SSH login is activity for the box's idle watchdog.\n"
+            f'touch {shlex.quote(activity_dir)}/"ssh-$(id -u)" 2>/dev/null || true\n'
+            "# sshd leaves a forwarded X11 cookie to this file once it exists (sshd(8), SSHRC): hand it to xauth\n"
+            'if [ -n "${DISPLAY:-}" ] && command -v xauth >/dev/null 2>&1 && read -r proto cookie; then\n'
+            '    case $DISPLAY in localhost:*) display="unix:${DISPLAY#localhost:}" ;; *) display=$DISPLAY ;; esac\n'
+            "    printf 'add %s %s %s\\n' \"$display\" \"$proto\" \"$cookie\" | xauth -q -\n"
+            "fi\n")
+
+
+SSHRC = sshrc()
 
 # Defaults of `mlenv up` (and [devbox] idle / idle-connected / max-lifetime).
 DEFAULT_IDLE_S = 30 * 60

@@ -1,7 +1,13 @@
 """The ``ssh`` provider: a machine the user already has (on-prem GPU server, lab workstation).
 
 ``[devbox] host / user / port`` name it.  ``mlenv up`` sets a box up there over SSH (paramiko,
-through ``mlenv.execute.SSHExecutor``) as the login user, without root:
+through ``mlenv.execute.SSHExecutor``, the machine's host key pinned), in one of two modes:
+
+- **docker** (when ``docker version`` answers for the login user there; ``[devbox] docker`` = true
+  requires it, false never uses it): the box is a container of the locked dev image on the
+  machine's engine, made as the docker provider makes one (``mlenv.boxes.ssh_docker``), reached
+  through the machine as a jump host.
+- **venv** (otherwise), as the login user, without root:
 
     ~/.mlenv/boxes/NAME/box.json        what the box is (the host is the source of truth, not this laptop)
     ~/.mlenv/boxes/NAME/venv            the lock synced with uv (uv from the host, else this machine's
@@ -9,26 +15,38 @@ through ``mlenv.execute.SSHExecutor``) as the login user, without root:
     ~/.mlenv/boxes/NAME/watchdog.py     the idle watchdog, a user-level process (``--action exit``)
     ~/.mlenv/boxes/NAME/keepalive/      keep-alives (``mlenv keepalive``, ``mlenv sweep --on``)
 
-When the watchdog decides the box is idle it exits, and its supervisor stops what mlenv started:
-the processes running from the box's venv.  The machine itself stays up (it is not mlenv's to
-power off).  ``stop``/``start`` stop and restart the watchdog; ``down`` removes the folder.
+  SSH logins count as activity as on every box: ``/etc/ssh/sshrc`` touches a file the watchdog
+  reads, installed when the user can (root, or ``sudo -n``), else the user's own ``~/.ssh/rc``.
+  When the watchdog decides the box is idle it exits, and its supervisor stops what mlenv started:
+  the processes running from the box's venv.  The machine itself stays up (it is not mlenv's to
+  power off).  ``stop``/``start`` stop and restart the watchdog; ``down`` removes the folder.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import platform
 import re
 import shlex
 import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mlenv import validate
-from mlenv.boxes.model import Box, Orphan, Progress, UpRequest, current_owner, validate_box_name
+from mlenv.boxes.model import ACTIVITY_DIR, Box, Orphan, Progress, UpRequest, current_owner, sshrc, validate_box_name
 from mlenv.errors import MlenvError, UsageError
 from mlenv.spec import DevboxSettings
 
+if TYPE_CHECKING:
+    from mlenv.boxes.ssh_docker import RemoteDockerBoxes
+    from mlenv.execute import Completed, Executor, SSHExecutor
+    from mlenv.spec import Spec, Target
+
 BOXES_DIR = ".mlenv/boxes"  # under the login user's home on the host
+USER_ACTIVITY_DIR = ".mlenv/activity"  # where ~/.ssh/rc records logins when /etc/ssh/sshrc is not ours
+SYSTEM_SSHRC = "/etc/ssh/sshrc"
 TOOL_DIR = ".mlenv/bin"
 WATCHDOG_POLL_S = 30
 HOST_SESSION = "ssh-provider-host"  # the connection that lists boxes is not one box's
@@ -118,14 +136,60 @@ for pid in members():
 """
 
 
+# Adds (or removes) mlenv's block in an sshd rc file (/etc/ssh/sshrc, or ~/.ssh/rc), keeping every other
+# line, and makes the activity folder the block touches.  A ~/.ssh/rc mlenv creates also runs
+# /etc/ssh/sshrc, which sshd skips for users who have their own rc.  Written atomically.
+_RC_BLOCK = r"""
+import os, sys, tempfile
+path, action = sys.argv[1], sys.argv[2]
+begin, end = "# >>> mlenv: SSH logins are dev-box activity >>>", "# <<< mlenv <<<"
+chain = "[ ! -r /etc/ssh/sshrc ] || . /etc/ssh/sshrc"
+try:
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    mode = os.stat(path).st_mode & 0o7777
+except FileNotFoundError:
+    lines, mode = None, 0o644
+kept, ours, inside = [], [], False
+for line in lines or []:
+    if line == begin:
+        inside = True
+    elif inside and line == end:
+        inside = False
+    else:
+        (ours if inside else kept).append(line)
+if action == "add":
+    activity = sys.argv[4]
+    os.makedirs(activity, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chmod(activity, 0o1777)
+    block = sys.argv[3].splitlines()
+    if path != "/etc/ssh/sshrc" and (lines is None or chain in ours):
+        block.insert(0, chain)
+    kept += [begin] + block + [end]
+if not any(line.strip() for line in kept):
+    if lines is not None:
+        os.remove(path)
+    sys.exit(0)
+folder = os.path.dirname(path)
+os.makedirs(folder, mode=0o700, exist_ok=True)
+handle, temporary = tempfile.mkstemp(dir=folder, prefix=".mlenv.")
+with os.fdopen(handle, "w") as out:
+    out.write("\n".join(kept) + "\n")
+os.chmod(temporary, mode)
+os.replace(temporary, path)
+"""
+
+
 class VenvExecutor:
     """Commands on the host with the box's venv first on PATH (as an activated venv would), so
     ``python`` is the locked environment's: the doctor's probe, sweeps, ``mlenv ssh`` commands."""
 
-    def __init__(self, inner, venv: str, keepalive_dir: str, where: str) -> None:
+    def __init__(self, inner: Executor, venv: str, keepalive_dir: str, where: str) -> None:
         self.inner, self.venv, self.keepalive_dir, self.where = inner, venv, keepalive_dir, where
 
-    def run(self, argv, *, input=None, env=None, timeout=None):
+    def run(self, argv: Sequence[str], *, input: bytes | None = None, env: Mapping[str, str] | None = None,
+            timeout: float | None = None) -> Completed:
         wrapped = ["sh", "-c", 'export VIRTUAL_ENV="$0" PATH="$0/bin:$PATH"; exec "$@"', self.venv, *argv]
         return self.inner.run(wrapped, input=input, env=env, timeout=timeout)
 
@@ -133,11 +197,14 @@ class VenvExecutor:
 class SSHProvider:
     name = "ssh"
 
-    def __init__(self, spec=None) -> None:
+    def __init__(self, spec: Spec | None = None) -> None:
         self.spec = spec
         self.devbox = spec.devbox if spec is not None else DevboxSettings()
         self._home: str | None = None
-        self._executor = None
+        self._machine_executor: SSHExecutor | None = None
+        self._host_keys: builtins.list[str] | None = None  # the machine's keys this run trusts
+        self._docker: RemoteDockerBoxes | None = None
+        self._docker_checked = False
 
     # --- where -----------------------------------------------------------------------------------
 
@@ -161,7 +228,13 @@ class SSHProvider:
             raise UsageError(f"[devbox] port {port} is not a TCP port")
         return host, port, user
 
-    def _box(self, name: str, state: str = "running", record: dict | None = None) -> Box:
+    def _trusted(self) -> builtins.list[str]:
+        if self._host_keys is None:
+            self._host_keys = _trusted_host_keys(*self._endpoint()[:2])
+        return self._host_keys
+
+    def _box(self, name: str, state: str = "running", record: dict[str, Any] | None = None) -> Box:
+        """A venv-mode box (or, named HOST_SESSION, the machine itself): its SSH address is the machine's."""
         host, port, user = self._endpoint()
         record = record or {}
         watchdog = record.get("watchdog") or {}
@@ -172,49 +245,66 @@ class SSHProvider:
             idle_for_s=watchdog.get("idle_for_s") if state == "running" else None,
             stop_due_s=watchdog.get("stop_due_s") if state == "running" else None,
             ssh_host=host, ssh_port=port, ssh_user=user,
-            host_keys=_trusted_host_keys(host, port),
+            host_keys=list(self._trusted()),
             extra={"folder": self._folder(name) if self._home else None, "mode": record.get("mode")},
             project=record.get("project"), owner=record.get("owner"),
             started=record.get("started") if state == "running" else None,
         )
 
-    def _ssh(self, box: Box | None = None):
-        if self._executor is None:
+    def _machine(self) -> SSHExecutor:
+        """The connection to the machine itself (host key checked), opened once; learns the login
+        user's home folder."""
+        if self._machine_executor is None:
             from mlenv.execute import SSHExecutor
 
-            self._executor = SSHExecutor(box or self._box(HOST_SESSION),
-                                         where=f"{self._endpoint()[2]}@{self._endpoint()[0]}")
-        return self._executor
+            host, _, user = self._endpoint()
+            self._machine_executor = SSHExecutor(self._box(HOST_SESSION), where=f"{user}@{host}")
+            home = self._machine_executor.run(["sh", "-c", 'printf %s "$HOME"']).check("reading the home folder").text
+            if not home.startswith("/") or any(c in home for c in "\n\r"):
+                raise MlenvError(f"the login user's home on {host} is {home!r}")
+            self._home = home
+        return self._machine_executor
 
-    def _run(self, argv: list[str], what: str, *, input: bytes | None = None, timeout: float | None = None) -> str:
-        return self._ssh().run(argv, input=input, timeout=timeout).check(what).text
+    def _run(self, argv: builtins.list[str], what: str, *, input: bytes | None = None,
+             timeout: float | None = None) -> str:
+        return self._machine().run(argv, input=input, timeout=timeout).check(what).text
 
     def _folder(self, name: str) -> str:
         return f"{self._home}/{BOXES_DIR}/{validate_box_name(name)}"
 
-    def _connect(self, box: Box) -> None:
-        """Open the SSH connection (host key checked) and learn the login user's home folder."""
-        from mlenv.execute import SSHExecutor
-
-        self._executor = SSHExecutor(box, where=f"{box.ssh_user}@{box.ssh_host}")
-        home = self._run(["sh", "-c", 'printf %s "$HOME"'], "reading the home folder").strip()
-        if not home.startswith("/") or any(c in home for c in "\n\r"):
-            raise MlenvError(f"the login user's home on {box.ssh_host} is {home!r}")
-        self._home = home
-
-    def _records(self) -> list[dict]:
+    def _records(self) -> builtins.list[dict[str, Any]]:
         from mlenv.execute import run_python
 
-        if self._home is None:
-            self._connect(self._box(HOST_SESSION))
-        text = run_python(self._ssh(), _LIST_BOXES.replace("sys.argv[1]", repr(f"{self._home}/{BOXES_DIR}")),
+        machine = self._machine()
+        text = run_python(machine, _LIST_BOXES.replace("sys.argv[1]", repr(f"{self._home}/{BOXES_DIR}")),
                           python="python3")
-        return json.loads(text)
+        records: builtins.list[dict[str, Any]] = json.loads(text)
+        return records
+
+    def _docker_boxes(self) -> RemoteDockerBoxes | None:
+        """The machine's docker, when it answers for the login user (``docker version``), else None."""
+        if not self._docker_checked:
+            self._docker_checked = True
+            found = self._machine().run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=60)
+            if found.returncode == 0 and found.text.strip():
+                from mlenv.boxes.ssh_docker import RemoteDockerBoxes
+
+                host, port, user = self._endpoint()
+                jump = {"host": host, "port": port, "user": user, "host_keys": list(self._trusted())}
+                self._docker = RemoteDockerBoxes(self.spec, host=self._machine(), host_box=self._box(HOST_SESSION),
+                                                 jump=jump)
+            elif self.devbox.docker:
+                detail = (found.error_text or found.text).strip().splitlines()[-1:] or [f"exit {found.returncode}"]
+                host, _, user = self._endpoint()
+                raise UsageError(f"[devbox] docker = true, but docker does not answer for {user} on {host}: "
+                                 f"{detail[0]}", hint="add the user to the machine's docker group (or set "
+                                 "[devbox] docker = false for a venv)")
+        return self._docker
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def list(self) -> list[Box]:
-        if not self.configured or not _trusted_host_keys(*self._endpoint()[:2]):
+    def list(self) -> builtins.list[Box]:
+        if not self.configured or not self._trusted():
             # a machine this laptop trusts no key of holds no box made from here (up pins the key)
             return []
         boxes = []
@@ -224,15 +314,22 @@ class SSHProvider:
             if self.spec is not None and record.get("project") not in (None, self.spec.name):
                 continue
             boxes.append(self._box(record["name"], "running" if record["running"] else "stopped", record))
-        return boxes
+        docker = self._docker_boxes()
+        return boxes + (docker.list() if docker is not None else [])
 
     def get(self, name: str) -> Box | None:
         validate_box_name(name)
-        return next((box for box in self.list() if box.name == name), None)
+        if not self.configured or not self._trusted():
+            return None
+        record = self._record(name)
+        if record:
+            return self._box(name, "running" if record["running"] else "stopped", record)
+        docker = self._docker_boxes()
+        return docker.get(name) if docker is not None else None
 
     # --- planning and creating -------------------------------------------------------------------
 
-    def _target(self, req: UpRequest):
+    def _target(self, req: UpRequest) -> Target:
         if self.spec is None:
             raise UsageError("creating a box needs a project", hint="run `mlenv up` in a folder with mlenv.toml")
         name = req.target or self.devbox.target
@@ -243,55 +340,74 @@ class SSHProvider:
             name = linux[0].name
         return self.spec.target(name)
 
-    def plan(self, req: UpRequest) -> list[str]:
+    def plan(self, req: UpRequest) -> builtins.list[str]:
         host, port, user = self._endpoint()
         target = self._target(req)
         known = _trusted_host_keys(host, port)
+        venv = f"target {target.name} synced with uv into ~/{BOXES_DIR}/{req.name}/venv"
         trust = ("host key already trusted" if known
                  else "host key not in your known_hosts: --yes pins the one it offers")
-        return [
-            f"host: {user}@{host}:{port} ({trust})",
-            f"environment: target {target.name} synced with uv into ~/{BOXES_DIR}/{req.name}/venv",
-            (f"watchdog: a user-level process; after {req.idle_s // 60} min idle it stops the processes started "
-             "from the box's venv (the machine stays up)"),
-        ]
+        lines = [f"host: {user}@{host}:{port} ({trust})"]
+        if self.devbox.docker is False:
+            lines.append(f"environment: {venv} ([devbox] docker = false)")
+        else:
+            image = (f"pulled from {self.spec.image.registry} by digest" if self.spec and self.spec.image.registry
+                     else "built here when missing and sent over (docker save | docker load)")
+            lines += [
+                f"environment: when `docker version` answers for {user} there, container mlenv-box-{req.name} of "
+                f"the {target.name} dev image ({image}), workspace volume mlenv-box-{req.name}-work, its sshd on "
+                f"the machine's 127.0.0.1 only, reached through {host} (ProxyJump)",
+                f"  otherwise{' (never: [devbox] docker = true)' if self.devbox.docker else ''}: {venv}",
+            ]
+        lines.append(f"watchdog: after {req.idle_s // 60} min idle it stops the container, or the processes "
+                     "started from the box's venv (the machine stays up)")
+        return lines
 
-    def _trust(self, box: Box, req: UpRequest, progress: Progress) -> None:
-        """The host key: the user's own known_hosts, what mlenv pinned before, or (with --yes) the one
-        the host offers, shown as its fingerprint."""
-        from mlenv.connect import hostkeys, session
+    def _trust(self, req: UpRequest, progress: Progress) -> None:
+        """The machine's host key: the user's own known_hosts, what mlenv pinned before, or (with --yes)
+        the one the machine offers, shown as its fingerprint."""
+        from mlenv.connect import session
 
-        if box.host_keys or hostkeys.pinned(box.name):
+        if self._trusted():
             return
-        offered = session.scan_host_key(box.ssh_host, box.ssh_port)
+        host, port, user = self._endpoint()
+        offered = session.scan_host_key(host, port)
         if not req.assume_yes:
             raise UsageError(
-                f"{box.ssh_host}:{box.ssh_port} is not in your known_hosts; "
-                f"it offers {offered.type} {offered.fingerprint}",
-                hint=f"check that fingerprint, then run again with --yes (or `ssh -p {box.ssh_port} "
-                     f"{box.ssh_user}@{box.ssh_host}` once to trust it in your own known_hosts)")
+                f"{host}:{port} is not in your known_hosts; it offers {offered.type} {offered.fingerprint}",
+                hint=f"check that fingerprint, then run again with --yes (or `ssh -p {port} "
+                     f"{user}@{host}` once to trust it in your own known_hosts)")
         progress(f"pinning the host key {offered.type} {offered.fingerprint} (--yes)")
-        box.host_keys = [offered.line(comment=False)]
+        self._host_keys = [offered.line(comment=False)]
 
     def up(self, req: UpRequest, progress: Progress) -> Box:
-        from mlenv.lock.model import lock_path, read_lock
-
         target = self._target(req)
-        box = self._box(req.name)
-        self._trust(box, req, progress)
-        progress(f"connecting to {box.ssh_user}@{box.ssh_host}:{box.ssh_port}")
-        self._connect(box)
-        existing = next((r for r in self._records() if r.get("name") == req.name), None)
-        if existing is not None:
-            if existing.get("project") not in (None, self.spec.name):
-                raise UsageError(f"box {req.name!r} on {box.ssh_host} belongs to project {existing.get('project')!r}",
+        self._trust(req, progress)
+        host, port, user = self._endpoint()
+        progress(f"connecting to {user}@{host}:{port}")
+        self._machine()
+        existing = self._record(req.name)
+        if existing:
+            if self.spec is not None and existing.get("project") not in (None, self.spec.name):
+                raise UsageError(f"box {req.name!r} on {host} belongs to project {existing.get('project')!r}",
                                  hint="pick another name")
             if existing["running"]:
-                progress(f"box {req.name} is already running on {box.ssh_host}")
-                return self._with_keys(self._box(req.name, "running", existing), box)
-            progress(f"box {req.name} exists on {box.ssh_host}: starting its watchdog")
+                progress(f"box {req.name} is already running on {host}")
+                return self._box(req.name, "running", existing)
+            progress(f"box {req.name} exists on {host}: starting its watchdog")
             self._start_watchdog(req.name, existing)
-            return self._with_keys(self._box(req.name, "running", self._record(req.name)), box)
+            return self._box(req.name, "running", self._record(req.name))
+        docker = self._docker_boxes() if self.devbox.docker is not False else None
+        if docker is not None:
+            progress(f"docker answers on {host}: the box is a container there")
+            return docker.up(req, progress)
+        return self._up_venv(req, target, progress)
+
+    def _up_venv(self, req: UpRequest, target: Target, progress: Progress) -> Box:
+        from mlenv.lock.model import lock_path, read_lock
+
+        assert self.spec is not None  # _target checked it
+        host = self._endpoint()[0]
         if not lock_path(self.spec.root).is_file():
             raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
         lock = read_lock(self.spec.root)
@@ -300,33 +416,34 @@ class SSHProvider:
         if not pylock.is_file():
             raise UsageError(f"{locked.pylock_path} is missing", hint="run `mlenv lock`")
         folder = self._folder(req.name)
-        record = {
+        record: dict[str, Any] = {
             "name": req.name, "project": self.spec.name, "owner": current_owner(), "target": target.name,
             "lock": locked.input_hash.split(":")[-1][:16], "created": time.time(), "mode": "venv",
-            "watchdog_args": req.watchdog_args(action="exit", poll_s=WATCHDOG_POLL_S),
         }
-        # connections to this machine's sshd are the weak "someone is connected" signal
-        record["watchdog_args"] = _box_paths(record["watchdog_args"], folder) + ["--ports", f"{box.ssh_port},8888"]
         from mlenv.boxes.cloudinit import watchdog_source
         from mlenv.execute import write_file
 
         try:
             progress(f"preparing {folder}")
             self._run(["mkdir", "-p", f"{folder}/keepalive"], "creating the box folder")
-            write_file(self._ssh(), f"{folder}/watchdog.py", watchdog_source(), mode=0o755)
-            write_file(self._ssh(), f"{folder}/{locked.pylock_path}", pylock.read_bytes())
+            activity, record["sshrc"] = self._record_logins(progress)
+            # connections to this machine's sshd are the weak "someone is connected" signal
+            record["watchdog_args"] = _box_paths(req.watchdog_args(action="exit", poll_s=WATCHDOG_POLL_S), folder,
+                                                 activity) + ["--ports", f"{self._endpoint()[1]},8888"]
+            write_file(self._machine(), f"{folder}/watchdog.py", watchdog_source(), mode=0o755)
+            write_file(self._machine(), f"{folder}/{locked.pylock_path}", pylock.read_bytes())
             uv = self._uv(progress)
             progress(f"syncing target {target.name} into {folder}/venv (uv)")
             self._run([uv, "venv", "--quiet", "--allow-existing", "--python", lock.python_version, f"{folder}/venv"],
-                      f"creating the venv on {box.ssh_host} (is Python {lock.python_version} there?)", timeout=600)
+                      f"creating the venv on {host} (is Python {lock.python_version} there?)", timeout=600)
             groups = sorted({g for p in lock.packages_for(locked.name) for g in p.groups} - {"main"})
             sync = [uv, "pip", "sync", "--quiet", "--python", f"{folder}/venv/bin/python"]
             for group in groups:
                 sync += ["--group", group]
-            self._run([*sync, f"{folder}/{locked.pylock_path}"], f"installing {locked.pylock_path} on {box.ssh_host}",
+            self._run([*sync, f"{folder}/{locked.pylock_path}"], f"installing {locked.pylock_path} on {host}",
                       timeout=3600)
             # box.json last: a folder without it is an unfinished `up` (shown by `gc`)
-            write_file(self._ssh(), f"{folder}/box.json", json.dumps(record, indent=2).encode())
+            write_file(self._machine(), f"{folder}/box.json", json.dumps(record, indent=2).encode())
             self._start_watchdog(req.name, record)
         except BaseException:
             progress("up failed: removing what it made on the host")
@@ -335,19 +452,48 @@ class SSHProvider:
             except MlenvError:
                 pass
             raise
-        progress(f"box {req.name} is running on {box.ssh_host}")
-        return self._with_keys(self._box(req.name, "running", self._record(req.name)), box)
+        progress(f"box {req.name} is running on {host}")
+        return self._box(req.name, "running", self._record(req.name))
 
-    def _with_keys(self, found: Box, connected: Box) -> Box:
-        found.host_keys = connected.host_keys
-        return found
+    def _as_root(self) -> builtins.list[str] | None:
+        """The prefix that runs a command as root on the machine: none for root, ``sudo -n`` when it
+        works without a password, else None (mlenv never asks for one)."""
+        if self._run(["id", "-u"], "reading the user id").strip() == "0":
+            return []
+        return ["sudo", "-n"] if self._machine().run(["sudo", "-n", "true"]).returncode == 0 else None
 
-    def _record(self, name: str) -> dict:
+    def _record_logins(self, progress: Progress) -> tuple[str, str]:
+        """Make SSH logins to the machine activity for the box's watchdog, the way every box does it
+        (``sshrc``: a login touches a file in the activity folder): ``/etc/ssh/sshrc`` when the user
+        can write it, else the user's own ``~/.ssh/rc`` (which sshd runs instead, so a user who has
+        one gets the block there).  Returns (activity folder, rc file)."""
+        own_rc = f"{self._home}/.ssh/rc"
+        has_own = self._machine().run(["test", "-e", own_rc]).returncode == 0
+        root = None if has_own else self._as_root()
+        if root is not None:
+            progress(f"SSH logins count as activity: {SYSTEM_SSHRC}")
+            self._run([*root, "python3", "-c", _RC_BLOCK, SYSTEM_SSHRC, "add", sshrc(ACTIVITY_DIR), ACTIVITY_DIR],
+                      f"writing {SYSTEM_SSHRC}")
+            return ACTIVITY_DIR, SYSTEM_SSHRC
+        activity = f"{self._home}/{USER_ACTIVITY_DIR}"
+        progress("SSH logins count as activity: ~/.ssh/rc (no root on the machine)")
+        self._run(["python3", "-c", _RC_BLOCK, own_rc, "add", sshrc(activity), activity], "writing ~/.ssh/rc")
+        return activity, own_rc
+
+    def _forget_logins(self, rc: str) -> None:
+        """Remove mlenv's block from ``rc`` once no venv box of this user uses it (after ``down``)."""
+        if any(r.get("sshrc") == rc for r in self._records() if not r.get("broken")):
+            return
+        root = [] if rc != SYSTEM_SSHRC else self._as_root()
+        if root is not None:
+            self._run([*root, "python3", "-c", _RC_BLOCK, rc, "remove"], f"updating {rc}")
+
+    def _record(self, name: str) -> dict[str, Any]:
         return next((r for r in self._records() if r.get("name") == name), {})
 
     def _uv(self, progress: Progress) -> str:
         """A uv binary on the host: its own, mlenv's earlier copy, ours (same platform), or from PyPI."""
-        found = self._ssh().run(["sh", "-c", f'command -v uv || ls "$HOME/{TOOL_DIR}/uv"'])
+        found = self._machine().run(["sh", "-c", f'command -v uv || ls "$HOME/{TOOL_DIR}/uv"'])
         if found.returncode == 0 and found.text.strip():
             return found.text.strip().splitlines()[0]
         target = f"{self._home}/{TOOL_DIR}/uv"
@@ -359,7 +505,7 @@ class SSHProvider:
 
             progress("copying uv to the host")
             with open(find_uv_bin(), "rb") as handle:
-                write_file(self._ssh(), target, handle.read(), mode=0o755)
+                write_file(self._machine(), target, handle.read(), mode=0o755)
             return target
         progress("installing uv on the host (pip)")
         from mlenv import render
@@ -370,7 +516,7 @@ class SSHProvider:
         self._run(["sh", "-c", install], "installing uv on the host", timeout=600)
         return target
 
-    def _start_watchdog(self, name: str, record: dict) -> None:
+    def _start_watchdog(self, name: str, record: dict[str, Any]) -> None:
         """The watchdog under a small supervisor, detached from the SSH session; its pid is recorded."""
         folder = self._folder(name)
         args = [a for a in record.get("watchdog_args", []) if isinstance(a, str)]
@@ -384,16 +530,24 @@ class SSHProvider:
                   f"echo $! > {shlex.quote(folder)}/watchdog.pid")
         self._run(["sh", "-c", script], "starting the watchdog")
 
-    # --- stop / start / down ---------------------------------------------------------------------
+    # --- stop / start / down: venv boxes here, containers through the docker mode ------------------
 
-    def _need(self, name: str) -> dict:
+    def _need(self, name: str) -> dict[str, Any]:
         validate_box_name(name)
         record = self._record(name)
         if not record:
             raise UsageError(f"no ssh box named {name!r} on {self._endpoint()[0]}", hint="`mlenv ls` lists the boxes")
         return record
 
+    def _container_box(self, name: str) -> RemoteDockerBoxes | None:
+        """The docker mode, when box ``name`` is not a venv box here (then it may be a container)."""
+        validate_box_name(name)
+        return None if self._record(name) else self._docker_boxes()
+
     def stop(self, name: str) -> None:
+        docker = self._container_box(name)
+        if docker is not None:
+            return docker.stop(name)
         record = self._need(name)
         folder = self._folder(name)
         if record.get("running"):
@@ -402,6 +556,9 @@ class SSHProvider:
         self._run(["rm", "-f", f"{folder}/watchdog.pid"], "recording the stop")
 
     def start(self, name: str, progress: Progress) -> Box:
+        docker = self._container_box(name)
+        if docker is not None:
+            return docker.start(name, progress)
         record = self._need(name)
         if not record.get("running"):
             progress(f"starting the watchdog of {name}")
@@ -409,43 +566,62 @@ class SSHProvider:
         return self._box(name, "running", self._record(name))
 
     def down(self, name: str) -> None:
-        self._need(name)
+        docker = self._container_box(name)
+        if docker is not None:
+            return docker.down(name)
+        record = self._need(name)
         self.stop(name)
         self._run(["rm", "-rf", "--", self._folder(name)], f"deleting box {name}")
+        if isinstance(record.get("sshrc"), str):
+            self._forget_logins(record["sshrc"])
 
-    def orphans(self) -> list[Orphan]:
-        """Box folders without a box.json: an ``up`` killed before it finished."""
-        if not self.configured or not _trusted_host_keys(*self._endpoint()[:2]):
+    def orphans(self) -> builtins.list[Orphan]:
+        """Box folders without a box.json (an ``up`` killed before it finished), and what the docker
+        mode leaves (volumes without a container)."""
+        if not self.configured or not self._trusted():
             return []
-        return [Orphan(self.name, "folder", f"~/{BOXES_DIR}/{r['folder']}", r["folder"] if
-                       validate.BOX_NAME.fullmatch(r["folder"]) else None, "an unfinished `mlenv up`", 0.0)
-                for r in self._records() if r.get("broken")]
+        found = [Orphan(self.name, "folder", f"~/{BOXES_DIR}/{r['folder']}", r["folder"] if
+                        validate.BOX_NAME.fullmatch(r["folder"]) else None, "an unfinished `mlenv up`", 0.0)
+                 for r in self._records() if r.get("broken")]
+        docker = self._docker_boxes()
+        return found + (docker.orphans() if docker is not None else [])
 
-    def delete_orphans(self, orphans: list[Orphan]) -> None:
-        for orphan in orphans:
+    def delete_orphans(self, orphans: builtins.list[Orphan]) -> None:
+        folders = [orphan for orphan in orphans if orphan.kind == "folder"]
+        for orphan in folders:
             folder = orphan.id.removeprefix(f"~/{BOXES_DIR}/")
             if validate.BOX_NAME.fullmatch(folder):
                 self._run(["rm", "-rf", "--", self._folder(folder)], f"deleting {orphan.id}")
+        docker = self._docker_boxes() if len(folders) < len(orphans) else None
+        if docker is not None:
+            docker.delete_orphans([orphan for orphan in orphans if orphan.kind != "folder"])
 
-    def executor(self, box: Box):
+    def executor(self, box: Box) -> Executor:
+        if box.extra.get("mode") == "docker":
+            docker = self._docker_boxes()
+            if docker is None:
+                raise MlenvError(f"docker no longer answers on {self._endpoint()[0]} for box {box.name}")
+            return docker.executor(box)
         from mlenv.execute import SSHExecutor
 
-        if self._home is None:
-            self._connect(box)
+        self._machine()
         folder = self._folder(box.name)
         return VenvExecutor(SSHExecutor(box), f"{folder}/venv", f"{folder}/keepalive", where=f"box {box.name}")
 
     def watchdog_log(self, name: str) -> str:
+        docker = self._container_box(name)
+        if docker is not None:
+            return docker.watchdog_log(name)
         self._need(name)
-        result = self._ssh().run(["cat", f"{self._folder(name)}/watchdog.jsonl"])
+        result = self._machine().run(["cat", f"{self._folder(name)}/watchdog.jsonl"])
         return result.text if result.returncode == 0 else ""
 
 
-
-def _box_paths(args: list[str], folder: str) -> list[str]:
-    """The watchdog's file arguments moved into the box's folder (no root: /var/lib is not ours)."""
+def _box_paths(args: list[str], folder: str, activity: str) -> list[str]:
+    """The watchdog's file arguments moved into the box's folder (no root: /var/lib is not ours), and
+    the folder SSH logins are recorded in."""
     moved = {"--log": f"{folder}/watchdog.jsonl", "--state": f"{folder}/watchdog-state.json",
-             "--keepalive-dir": f"{folder}/keepalive"}
+             "--keepalive-dir": f"{folder}/keepalive", "--activity-dir": activity}
     out = list(args)
     for index, arg in enumerate(out[:-1]):
         if arg in moved:
@@ -485,6 +661,8 @@ def _trusted_host_keys(host: str, port: int) -> list[str]:
 
     keys = _known_host_keys(host, port)
     for record in registry.load().values():
-        if record.host == host and int(record.port) == port:
+        if record.jump_host is None and record.host == host and int(record.port) == port:
             keys += [key.line(comment=False) for key in hostkeys.pinned(record.name)]
+        elif (record.jump_host, record.jump_port) == (host, port):  # a container box on this machine
+            keys += [key.line(comment=False) for key in hostkeys.pinned(hostkeys.jump_name(record.name))]
     return list(dict.fromkeys(keys))
