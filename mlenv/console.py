@@ -3,6 +3,11 @@
 Messages quote user values and tool output (spec values, package names, BuildKit logs), so the
 helpers here print their text literally: no rich markup, no ``:emoji:`` codes (``'h100:-1:'`` must
 not become a thumbs-down).  Code that styles on purpose builds a ``rich.text.Text``.
+
+Every message and every JSON string goes through ``mlenv.validate.redact_text`` first: a URL a user
+wrote with a password or token in it (an index, a direct requirement, an output place) is printed
+without its credentials, whichever code path quotes it.  Redacting the text before rich lays it
+out matters: a wrapped line could split a URL and hide its ``user:password@`` from a later pass.
 """
 
 from __future__ import annotations
@@ -31,26 +36,44 @@ def debug_enabled() -> bool:
     return _debug
 
 
+def redacted(message: str) -> str:
+    """``message`` with the credentials of every URL in it removed (``${VAR}`` placeholders stay)."""
+    from mlenv.validate import redact_text  # lazy: `mlenv --help` never prints a message
+
+    return redact_text(message)
+
+
+def _redacted_json(data: Any) -> Any:
+    if isinstance(data, str):
+        return redacted(data)
+    if isinstance(data, dict):
+        return {redacted(str(key)): _redacted_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_redacted_json(item) for item in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(_redacted_json(data), indent=2, sort_keys=True, default=lambda value: redacted(str(value)))
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
 def status(message: str) -> None:
     """A progress line for people; silent when stderr is not a terminal and not in debug mode."""
     if err.is_terminal or _debug:
-        err.print(Text(message, style="dim"))
+        err.print(Text(redacted(message), style="dim"))
 
 
 def success(message: str) -> None:
-    err.print(Text.assemble(("✓", "green"), " ", message))
+    err.print(Text.assemble(("✓", "green"), " ", redacted(message)))
 
 
 def warn(message: str) -> None:
-    err.print(Text.assemble(("warning:", "yellow"), " ", message))
+    err.print(Text.assemble(("warning:", "yellow"), " ", redacted(message)))
 
 
 def error(message: str, hint: str | None = None) -> None:
-    err.print(Text.assemble(("error:", "red"), " ", message))
+    err.print(Text.assemble(("error:", "red"), " ", redacted(message)))
     if hint:
-        err.print(Text.assemble("  ", ("hint:", "cyan"), " ", hint))
+        err.print(Text.assemble("  ", ("hint:", "cyan"), " ", redacted(hint)))

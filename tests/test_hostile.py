@@ -237,6 +237,29 @@ def test_an_error_message_quoting_a_credential_url_does_not_print_it(tmp_path):
     assert "pass8" not in result.stdout + result.stderr and "https://example.com/constraints.txt" in result.stderr
 
 
+def test_a_warning_quoting_a_credential_url_does_not_print_it(tmp_path):
+    """Warnings go through the same redaction as errors (mlenv/console.py): here a hand-edited
+    [imported] entry quotes a URL with a password, and `lock --check` warns that the file is gone."""
+    from tests.conftest import MINIMAL_SPEC
+
+    quoted = "https://alice:hunter2@files.example.com/requirements.txt"
+    (tmp_path / "mlenv.toml").write_text(MINIMAL_SPEC + f'\n[imported.files]\n"{quoted}" = "sha256:{"0" * 64}"\n')
+    for args in (("lock", "--check"), ("lock", "--check", "--json")):
+        result = run_mlenv(*args, cwd=tmp_path, env=WIDE)
+        assert "warning: https://files.example.com/requirements.txt, imported by `mlenv init`, is gone" in result.stderr
+        assert "hunter2" not in result.stdout + result.stderr, args
+
+
+def test_json_output_carries_no_credential(capsys):
+    from mlenv import console
+
+    console.print_json({"changes": [{"detail": "+ pkg @ https://alice:hunter2@host.example/pkg.whl"}],
+                        "https://bob:s3cret@host.example/simple": "${USER}:${TOKEN} https://${USER}:${TOKEN}@h/x"})
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"changes": [{"detail": "+ pkg @ https://host.example/pkg.whl"}],
+                       "https://host.example/simple": "${USER}:${TOKEN} https://${USER}:${TOKEN}@h/x"}
+
+
 @pytest.mark.parametrize("line,where", [
     ('dependencies = ["pkg @ https://user:hunter2@host.example.com/pkg-1.0-py3-none-any.whl"]', "dependencies"),
     ('dependencies = ["other @ git+https://hunter2@github.com/org/other.git"]', "dependencies"),
