@@ -244,10 +244,14 @@ def test_rerun_updates_own_file_keeps_hand_edits_force_replaces(project):
 
 
 def test_dry_run_prints_and_writes_nothing(project):
+    def files() -> dict[Path, bytes]:
+        return {path: path.read_bytes() for path in project.rglob("*") if path.is_file()}
+
+    before = files()
     result = init(project, "--dry-run")
     assert result.returncode == 0
     assert result.stdout.startswith(ci.HEADER) and "jobs:" in result.stdout
-    assert not (project / WORKFLOW).exists()
+    assert not (project / WORKFLOW).exists() and files() == before
 
 
 # --- the run: steps, executed for real ------------------------------------------------------------------

@@ -27,7 +27,9 @@ def test_help_imports_no_heavy_library():
 
 
 def test_version_and_usage_errors():
-    assert run_mlenv("--version").stdout.strip().startswith("mlenv ")
+    from mlenv import __version__
+
+    assert run_mlenv("--version").stdout.strip() == f"mlenv {__version__}"
     bad = run_mlenv("no-such-command")
     assert bad.returncode == 2 and "No such command" in bad.stderr
 

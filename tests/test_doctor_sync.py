@@ -90,6 +90,15 @@ def test_doctor_reports_missing_packages_and_groups(project):
     assert result.returncode == 1
     (finding,) = json.loads(result.stdout)["findings"]
     assert (finding["subject"], finding["found"]) == ("devtool", "missing")
+    # a package of the main group is always required
+    from uv import find_uv_bin
+
+    subprocess.run([find_uv_bin(), "pip", "uninstall", "--quiet", "--python", str(project / ".venv" / "bin" / "python"),
+                    "tinylib"], check=True)
+    result = doctor(project, "--target", "cpu", "--json")
+    assert result.returncode == 1
+    (finding,) = json.loads(result.stdout)["findings"]
+    assert (finding["severity"], finding["subject"], finding["found"]) == ("error", "tinylib", "missing")
 
 
 def test_doctor_checks_another_interpreter_and_the_platform(project, tmp_path):

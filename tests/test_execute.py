@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 
 import pytest
@@ -36,7 +37,7 @@ def test_local_executor_keeps_the_contract(tmp_path):
     contract(LocalExecutor(tmp_path))
 
 
-def test_run_python_falls_back_and_reports_failures_as_tool_errors(tmp_path):
+def test_run_python_falls_back_and_reports_failures_as_tool_errors(tmp_path, monkeypatch):
     local = LocalExecutor()
     assert run_python(local, "print(6 * 7)", python="python3").strip() == "42"
     with pytest.raises(ToolMissingError) as error:
@@ -45,6 +46,21 @@ def test_run_python_falls_back_and_reports_failures_as_tool_errors(tmp_path):
     with pytest.raises(ToolMissingError) as error:
         run_python(local, "import sys; sys.exit('probe failed')", python="python3")
     assert "probe failed" in error.value.message
+
+    # no interpreter named: `python` answers first, else `python3` (all that many images and boxes have)
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "python3").symlink_to(sys.executable)
+    (bin_folder / "python").write_text("#!/bin/sh\necho from-python\n")
+    (bin_folder / "python").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_folder))
+    assert run_python(local, "print(6 * 7)").strip() == "from-python"
+    (bin_folder / "python").unlink()
+    assert run_python(local, "print(6 * 7)").strip() == "42"
+    (bin_folder / "python3").unlink()
+    with pytest.raises(ToolMissingError) as error:
+        run_python(local, "print(6 * 7)")
+    assert "no python or python3" in error.value.message and error.value.exit_code == 6
 
 
 def test_files_travel_both_ways(tmp_path):
