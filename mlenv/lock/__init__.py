@@ -371,13 +371,16 @@ def lock_project(
     result = LockResult(lock=lock, resolved=sorted(results), reused=sorted(reused))
     result.updates = _updates(previous, lock, results)
     if write:
-        # pylock files first, the lock last: an interrupted write leaves a lock that `--check` flags
-        for name, text in pylocks.items():
-            atomic_write(root / pylock_name(name), text)
+        # pylock files first, the lock last: an interrupted write leaves a lock that `--check` flags.
+        # The pylocks are written (each waits for its fsync) on threads while this one renders the lock.
+        with ThreadPoolExecutor(max_workers=max(1, len(pylocks))) as writers:
+            writes = [writers.submit(atomic_write, root / pylock_name(name), text) for name, text in pylocks.items()]
+            new_text = lock.dumps()
+            for done in writes:
+                done.result()  # a failed write raises here, before the lock is touched
         for name in (previous.targets if previous else {}):
             if name not in spec.targets:
                 (root / pylock_name(name)).unlink(missing_ok=True)
-        new_text = lock.dumps()
         if not lock_path(root).is_file() or lock_path(root).read_bytes() != new_text.encode():
             atomic_write(lock_path(root), new_text)
     return result
