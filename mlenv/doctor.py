@@ -29,18 +29,40 @@ try:
     from importlib import metadata
 except ImportError:
     metadata = None
-packages = {}
+packages, commits, modules = {}, {}, {}
+def provided(dist):
+    # top-level modules: a module file or a package's __init__ in RECORD (a namespace folder is shared
+    # by design); top_level.txt when there is no RECORD
+    found = set()
+    for path in dist.files or ():
+        parts, code = path.parts, path.name.endswith((".py", ".so", ".pyd"))
+        if len(parts) == 1 and code:
+            found.add(parts[0].split(".")[0])
+        elif len(parts) == 2 and code and parts[1].split(".")[0] == "__init__" and parts[0] != "..":
+            found.add(parts[0])
+    if dist.files is None:
+        found.update((dist.read_text("top_level.txt") or "").split())
+    return sorted(found)
 if metadata is not None:
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
         if name:
             packages[name] = dist.version
+            modules[name] = provided(dist)
+            try:
+                vcs = json.loads(dist.read_text("direct_url.json") or "{}").get("vcs_info") or {}
+            except ValueError:
+                vcs = {}
+            if vcs.get("commit_id"):
+                commits[name] = vcs["commit_id"]
 print(json.dumps({
     "python": platform.python_version(),
     "executable": sys.executable,
     "system": platform.system(),
     "machine": platform.machine(),
     "packages": packages,
+    "commits": commits,
+    "modules": modules,
 }))
 """
 
@@ -60,6 +82,8 @@ class Facts:
     machine: str
     packages: dict[str, str]  # canonical name -> version
     where: str  # "python /path/.venv/bin/python", "image repo:tag", ...
+    commits: dict[str, str] = field(default_factory=dict)  # canonical name -> git commit it was installed from
+    modules: dict[str, list[str]] = field(default_factory=dict)  # canonical name -> top-level modules it installs
 
     @classmethod
     def from_probe_output(cls, output: str, where: str) -> Facts:
@@ -69,7 +93,10 @@ class Facts:
             raise MlenvError(f"could not read the environment of {where}: "
                              f"unexpected probe output {output[:200]!r}") from None
         packages = {canonicalize_name(name): version for name, version in data["packages"].items()}
-        return cls(data["python"], data["executable"], data["system"], data["machine"], packages, where)
+        commits = {canonicalize_name(name): commit for name, commit in data.get("commits", {}).items()}
+        modules = {canonicalize_name(name): found for name, found in data.get("modules", {}).items()}
+        return cls(data["python"], data["executable"], data["system"], data["machine"], packages, where, commits,
+                   modules)
 
 
 @dataclass(frozen=True)
@@ -171,11 +198,29 @@ def check_packages(lock: Lock, target: LockedTarget, facts: Facts, groups: tuple
         if not _same_version(installed, package.version):
             findings.append(Finding("error", "package", name, package.version, installed,
                                     f"{name} is {installed}, the lock pins {package.version}"))
+        elif package.vcs and facts.commits.get(name) != package.vcs.commit_id:
+            commit = facts.commits.get(name)
+            source = f"from commit {commit[:12]}" if commit else "not installed from git"
+            findings.append(Finding("error", "package", name, f"commit {package.vcs.short}",
+                                    f"commit {commit[:12]}" if commit else "not from git",
+                                    f"{name} {installed} is {source}, the lock pins commit {package.vcs.short} of "
+                                    f"{package.vcs.url}"))
     for name, version in sorted(facts.packages.items()):
         if name not in allowed and name not in TOOLING:
             findings.append(Finding("warning", "package", name, "not in lock", version,
                                     f"{name} {version} is installed but not locked"))
     return findings
+
+
+def check_modules(lock: Lock, target: LockedTarget, facts: Facts) -> list[Finding]:
+    """Two installed distributions that provide one top-level module (the files of one overwrote the
+    other's), read from what is installed: the truthful form of the lock's table-based check."""
+    from mlenv.lock.builds import clash_message, installed_clashes
+
+    locked = {p.name for p in lock.packages_for(target.name)}
+    return [Finding("error", "module", module, "one distribution", ", ".join(providers),
+                    clash_message(module, providers, unlocked=[name for name in providers if name not in locked]))
+            for module, providers in installed_clashes(facts.modules)]
 
 
 def _same_version(installed: str, locked: str) -> bool:
@@ -258,6 +303,7 @@ def diagnose(
                                        f"lock is stale: {change.detail}"))
     report.findings += check_interpreter(lock, target, facts)
     report.findings += check_packages(lock, target, facts, groups)
+    report.findings += check_modules(lock, target, facts)
     if check_hardware:
         report.findings += check_gpu(target, gpu_probe)
     elif target.cuda:

@@ -11,15 +11,20 @@ from pathlib import Path
 from mlenv.errors import LockError, ToolMissingError
 from mlenv.execute import Executor, LocalExecutor
 from mlenv.lock import check_lock
+from mlenv.lock.builds import requirements_by_group
 from mlenv.lock.model import Lock, LockedTarget
 from mlenv.lock.resolve import uv_binary
-from mlenv.spec import Spec
+from mlenv.lock.vcs import git_credentials_env, git_error
+from mlenv.spec import Spec, parse_requirement
 
 
-def _uv(executor: Executor, uv: str, args: list[str], what: str) -> None:
+def _uv(executor: Executor, uv: str, args: list[str], what: str, env: dict[str, str] | None = None) -> None:
     # VIRTUAL_ENV of the caller's shell must not redirect uv to another environment
-    result = executor.run([uv, *args], env={"NO_COLOR": "1", "VIRTUAL_ENV": ""})
+    result = executor.run([uv, *args], env={"NO_COLOR": "1", "VIRTUAL_ENV": "", **(env or {})})
     if result.returncode != 0:
+        git = git_error(f"{what} failed", result.error_text)
+        if git is not None:
+            raise git
         detail = " ".join(line.strip() for line in result.error_text.strip().splitlines()[-4:])
         raise ToolMissingError(f"{what} failed: {detail}")
 
@@ -65,5 +70,8 @@ def sync(spec: Spec, lock: Lock, target: LockedTarget, *, venv: Path, groups: tu
     args = ["pip", "sync", "--quiet", "--python", str(interpreter), str(pylock)]
     for group in selected:
         args += ["--group", group]
-    _uv(executor, uv, args, f"installing {target.pylock_path} into {venv}")
+    # a git dependency of a private repository: the spec's ${VAR} credentials reach git, not a file
+    urls = [url for _, requirements in requirements_by_group(spec)
+            for url in (parse_requirement(item).url for item in requirements) if url]
+    _uv(executor, uv, args, f"installing {target.pylock_path} into {venv}", env=git_credentials_env(urls))
     return interpreter

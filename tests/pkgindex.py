@@ -38,10 +38,12 @@ def build_wheel(
     requires: list[str] | tuple[str, ...] = (),
     tag: str = "py3-none-any",
     requires_python: str | None = None,
+    module: str | None = None,
 ) -> Path:
-    """Write a minimal, installable wheel (one module, ``__version__`` set) and return its path."""
+    """Write a minimal, installable wheel (one module, ``__version__`` set) and return its path;
+    ``module`` names the module (default: the distribution's name)."""
     dist = re.sub(r"[-.]+", "_", name)
-    module = dist.lower()
+    module = module or dist.lower()
     dist_info = f"{dist}-{version}.dist-info"
     metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if requires_python:

@@ -362,11 +362,11 @@ def test_a_direct_url_dependency_is_locked_with_its_hash(tmp_path, local_index):
     lock(tmp_path)  # re-lock with the previous pylock as preferences: same answer
 
 
-def test_a_git_dependency_is_refused_with_the_reason(tmp_path, local_index):
-    write_spec(tmp_path, local_index.url, dependencies=("tinylib", "thing @ git+https://example.invalid/o/thing"))
+def test_a_mercurial_dependency_is_refused_with_the_reason(tmp_path, local_index):
+    """git dependencies are locked by commit (tests/test_lock_git.py); other VCS uv cannot resolve."""
+    write_spec(tmp_path, local_index.url, dependencies=("tinylib", "thing @ hg+https://example.invalid/o/thing"))
     result = lock(tmp_path, expect=3)
-    assert "git checkout, which mlenv cannot lock with a hash" in result.stderr
-    assert "archive" in result.stderr
+    assert "is a hg checkout; mlenv locks git repositories only" in result.stderr
 
 
 def test_the_lock_records_the_digest_of_the_spec_bytes_it_resolved(tmp_path, local_index):

@@ -57,6 +57,9 @@ def doctor_command(
                 table.add_row(Text(f.severity, style=colors[f.severity]), Text(f.check), Text(f.subject),
                               Text(f.expected), Text(f.found))
             mlenv.out.print(table)
+            for f in report.findings:
+                if f.check == "module":  # its fix is not `mlenv sync` alone: say it
+                    mlenv.out.print(Text(f"  {f.message}"))
         if report.clean:
             mlenv.success("environment matches the lock")
     if not report.clean:

@@ -36,6 +36,13 @@ def sync_command(
     folder = venv if venv.is_absolute() else spec.root / venv
     interpreter = sync(spec, lock, locked, venv=folder, groups=groups, allow_stale=allow_stale)
     report = diagnose(lock, locked, probe_interpreter(interpreter), groups=tuple(group), gpu_probe=gpu_probe)
+    clashes = [finding.message for finding in report.findings if finding.check == "module"]
+    if clashes:  # the lock's check knows a table of clashes; the installed files know them all
+        from mlenv.errors import LockError
+
+        raise LockError(f"{folder} now matches target {locked.name}, but two distributions in it provide one module:\n"
+                        + "\n".join(f"  {message}" for message in clashes),
+                        hint="which module wins depends on the install order; fix the lock before using the venv")
     mlenv.success(f"{folder} matches target {locked.name} ({len(lock.packages_for(locked.name, groups))} packages)")
     for finding in report.findings:
         if finding.severity != "info":

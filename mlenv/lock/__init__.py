@@ -16,7 +16,7 @@ from mlenv import __version__
 from mlenv.errors import LockError, MlenvError, ResolutionError, ToolMissingError
 from mlenv.fsutil import atomic_write, sha256_bytes, sha256_file
 from mlenv.hardware import catalog
-from mlenv.lock.builds import BuildFacts, check_builds, check_published, module_clashes
+from mlenv.lock.builds import BuildFacts, check_builds, check_published, clash_message, module_clashes
 from mlenv.lock.inputs import Change, diff_inputs, input_hash, target_inputs
 from mlenv.lock.model import (
     MAIN_GROUP,
@@ -94,12 +94,13 @@ def _locked_target(spec: Spec, target: Target, pylock_sha256: str, previous: Loc
     )
 
 
-def _merge(packages: dict[tuple[str, str, str], LockedPackage], target: str,
+def _merge(packages: dict[tuple[str, ...], LockedPackage], target: str,
            found: ResolvedPackage | LockedPackage) -> None:
-    key = (found.name, found.version, found.index)
+    key = (found.name, found.version, found.index, found.vcs.commit_id if found.vcs else "")
     existing = packages.get(key)
     if existing is None:
-        packages[key] = LockedPackage(found.name, found.version, found.index, (target,), found.groups, found.artifacts)
+        packages[key] = LockedPackage(found.name, found.version, found.index, (target,), found.groups, found.artifacts,
+                                      found.vcs)
         return
     artifacts = {a.url: a for a in (*existing.artifacts, *found.artifacts)}
     packages[key] = replace(
@@ -205,9 +206,7 @@ def _check_target(target: Target, packages: list[ResolvedPackage], sets: Install
     for group, installed in sets:
         names = {p.name for p in base} | {p.name for p in installed}
         for module, providers in module_clashes(names):
-            within = f" with group {group!r}" if group else ""
-            problems.append(f"{' and '.join(providers)} both install the module {module!r}{within}: keep one "
-                            "(or make them exclusive groups)")
+            problems.append(clash_message(module, providers, group=group))
     if problems:
         raise ResolutionError(f"could not lock target {target.name!r}:\n" + "\n".join(f"  {p}" for p in problems),
                               hint="the lock states facts that were checked; fix the requirements or the target")
@@ -323,7 +322,7 @@ def lock_project(
     if failures:
         raise _combined(failures)
 
-    packages: dict[tuple[str, str, str], LockedPackage] = {}
+    packages: dict[tuple[str, ...], LockedPackage] = {}
     if previous:
         for kept in previous.packages:
             for target_name in set(kept.targets) & set(reused):
@@ -402,10 +401,15 @@ def _updates(previous: Lock | None, lock: Lock,
     """(target, package, old version, new version) for every package a re-resolution moved."""
     changes = []
     for target in sorted(results):
-        old = ({p.name: p.version for p in previous.packages_for(target)}
+        old = ({p.name: _pin(p) for p in previous.packages_for(target)}
                if previous and target in previous.targets else {})
-        new = {p.name: p.version for p in lock.packages_for(target)}
+        new = {p.name: _pin(p) for p in lock.packages_for(target)}
         for name in sorted(old.keys() | new.keys()):
             if old.get(name) != new.get(name):
                 changes.append((target, name, old.get(name), new.get(name)))
     return changes
+
+
+def _pin(package: LockedPackage) -> str:
+    """A package's pin as updates show it: the version, and the commit of a git dependency."""
+    return f"{package.version} ({package.vcs.short})" if package.vcs else package.version

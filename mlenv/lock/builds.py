@@ -60,7 +60,7 @@ class Routing:
         return {name: self.index.name for name in self.packages} if self.index else {}
 
 
-def _requirements_by_group(spec: Spec) -> list[tuple[str, tuple[str, ...]]]:
+def requirements_by_group(spec: Spec) -> list[tuple[str, tuple[str, ...]]]:
     return [(MAIN_GROUP, spec.dependencies), *spec.groups.items()]
 
 
@@ -68,7 +68,7 @@ def torch_routing(spec: Spec, target: Target) -> Routing:
     build = build_for(target)
     family = catalog.torch_packages()
     where: dict[str, set[str]] = {}
-    for group, requirements in _requirements_by_group(spec):
+    for group, requirements in requirements_by_group(spec):
         for text in requirements:
             name = canonicalize_name(Requirement(text).name)
             if name in family:
@@ -96,7 +96,7 @@ def check_published(spec: Spec, target: Target) -> None:
     if not target.cuda:
         return
     build = catalog.cuda_release(target.cuda).torch_index
-    for group, requirements in _requirements_by_group(spec):
+    for group, requirements in requirements_by_group(spec):
         for text in requirements:
             requirement = Requirement(text)
             if canonicalize_name(requirement.name) != "torch":
@@ -218,3 +218,24 @@ def module_clashes(names) -> list[tuple[str, tuple[str, ...]]]:
         if len(found) > 1:
             clashes.append((module, found))
     return clashes
+
+
+def installed_clashes(modules: dict[str, list[str]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(module, distributions) for every top-level module two installed distributions provide;
+    ``modules`` maps each distribution to the modules it installs (doctor's probe reads them from RECORD)."""
+    providers: dict[str, set[str]] = {}
+    for distribution, provided in modules.items():
+        for module in provided:
+            providers.setdefault(module, set()).add(distribution)
+    return [(module, tuple(sorted(names))) for module, names in sorted(providers.items()) if len(names) > 1]
+
+
+def clash_message(module: str, providers, *, group: str | None = None, unlocked=()) -> str:
+    """One clash, with its fix: a distribution the lock does not have goes with `mlenv sync`; two that
+    the lock installs need the spec changed."""
+    within = f" with group {group!r}" if group else ""
+    said = f"{' and '.join(providers)} both install the module {module!r}{within}"
+    if unlocked:
+        return f"{said}: {', '.join(unlocked)} is not in the lock (fix: `mlenv sync` removes it)"
+    return (f"{said}, so one overwrites the other's files: keep one in mlenv.toml (or make them exclusive groups, "
+            "project.exclusive-groups), then run `mlenv lock` and `mlenv sync`")

@@ -19,6 +19,7 @@ import tomli_w
 from mlenv import validate
 from mlenv.errors import LockError
 from mlenv.fsutil import content_digest
+from mlenv.lock.vcs import VcsSource
 
 LOCK_FILE = "mlenv.lock"
 LOCK_FORMAT = 1
@@ -103,6 +104,7 @@ class LockedPackage:
     targets: tuple[str, ...]
     groups: tuple[str, ...]  # "main" and/or dependency-group names
     artifacts: tuple[Artifact, ...]
+    vcs: VcsSource | None = None  # a git dependency: the commit it is locked to (then no artifacts)
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ class Lock:
 
     def dumps(self) -> str:
         """Deterministic TOML: same lock, same bytes (sorted, no timestamps)."""
-        packages = sorted(self.packages, key=lambda p: (p.name, p.version, p.index))
+        packages = sorted(self.packages, key=lambda p: (p.name, p.version, p.index, p.vcs.commit_id if p.vcs else ""))
         meta: dict[str, object] = {
             "version": self.version,
             "created-by": self.created_by,
@@ -277,6 +279,7 @@ class Lock:
                         {"url": a.url, "sha256": a.sha256, **({"size": a.size} if a.size is not None else {})}
                         for a in sorted(package.artifacts, key=lambda a: a.url)
                     ],
+                    **({"vcs": package.vcs.to_toml()} if package.vcs else {}),
                 }
                 for package in packages
             ],
@@ -339,6 +342,8 @@ class Lock:
                 targets=tuple(package_targets),
                 groups=tuple(r.name(group, f"{where}.groups") for group in r.strings(entry, "groups", where)),
                 artifacts=tuple(artifacts),
+                vcs=VcsSource.from_toml(entry["vcs"], lambda key, problem, here=f"{where}.vcs": r.corrupt(
+                    f"{here}.{key}" if key else here, problem)) if "vcs" in entry else None,
             ))
         # the Python version reaches shell commands (`uv python install 3.11`) in generated files
         python_version = r.get(python, "version", str, "python")

@@ -59,8 +59,10 @@ def pylock_body(platform: str, packages: Iterable[Resolved], *, requires_python:
         entry: dict[str, object] = {"name": package.name, "version": package.version}
         if MAIN_GROUP not in package.groups:
             entry["marker"] = " or ".join(f"'{group}' in dependency_groups" for group in sorted(package.groups))
-        if package.index != "url":  # a direct-URL dependency comes from its URL, not an index
+        if package.index != "url":  # a direct-URL or git dependency comes from its URL, not an index
             entry["index"] = index_urls.get(package.index, package.index)
+        if package.vcs is not None:  # PEP 751 [packages.vcs]: uv installs exactly that commit
+            entry["vcs"] = package.vcs.to_toml()
         wheels = [_artifact(a) for a in sorted(package.artifacts, key=lambda a: a.url) if a.is_wheel]
         sdists = [_artifact(a) for a in package.artifacts if not a.is_wheel]
         if sdists:

@@ -33,6 +33,7 @@ from packaging.utils import canonicalize_name
 from mlenv.errors import MlenvError, ResolutionError, SpecError, ToolMissingError
 from mlenv.lock.builds import PYTORCH_WHL, Routing, torch_routing
 from mlenv.lock.model import MAIN_GROUP, Artifact
+from mlenv.lock.vcs import VcsSource, from_pylock_entry, git_error, strip_credentials
 from mlenv.spec import Spec, Target
 
 ROOT_PROJECT = "mlenv-lock-root"  # the throwaway project uv resolves; never a real package name
@@ -45,6 +46,7 @@ class ResolvedPackage:
     index: str
     groups: tuple[str, ...]
     artifacts: tuple[Artifact, ...]
+    vcs: VcsSource | None = None
 
 
 @functools.cache
@@ -186,6 +188,9 @@ def _explain(stderr: str, spec: Spec | None) -> tuple[list[str], list[str], bool
 
 def explain_failure(target: str, stderr: str, spec: Spec | None = None) -> MlenvError:
     """uv's failure as one error: unreachable index -> exit 6 naming the URL, else exit 5."""
+    git = git_error(f"could not lock target {target!r}", stderr)
+    if git is not None:
+        return git
     lines, hints, cut = _explain(stderr, spec)
     fetch = next((m.group(1) for line in lines if (m := _FETCH.search(line))), None)
     if fetch:
@@ -241,7 +246,7 @@ def _parse_annotated(text: str) -> tuple[dict[str, str], dict[str, set[str]], di
         match = _VIA.match(line)
         if match:
             current = canonicalize_name(match.group(1))
-            versions[current] = match.group(2) or "@ " + match.group(3)
+            versions[current] = match.group(2) or "@ " + strip_credentials(match.group(3))
             for parent in (match.group(4) or "").split(","):
                 parent = parent.strip()
                 if not parent:
@@ -289,19 +294,20 @@ def _artifacts(entry: dict) -> tuple[Artifact, ...]:
 
 
 def reject_vcs(spec: Spec) -> None:
-    """A VCS dependency has no artifact hash to lock: say so before uv clones anything."""
+    """git dependencies are locked by commit; other VCS (which uv cannot resolve either) are refused
+    before anything is cloned."""
     from packaging.requirements import Requirement
 
     for group, requirements in ((MAIN_GROUP, spec.dependencies), *spec.groups.items()):
         for item in requirements:
             url = Requirement(item).url or ""
-            if re.match(r"^(git|hg|svn|bzr)\+", url):
+            if re.match(r"^(hg|svn|bzr)\+", url):
                 where = "dependencies" if group == MAIN_GROUP else f"[dependency-groups] {group}"
                 raise SpecError(
-                    f"{where}: {item!r} is a {url.split('+', 1)[0]} checkout, which mlenv cannot lock with a hash",
+                    f"{where}: {item!r} is a {url.split('+', 1)[0]} checkout; mlenv locks git repositories only",
                     path=str(spec.path),
-                    hint="depend on a released version from an index, or on an archive URL of one commit "
-                         "(`name @ https://host/owner/repo/archive/<commit>.tar.gz`), which is locked with its sha256",
+                    hint="depend on a released version from an index, on a git repository "
+                         "(`name @ git+https://...@ref`, locked by commit), or on an archive URL (locked by sha256)",
                 )
 
 
@@ -361,8 +367,10 @@ def resolve_target(
             return _from_pylock_alone(spec, target, routing, pylock)
         pins: dict[str, str] = {}
         for entry in pylock.get("packages", []):
-            direct = entry.get("archive") or entry.get("vcs") or entry.get("directory")
-            pins[canonicalize_name(entry["name"])] = f"@ {direct['url']}" if direct else entry["version"]
+            direct = entry.get("archive") or entry.get("directory")
+            vcs = from_pylock_entry(entry)  # credentials out: pass 2 prints a ${VAR}, pass 1 its value
+            pins[canonicalize_name(entry["name"])] = (f"@ {vcs.requirement_url}" if vcs else
+                                                      f"@ {direct['url']}" if direct else entry["version"])
         (work / "annotated.txt").write_text("".join(
             f"{name} {pin}\n" if pin.startswith("@") else f"{name}=={pin}\n" for name, pin in sorted(pins.items())))
         annotate = [*common, "--quiet", "--emit-index-annotation", "--annotation-style", "line", "-o", "annotated.txt"]
@@ -390,7 +398,7 @@ def resolve_target(
     for entry in pylock.get("packages", []):
         name = canonicalize_name(entry["name"])
         url = index_urls.get(name, "")
-        direct = entry.get("archive")
+        direct = entry.get("archive") or entry.get("vcs")
         resolved.append(
             ResolvedPackage(
                 name=name,
@@ -398,6 +406,7 @@ def resolve_target(
                 index=url_to_index.get(url, url or ("url" if direct else default.name)),
                 groups=tuple(sorted(groups_of.get(name) or {MAIN_GROUP})),
                 artifacts=_artifacts(entry),
+                vcs=from_pylock_entry(entry),
             )
         )
     return resolved
@@ -417,9 +426,11 @@ def _from_pylock_alone(spec: Spec, target: Target, routing: Routing, pylock: dic
         ResolvedPackage(
             name=canonicalize_name(entry["name"]),
             version=entry["version"],
-            index="url" if entry.get("archive") else sources.get(canonicalize_name(entry["name"]), default),
+            index="url" if entry.get("archive") or entry.get("vcs") else sources.get(canonicalize_name(entry["name"]),
+                                                                                     default),
             groups=(MAIN_GROUP,),
             artifacts=_artifacts(entry),
+            vcs=from_pylock_entry(entry),
         )
         for entry in pylock.get("packages", [])
     ]
