@@ -103,6 +103,10 @@ def test_a_git_dependency_is_locked_by_the_commit_its_ref_names(tmp_path, local_
     lock(project, "--check")
     lock(project)  # the previous pylock as preferences: the same commit, nothing rewritten
     assert package(read(project, "mlenv.lock"), "package", "gitpkg")["vcs"]["commit-id"] == git_repo.first
+    # an image installs the pylock in its deps stage, where uv needs git to fetch the commit
+    assert run_mlenv("gen", "dockerfile", cwd=project).returncode == 0
+    dockerfile = (project / "Dockerfile").read_text()
+    assert "apt-get install -y --no-install-recommends git" in dockerfile.split("FROM base AS tools")[0]
 
     # a hand edit of the commit breaks the lock's digest like any other record
     text = (project / "mlenv.lock").read_text()

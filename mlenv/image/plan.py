@@ -141,6 +141,8 @@ def plan_image(
         # an unreachable registry keeps the recorded pin rather than dropping it
         digest = resolve_digest(ref) or recorded
     groups = sorted({g for p in lock.packages_for(target_name) for g in p.groups} - {MAIN_GROUP})
+    # uv fetches a git dependency with git, in the deps stage
+    fetch_tools = {"git"} if any(p.vcs for p in lock.packages_for(target_name)) else set()
     return ImagePlan(
         project=spec.name,
         target=target_name,
@@ -153,7 +155,7 @@ def plan_image(
         pylock_sha256=target.pylock_sha256,
         groups=tuple(groups),
         user=settings.user or DEFAULT_USER,
-        system_packages=tuple(sorted(set(settings.system_packages))),
+        system_packages=tuple(sorted(set(settings.system_packages) | fetch_tools)),
         image_name=settings.name or "",
         registry=settings.registry,
         ca_bundle=ca_bundle or settings.ca_bundle,
