@@ -15,6 +15,7 @@ import tomli_w
 from mlenv import __version__
 from mlenv.hardware.platforms import PLATFORMS
 from mlenv.lock.model import MAIN_GROUP, Artifact, pylock_name
+from mlenv.lock.vcs import VcsSource
 
 
 def _artifact(artifact: Artifact) -> dict[str, object]:
@@ -38,6 +39,8 @@ class Resolved(Protocol):
     def groups(self) -> tuple[str, ...]: ...
     @property
     def artifacts(self) -> tuple[Artifact, ...]: ...
+    @property
+    def vcs(self) -> VcsSource | None: ...
 
 
 def pylock_header(target: str) -> str:
