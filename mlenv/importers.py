@@ -397,7 +397,10 @@ class RequirementsReader:
         where = f"{self.rel(path)}:{number}"
         if line[0] == "-":  # logical lines are stripped and never empty
             for option, value, spelling in _split_options(line, where, Path(self.rel(path)), number):
-                if option == "requirement":
+                if value is None:  # a switch: --no-index, --pre, --require-hashes, ...
+                    imported.note(where, "option", "--no-index ignored: mlenv always resolves from indexes"
+                                  if option == "no-index" else f"{spelling} ignored")
+                elif option == "requirement":
                     self._include(value, path, number, base, group, parsed, stack, constraint, spelling)
                 elif option == "constraint":
                     self._include(value, path, number, base, group, parsed, stack, True, spelling)
@@ -417,10 +420,8 @@ class RequirementsReader:
                 elif option == "find-links":
                     imported.note(where, "find-links", f"--find-links {value} not imported: mlenv resolves from "
                                   "PEP 503 indexes; publish those files to an index and add it as [[index]]")
-                elif option == "no-index":
-                    imported.note(where, "option", "--no-index ignored: mlenv always resolves from indexes")
                 else:
-                    imported.note(where, "option", f"{spelling}{'' if value is None else ' ' + value} ignored")
+                    imported.note(where, "option", f"{spelling} {value} ignored")
             return
         # a requirement, possibly followed by per-requirement options (pip: first token starting with "-")
         text, extra = line, []
@@ -489,7 +490,7 @@ def strip_local_versions(requirement: Requirement, origin: str, imported: Import
 
 
 def _merge_constraints(imported: Imported, constraints: list[Req], rel: str) -> None:
-    direct = {}
+    direct: dict[str, list[tuple[str, int]]] = {}  # package -> where it is a direct dependency
     for group in [MAIN, *imported.groups]:
         for position, text in enumerate(imported.requirements_of(group)):
             direct.setdefault(canonicalize_name(parse_requirement(text).name), []).append((group, position))
@@ -584,7 +585,8 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
     except UnicodeDecodeError:
         raise SpecError("not UTF-8 text", path=rel) from None
     imported.files.append(rel)
-    project = data.get("project") if isinstance(data.get("project"), dict) else {}
+    project_table = data.get("project")
+    project: dict[str, Any] = project_table if isinstance(project_table, dict) else {}
     project_name = project.get("name")
     self_name = canonicalize_name(project_name) if isinstance(project_name, str) else None
     if isinstance(project_name, str) and _NAME.match(project_name):
@@ -687,12 +689,29 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
                                        name=_group_name(table["name"]) if isinstance(table.get("name"), str) else None)
             if index is not None and isinstance(table.get("name"), str):
                 uv_names[table["name"]] = index.name
+    # uv's pip-style settings: the same indexes as [[tool.uv.index]], credentials removed the same way
+    for key in ("index-url", "extra-index-url"):
+        values = uv.get(key)
+        for url in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
+            where = f"{rel} [tool.uv] {key}"
+            if isinstance(url, str) and re.match(r"^(https?|file)://", url):
+                imported.add_index(url, where, default=key == "index-url")
+            else:
+                imported.note(where, "option", f"{url} not imported: an index is an http(s):// or file:// URL")
+    links = uv.get("find-links")
+    for url in [links] if isinstance(links, str) else links if isinstance(links, list) else []:
+        imported.note(f"{rel} [tool.uv] find-links", "find-links", f"{url} not imported: mlenv resolves from "
+                      "PEP 503 indexes; publish those files to an index and add it as [[index]]")
     for package, source in (uv.get("sources", {}) if isinstance(uv.get("sources"), dict) else {}).items():
         index_name = source.get("index") if isinstance(source, dict) else None
         origin = f"{rel} [tool.uv.sources]"
+        direct = _source_url(source) if isinstance(source, dict) and index_name is None else None
+        if direct is not None:
+            _pin_to_url(imported, package, direct, origin)
+            continue
         if not isinstance(index_name, str) or index_name not in uv_names:
-            imported.note(origin, "option", f"source of {package} not imported: only "
-                          "`{ index = \"name\" }` pins to a [[tool.uv.index]] map to mlenv.toml")
+            imported.note(origin, "option", f"source of {package} not imported: only an index, a URL or a git "
+                          "repository (`{ index = \"name\" }`, `{ url = ... }`, `{ git = ... }`) map to mlenv.toml")
             continue
         index = next(i for i in imported.indexes if i.name == uv_names[index_name])
         if index.cuda:
@@ -708,6 +727,41 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
                       "add them to mlenv.toml")
     if counts:
         imported.summary.append((rel, ", ".join(counts)))
+
+
+def _source_url(source: dict[str, Any]) -> str | None:
+    """The direct reference a ``[tool.uv.sources]`` entry stands for (``{ git = ..., tag = ... }`` ->
+    ``git+https://...@tag``), or None for the kinds mlenv.toml cannot hold (path, workspace)."""
+    subdirectory = source.get("subdirectory")
+    fragment = f"#subdirectory={subdirectory}" if isinstance(subdirectory, str) else ""
+    if isinstance(source.get("url"), str):
+        return source["url"] + fragment
+    if isinstance(source.get("git"), str):
+        ref = next((source[key] for key in ("rev", "tag", "branch") if isinstance(source.get(key), str)), None)
+        return f"git+{source['git']}" + (f"@{ref}" if ref else "") + fragment
+    return None
+
+
+def _pin_to_url(imported: Imported, package: str, url: str, origin: str) -> None:
+    """What uv does with a URL or git source: the dependency on ``package`` (in every group) is
+    installed from ``url``; mlenv.toml says so as ``package @ url``, without the URL's credentials."""
+    name = canonicalize_name(package)
+    replaced = []
+    for group in [MAIN, *imported.groups]:
+        requirements = imported.requirements_of(group)
+        for position, text in enumerate(requirements):
+            requirement = parse_requirement(text)
+            if canonicalize_name(requirement.name) != name or requirement.url:
+                continue
+            direct = Requirement(text)
+            direct.url, direct.specifier = url, SpecifierSet()
+            requirements[position] = str(imported.without_credentials(direct, origin))
+            replaced.append(text)
+    if replaced:
+        imported.note(origin, "url", f"{', '.join(replaced)} installed from {url}, as uv would: kept as a direct "
+                      "URL; it cannot differ per target")
+    else:
+        imported.note(origin, "option", f"source of {package} not imported: {package} is not a dependency")
 
 
 # --- conda environment.yml ------------------------------------------------------------------------
@@ -1072,10 +1126,10 @@ def _conflict(a: list[str], b: list[str]) -> str | None:
                                   if not v.endswith(".*")):
             return f"{name}{left} vs {name}{right}"
     for module, providers in catalog.module_providers().items():
-        left = sorted(first.keys() & set(providers))
-        right = sorted(second.keys() & set(providers))
-        if left and right and left != right:
-            return f"{left[0]} and {right[0]} both install the module {module!r}"
+        in_first = sorted(first.keys() & set(providers))
+        in_second = sorted(second.keys() & set(providers))
+        if in_first and in_second and in_first != in_second:
+            return f"{in_first[0]} and {in_second[0]} both install the module {module!r}"
     return None
 
 

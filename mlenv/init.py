@@ -39,11 +39,10 @@ from mlenv.importers import (
     import_project,
     torch_pin,
 )
-from mlenv.spec import SPEC_FILE, parse_spec, target_limits
+from mlenv.spec import SPEC_FILE, parse_requirement, parse_spec, target_limits
 
 TARGET_OPTION_KEYS = ("cuda", "gpu", "gpu-count", "gpu-memory-min", "cpu-min", "ram-min")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -236,8 +235,7 @@ def propose_targets(machine: MachineInfo, imported: Imported, torch: TorchBuild 
 def _torch_packages(imported: Imported) -> list[str]:
     names = list(imported.cuda_packages)
     for text in [*imported.dependencies, *(req for group in imported.groups.values() for req in group)]:
-        # validated requirements start with their name: no second parse of every line
-        name = canonicalize_name(_REQUIREMENT_NAME.match(text).group(0))
+        name = canonicalize_name(parse_requirement(text).name)  # parsed once already: a cache hit
         if name in TORCH_FAMILY and name not in names:
             names.append(name)
     return names
@@ -313,13 +311,12 @@ def plan_init(root: Path, *, name: str | None = None, python: str | None = None,
     imported = import_project(root, running_python=machine.python)
     notes: list[Note] = list(imported.notes)
 
-    if torch is True:
-        torch = _find_torch(root)
+    installed_torch = _find_torch(root) if torch is True else (torch or None)
 
     if explicit_targets:
         proposed = explicit_targets
     else:
-        proposed = propose_targets(machine, imported, torch, notes)
+        proposed = propose_targets(machine, imported, installed_torch, notes)
     proposed, indexes = _attach_sources(proposed, imported, notes)
 
     if imported.cuda and not any(target.cuda for target in proposed):

@@ -195,6 +195,7 @@ import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+from mlenv.spec import load_spec  # noqa: E402
 from tests.conftest import require  # noqa: E402
 
 SECRETS = ("pass1", "pass2", "pass3", "token4", "TOKEN5", "pass6", "TOKEN7", "pass8")
@@ -228,6 +229,57 @@ def test_init_copies_no_credential_into_mlenv_toml_or_its_output(tmp_path):
 
     dry = run_mlenv("init", "--dry-run", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
     assert dry.returncode == 0 and not any(s in dry.stdout + dry.stderr for s in SECRETS)
+
+
+UV_PYPROJECT = """\
+[project]
+name = "demo"
+requires-python = ">=3.11"
+dependencies = ["corp-lib", "other>=1.0", "gitdep", "pathdep"]
+
+[dependency-groups]
+dev = ["devtool"]
+
+[tool.uv]
+index-url = "https://carol:pass1@mirror.corp.example/simple"
+extra-index-url = ["https://TOKEN2@extra.corp.example/simple", "https://${E_USER}:${E_TOKEN}@extra2.corp.example/simple"]
+find-links = ["https://dave:pass3@links.corp.example/wheels/"]
+
+[[tool.uv.index]]
+name = "corp"
+url = "https://alice:pass4@pypi.corp.example/simple"
+explicit = true
+
+[tool.uv.sources]
+corp-lib = { index = "corp" }
+other = { url = "https://bob:pass5@files.example/other-1.0-py3-none-any.whl" }
+gitdep = { git = "https://TOKEN6@github.com/org/gitdep.git", tag = "v1" }
+pathdep = { path = "../elsewhere" }
+devtool = { git = "ssh://git@github.com/org/devtool.git", branch = "main" }
+"""
+
+
+def test_init_strips_credentials_from_tool_uv_indexes_and_sources(tmp_path):
+    """[tool.uv] is read like requirements files: its indexes and URL/git sources reach mlenv.toml
+    without their credentials, ${VAR} placeholders stay, and the output says how to supply the secret."""
+    (tmp_path / "pyproject.toml").write_text(UV_PYPROJECT)
+    result = run_mlenv("init", "--yes", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "mlenv.toml").read_text()
+    for secret in ("pass1", "TOKEN2", "pass3", "pass4", "pass5", "TOKEN6"):
+        assert secret not in written and secret not in result.stdout + result.stderr, secret
+    spec = load_spec(tmp_path)
+    assert spec.dependencies == ("corp-lib", "other @ https://files.example/other-1.0-py3-none-any.whl",
+                                 "gitdep @ git+https://github.com/org/gitdep.git@v1", "pathdep")
+    assert spec.groups["dev"] == ("devtool @ git+ssh://git@github.com/org/devtool.git@main",)  # an account, no secret
+    assert {index.name: index.url for index in spec.indexes} == {
+        "corp": "https://pypi.corp.example/simple", "mirror-corp-example": "https://mirror.corp.example/simple",
+        "extra-corp-example": "https://extra.corp.example/simple",
+        "extra2-corp-example": "https://${E_USER}:${E_TOKEN}@extra2.corp.example/simple"}
+    assert spec.default_index().url == "https://mirror.corp.example/simple" and spec.sources == {"corp-lib": "corp"}
+    hint = "removed the credentials from the URL of other (files.example): mlenv.toml is committed; write ${VARIABLE}"
+    assert hint in result.stdout and "UV_INDEX_<NAME>_PASSWORD" in written
+    assert "source of pathdep not imported" in result.stdout
 
 
 def test_an_error_message_quoting_a_credential_url_does_not_print_it(tmp_path):
