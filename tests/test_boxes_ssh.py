@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import locked_template, require, run_mlenv
+from tests.conftest import BOX_SPEC, locked_template, make_box_project, remove_project_images, require, run_mlenv
 from tests.docker_services import DOCKER_HOST
 
 
@@ -255,6 +255,18 @@ def test_when_the_watchdog_exits_what_mlenv_started_is_stopped_and_stop_start_do
     assert provider(project).get("lab2") is None and not folder.exists()
 
 
+def test_docker_required_but_not_answering_is_one_clear_error(laptop, project, lab_machine):
+    """[devbox] docker = true: a user docker does not answer for gets the reason and the fix; nothing is made."""
+    from mlenv.errors import UsageError
+
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text().replace('[devbox]\n', '[devbox]\ndocker = true\n'))
+    with pytest.raises(UsageError, match="docker = true, but docker does not answer for") as info:
+        provider(project).up(request("lab3", assume_yes=True), lambda line: None)
+    assert "docker group" in (info.value.hint or "")
+    assert not (lab_machine["home"] / ".mlenv" / "boxes" / "lab3").exists()
+
+
 def test_the_cli_as_the_readme_shows(laptop, project, lab_machine):
     """`[devbox] provider = "ssh"`, mlenv's key authorized on the machine, then `mlenv up --yes`,
     `ls`, `ssh -- CMD`, `doctor --box`, `stop`, `start`, `down` as a user types them."""
@@ -279,27 +291,11 @@ def test_the_cli_as_the_readme_shows(laptop, project, lab_machine):
 
 
 # --- docker mode: the machine's docker answers, so the box is a container there ---------------------
-# One box for the module (the dev image build is the slow part); the "machine" is the sshd above, its
-# docker user's CLI reaching the shared engine, and the box's sshd is reached through it (ProxyJump).
+# One box for the module (the dev image build is the slow part: the docker provider's tests' project,
+# so the same image); the "machine" is the sshd above, whose docker user's CLI reaches the shared
+# engine, and the box's sshd is reached through it (ProxyJump).
 
-DOCKER_SPEC = """\
-[project]
-name = "sshboxdemo"
-python = "3.11"
-dependencies = []
-
-[targets.cpu]
-platform = "linux/x86_64"
-
-[image]
-base = "{base}"
-
-[devbox]
-provider = "ssh"
-host = "{host}"
-port = {port}
-user = "{user}"
-"""
+DEVBOX = '\n[devbox]\nprovider = "ssh"\nhost = "{host}"\nport = {port}\nuser = "{user}"\n'
 
 
 @pytest.fixture(scope="module")
@@ -307,82 +303,78 @@ def container_box(tmp_path_factory, lab_machine, docker_engine, docker_client, b
                   mlenv_wheel_url):
     """`mlenv up NAME --yes` on the machine, as the README shows; removed (container, volume, image)
     at the end whatever the tests did."""
-    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
-    home = tmp_path_factory.mktemp("laptop")
-    root = tmp_path_factory.mktemp("sshdocker") / "sshboxdemo"
-    root.mkdir()
-    (root / "mlenv.toml").write_text(DOCKER_SPEC.format(base=base_image, host=lab_machine["host"],
-                                                        port=lab_machine["port"], user=lab_machine["docker_user"]))
-    env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
-           "MLENV_DOCKER": build_cli}
-
-    def mlenv(*args: str, expect: int | None = 0, timeout: float = 600):
-        result = run_mlenv(*args, cwd=root, env=env, timeout=timeout)
-        if expect is not None:
-            assert result.returncode == expect, result.stdout + result.stderr
-        return result
-
-    mlenv("lock")
+    project = make_box_project(tmp_path_factory, "boxdemo", BOX_SPEC.format(base=base_image) + DEVBOX.format(
+        host=lab_machine["host"], port=lab_machine["port"], user=lab_machine["docker_user"]), docker_engine,
+        build_cli, mlenv_wheel_url)
     from mlenv.connect.keys import local_key
 
-    with pytest.MonkeyPatch.context() as patch:  # mlenv's key for this laptop home, authorized on the machine
-        patch.setenv("HOME", str(home))
-        patch.setenv("MLENV_HOME", str(home / "mlenv-data"))
+    with pytest.MonkeyPatch.context() as patch:  # mlenv's key of this laptop home, authorized on the machine
+        patch.setenv("HOME", project.env["HOME"])
+        patch.setenv("MLENV_HOME", project.env["MLENV_HOME"])
         lab_machine["authorized_keys"].write_text(local_key().public_line + "\n")
     name = f"sd{os.getpid() % 100000}"
-    up = mlenv("up", name, "--yes", "--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host")
+    up = project.mlenv("up", name, "--yes", *project.build)
     try:
-        yield {"name": name, "mlenv": mlenv, "home": home, "up": up}
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield project, name, up
     finally:
-        mlenv("down", name, "--yes", expect=None)
+        project.mlenv("down", name, "--yes")
         for container in docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"}):
             container.remove(force=True)
         for volume in docker_client.volumes.list(filters={"label": f"mlenv.box={name}"}):
             volume.remove(force=True)
-        for image in docker_client.images.list(name="sshboxdemo"):
-            for tag in image.tags:
-                docker_client.images.remove(tag, force=True)
+        remove_project_images(docker_client, "boxdemo")
 
 
 @pytest.mark.docker
 @pytest.mark.network
 def test_docker_mode_end_to_end_as_the_readme_shows(container_box, docker_client, lab_machine):
-    name, mlenv, home = container_box["name"], container_box["mlenv"], container_box["home"]
-    assert "docker answers on 127.0.0.1: the box is a container there" in container_box["up"].stderr
+    project, name, up = container_box
+
+    def mlenv(*args: str, expect: int = 0):
+        result = project.mlenv(*args)
+        assert result.returncode == expect, result.stdout + result.stderr
+        return result
+
+    assert "docker answers on 127.0.0.1: the box is a container there" in up.stderr
     # the docker provider's box, on the machine's engine: sshd published on its loopback only
     container = docker_client.containers.get(f"mlenv-box-{name}")
     assert container.labels["mlenv.provider"] == "ssh" and container.status == "running"
     assert container.attrs["HostConfig"]["PortBindings"]["22/tcp"][0]["HostIp"] == "127.0.0.1"
     assert docker_client.volumes.get(f"mlenv-box-{name}-work").attrs["Labels"]["mlenv.box"] == name
+    # listed once, by the ssh provider: the docker provider (the same engine here) does not claim it
     boxes = [b for b in json.loads(mlenv("ls", "--json").stdout) if b["name"] == name]
     assert [(b["provider"], b["state"], b["region"]) for b in boxes] == [("ssh", "running", "127.0.0.1")]
-    # the local docker provider does not claim it (the same engine here)
-    assert name not in [b["name"] for b in json.loads(mlenv("ls", "--json", "--provider", "docker").stdout)]
 
-    # `mlenv ssh NAME -- CMD` runs inside the container: its hostname, the image's venv and lock
-    ran = mlenv("ssh", name, "--", "hostname; python -c 'import sys; print(sys.prefix)'; ls /opt/mlenv-lock")
-    assert ran.stdout.split() == [name, "/opt/venv", "pylock.cpu.toml"], ran.stderr
-    assert mlenv("ssh", name, "--", "exit 3", expect=3).returncode == 3
+    # `mlenv ssh NAME -- CMD` runs inside the container (its hostname, the image's venv and lock), with
+    # the command's exit code; the login was activity for the box's watchdog (its /etc/ssh/sshrc)
+    ran = mlenv("ssh", name, "--", "hostname; python -c 'import sys; print(sys.prefix)'; ls /opt/mlenv-lock; "
+                "ls /var/lib/mlenv/activity; exit 3", expect=3)
+    assert ran.stdout.split()[:3] == [name, "/opt/venv", "pylock.cpu.toml"], ran.stderr
+    assert ran.stdout.split()[3].startswith("ssh-")
     # both hops pinned, the box reached through the machine
-    config = (home / ".ssh" / "mlenv" / "config").read_text()
+    config = (project.home / ".ssh" / "mlenv" / "config").read_text()
     assert f"Host mlenv-{name}.jump" in config and f"ProxyJump mlenv-{name}.jump" in config
-    pins = (home / ".ssh" / "mlenv" / "known_hosts").read_text()
+    pins = (project.home / ".ssh" / "mlenv" / "known_hosts").read_text()
     assert f"mlenv-{name}.jump {' '.join(lab_machine['host_key'])}" in pins
     box_key = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode().split()[:2]
     assert f"mlenv-{name} {' '.join(box_key)}" in pins
-    # a login is activity for the box's watchdog (the container's /etc/ssh/sshrc)
-    assert "ssh-" in mlenv("ssh", name, "--", "ls /var/lib/mlenv/activity").stdout
 
     # the rest of the commands, through the ssh provider
     mlenv("doctor", "--box", name)
     mlenv("keepalive", name, "--for", "10m")
-    assert mlenv("ssh", name, "--", "ls /var/lib/mlenv/keepalive").stdout.split() == ["cli"]
+    assert container.exec_run(["ls", "/var/lib/mlenv/keepalive"]).output.split() == [b"cli"]
     assert "start" in mlenv("logs", name).stdout
     mlenv("stop", name)
-    assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout)[0]["state"] == "stopped"
-    mlenv("start", name)
-    assert mlenv("ssh", name, "--", "hostname").stdout.strip() == name
+    container.reload()
+    assert container.status == "exited"
+    # start on connect: plain ssh (an IDE) brings the stopped box back, from outside the project too,
+    # its ProxyCommand relaying through the machine
+    mlenv("ssh-config", name, "--start-on-connect")
+    resumed = subprocess.run(["ssh", "-F", str(project.home / ".ssh" / "mlenv" / "config"), "-o", "BatchMode=yes",
+                              f"mlenv-{name}", "hostname"], capture_output=True, text=True, timeout=300,
+                             cwd=project.home, env={**os.environ, **project.env})
+    assert resumed.returncode == 0 and resumed.stdout.strip() == name, resumed.stderr
     mlenv("down", name, "--yes")
     assert not docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"})
     assert not docker_client.volumes.list(filters={"label": f"mlenv.box={name}"})
-    assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout) == []

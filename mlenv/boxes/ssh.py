@@ -205,14 +205,30 @@ class SSHProvider:
         self._host_keys: builtins.list[str] | None = None  # the machine's keys this run trusts
         self._docker: RemoteDockerBoxes | None = None
         self._docker_checked = False
+        self._registered: tuple[str, int, str] | None = None  # the machine of a registered box (see _find_machine)
 
     # --- where -----------------------------------------------------------------------------------
 
     @property
     def configured(self) -> bool:
-        return bool(self.devbox.host)
+        return bool(self.devbox.host) or self._registered is not None
+
+    def _find_machine(self, name: str) -> None:
+        """Outside the project (``mlenv ssh --stdio`` run by an IDE, ``--provider ssh`` elsewhere) the
+        machine of a box this laptop registered: its ssh entry says where it is (the jump host of a
+        container box)."""
+        if self.devbox.host or self._registered is not None:
+            return
+        from mlenv.connect import registry
+
+        record = registry.get(name)
+        if record is not None and record.provider == self.name:
+            jump = record.jump
+            self._registered = (jump.host, jump.port, jump.user) if jump else (record.host, record.port, record.user)
 
     def _endpoint(self) -> tuple[str, int, str]:
+        if self._registered is not None and not self.devbox.host:
+            return self._registered
         host = self.devbox.host
         if not host:
             raise UsageError("the ssh provider needs a machine", hint='set [devbox] host = "gpu-server.lab" '
@@ -319,6 +335,7 @@ class SSHProvider:
 
     def get(self, name: str) -> Box | None:
         validate_box_name(name)
+        self._find_machine(name)
         if not self.configured or not self._trusted():
             return None
         record = self._record(name)
@@ -542,6 +559,7 @@ class SSHProvider:
     def _container_box(self, name: str) -> RemoteDockerBoxes | None:
         """The docker mode, when box ``name`` is not a venv box here (then it may be a container)."""
         validate_box_name(name)
+        self._find_machine(name)
         return None if self._record(name) else self._docker_boxes()
 
     def stop(self, name: str) -> None:
