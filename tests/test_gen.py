@@ -199,14 +199,9 @@ def test_macos_target_is_skipped_and_refused_by_name(locked_project):
     assert result.returncode == 2 and "Linux only" in result.stderr
 
 
-def test_templates_are_found_in_an_installed_wheel(tmp_path):
-    import uv
-
-    built = subprocess.run([uv.find_uv_bin(), "build", "--wheel", "--quiet", "-o", str(tmp_path / "dist"), str(REPO)],
-                           capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr
-    wheel = next((tmp_path / "dist").glob("mlenv-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
+@pytest.mark.network  # the wheel is built with hatchling from PyPI
+def test_templates_are_found_in_an_installed_wheel(tmp_path, mlenv_wheel):
+    with zipfile.ZipFile(mlenv_wheel) as archive:
         archive.extractall(tmp_path / "site")
     # -I: the checkout must not be importable, only the unpacked wheel
     probe = subprocess.run([sys.executable, "-I", "-c",
