@@ -374,6 +374,11 @@ def test_session_streams_output_and_returns_the_remote_exit_code(home, sshd):
         assert (code, b"".join(out), b"".join(err)) == (7, b"out\n", b"err\n")
         code, out, _ = ssh.capture("cat; echo \"$GREETING\"", input=b"piped\n", env={"GREETING": "hi there"})
         assert code == 0 and out == b"piped\nhi there\n"
+        # streamed: the first line arrives while the command still runs, not when it ends
+        arrivals = []
+        started = time.monotonic()
+        ssh.run("echo first; sleep 2; echo second", stdout=lambda chunk: arrivals.append(time.monotonic()))
+        assert arrivals and arrivals[0] - started < time.monotonic() - started - 1.0
 
 
 def test_wait_for_ssh_times_out_with_a_clear_error():
