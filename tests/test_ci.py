@@ -211,6 +211,10 @@ def test_values_are_quoted_for_yaml_and_shell(project):
     assert init(project).returncode == 0
     workflow = assert_valid_workflow(project / WORKFLOW, GPU_LABELS)
     assert workflow["jobs"]["test-cpu"]["env"]["TEST_COMMAND"] == odd
+    # the shell gets it from the environment: no script has the value written into it
+    scripts = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    assert any('"$TEST_COMMAND"' in script for script in scripts)
+    assert not any("not slow" in script for script in scripts)
     assert workflow["env"]["IMAGE_NAME"] == "demo"
 
 
