@@ -378,3 +378,66 @@ def test_docker_mode_end_to_end_as_the_readme_shows(container_box, docker_client
     mlenv("down", name, "--yes")
     assert not docker_client.containers.list(all=True, filters={"label": f"mlenv.box={name}"})
     assert not docker_client.volumes.list(filters={"label": f"mlenv.box={name}"})
+
+
+@pytest.fixture
+def other_engine(tmp_path, docker_engine):
+    """A second Docker Engine that has none of this machine's images (images only: no bridge, no
+    iptables, so it touches nothing of the shared engine's), stopped afterwards."""
+    require(bool(shutil.which("dockerd")), "dockerd (apt-get install docker.io)")
+    import docker
+
+    folder = Path(tempfile.mkdtemp(prefix="mlenv-engine2-"))
+    socket_path = folder / "docker.sock"
+    log = (folder / "log").open("w")
+    engine = subprocess.Popen(["dockerd", "--data-root", str(folder / "data"), "--exec-root", str(folder / "exec"),
+                               "--pidfile", str(folder / "pid"), "-H", f"unix://{socket_path}", "--bridge=none",
+                               "--iptables=false", "--ip-masq=false", "--ip-forward=false"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = docker.DockerClient(base_url=f"unix://{socket_path}", version="auto") if eventually(
+        socket_path.exists, 30) else None
+    try:
+        assert client is not None and eventually(lambda: _answers(client), 30), (folder / "log").read_text()[-2000:]
+        yield client
+    finally:
+        engine.terminate()  # the engine this fixture started, by its pid
+        try:
+            engine.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            engine.kill()
+            engine.wait()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _answers(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.mark.docker
+def test_the_image_is_streamed_to_a_machine_that_lacks_it(docker_client, other_engine):
+    """No registry: `docker save` here into the machine's `docker load`, once; the same image id there."""
+    import io
+    import tarfile
+
+    from mlenv.boxes.ssh_docker import ship_image
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as archive:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        archive.addfile(info, io.BytesIO(b"hello\n"))
+    tag = f"mlenv-ship-test:{os.getpid()}"
+    docker_client.api.import_image_from_data(payload.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1])
+    try:
+        said: list[str] = []
+        ship_image(tag, other_engine, said.append, where="the machine")
+        assert other_engine.images.get(tag).id == docker_client.images.get(tag).id
+        assert said[-1].startswith(f"sending {tag} to the machine")
+        ship_image(tag, other_engine, said.append, where="the machine")
+        assert said[-1] == f"the machine already has {tag}"  # not sent twice
+    finally:
+        docker_client.images.remove(tag, force=True)
