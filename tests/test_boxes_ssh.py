@@ -420,18 +420,10 @@ def _answers(client) -> bool:
 @pytest.mark.docker
 def test_the_image_is_streamed_to_a_machine_that_lacks_it(docker_client, other_engine):
     """No registry: `docker save` here into the machine's `docker load`, once; the same image id there."""
-    import io
-    import tarfile
-
     from mlenv.boxes.ssh_docker import ship_image
 
-    payload = io.BytesIO()
-    with tarfile.open(fileobj=payload, mode="w") as archive:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = 6
-        archive.addfile(info, io.BytesIO(b"hello\n"))
     tag = f"mlenv-ship-test:{os.getpid()}"
-    docker_client.api.import_image_from_data(payload.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1])
+    docker_client.api.import_image_from_data(_tiny_image(), repository=tag.split(":")[0], tag=tag.split(":")[1])
     try:
         said: list[str] = []
         ship_image(tag, other_engine, said.append, where="the machine")
@@ -441,3 +433,36 @@ def test_the_image_is_streamed_to_a_machine_that_lacks_it(docker_client, other_e
         assert said[-1] == f"the machine already has {tag}"  # not sent twice
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.docker
+def test_with_a_registry_the_machine_pulls_the_image_by_digest(docker_client, other_engine, docker_registry):
+    """[image] registry: the machine's engine pulls the pushed image by its digest, and names it by tag."""
+    from mlenv.boxes.ssh_docker import pull_image
+
+    tag = f"{docker_registry}/mlenv-pull-test:{os.getpid()}"
+    docker_client.api.import_image_from_data(_tiny_image(), repository=tag.rpartition(":")[0],
+                                             tag=tag.rpartition(":")[2])
+    try:
+        pushed = docker_client.images.push(tag.rpartition(":")[0], tag=tag.rpartition(":")[2], stream=True, decode=True)
+        digest = next(line["aux"]["Digest"] for line in pushed if "aux" in line)
+        said: list[str] = []
+        assert pull_image(f"{tag}@{digest}", other_engine, said.append, where="the machine") == tag
+        assert other_engine.images.get(tag).id == docker_client.images.get(tag).id
+        assert f"{tag.rpartition(':')[0]}@{digest}" in other_engine.images.get(tag).attrs["RepoDigests"]
+        assert said == [f"pulling {tag.rpartition(':')[0]}@{digest} on the machine"]
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
+def _tiny_image() -> bytes:
+    """A root filesystem of one file, for `docker import`: an image that takes no time to move."""
+    import io
+    import tarfile
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as archive:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        archive.addfile(info, io.BytesIO(b"hello\n"))
+    return payload.getvalue()

@@ -144,14 +144,8 @@ class RemoteDockerBoxes(DockerProvider):
         if registry:
             from mlenv.boxes.aws import registry_image
 
-            ref = registry_image(spec, lock, target, build, progress)
-            tag = ref.partition("@")[0]
-            remote = self._engine()
-            progress(f"pulling {ref} on {self.jump['host']}")
-            image = _engine(f"pulling {ref} on {self.jump['host']}", lambda: remote.images.pull(ref))
-            repository, _, version = tag.rpartition(":")
-            _engine("tagging the pulled image", lambda: image.tag(repository, version))
-            return tag
+            return pull_image(registry_image(spec, lock, target, build, progress), self._engine(), progress,
+                              where=self.jump["host"])
         tag = super()._image(spec, lock, target, progress, build)
         ship_image(tag, self._engine(), progress, where=self.jump["host"])
         return tag
@@ -196,3 +190,16 @@ def ship_image(tag: str, remote: docker.DockerClient, progress: Progress, *, whe
     _engine(f"loading {tag} on {where}", lambda: remote.images.load(local.save(named=tag)))
     if _engine(f"reading {tag} on {where}", lambda: remote.images.get(tag)).id != local.id:
         raise ToolMissingError(f"{tag} on {where} is not the image sent from here")
+
+
+def pull_image(ref: str, remote: docker.DockerClient, progress: Progress, *, where: str) -> str:
+    """``ref`` (``repository:tag@sha256:...``) pulled by the ``remote`` engine by its digest, then
+    tagged ``repository:tag`` there (the name the box's container is created from); returns that name."""
+    tag, _, digest = ref.partition("@")
+    repository, _, version = tag.rpartition(":")
+    if not digest.startswith("sha256:") or not repository:
+        raise ToolMissingError(f"{ref!r} is not an image reference pinned by digest")
+    progress(f"pulling {repository}@{digest} on {where}")
+    image = _engine(f"pulling {repository}@{digest} on {where}", lambda: remote.images.pull(f"{repository}@{digest}"))
+    _engine(f"tagging {tag} on {where}", lambda: image.tag(repository, version))
+    return tag
