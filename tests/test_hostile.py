@@ -6,9 +6,22 @@ bad input is one clear message with a documented exit code.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import pytest
+import tomli_w
 
 from mlenv import validate
+from mlenv.fsutil import content_digest
+from mlenv.spec import load_spec
+from tests.conftest import require, run_mlenv
 
 # --- the validators every reader uses -----------------------------------------------------------------
 
@@ -62,15 +75,6 @@ def test_shell_word_quotes_and_refuses_line_breaks():
 
 
 # --- item 1, 5, 6: the lock is untrusted input -----------------------------------------------------------
-
-import tomllib  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import tomli_w  # noqa: E402
-
-from mlenv.fsutil import content_digest  # noqa: E402
-from tests.conftest import run_mlenv  # noqa: E402
-
 
 def write_spec(folder: Path, index_url: str, *, extra: str = "", project: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,16 +191,6 @@ def test_non_utf8_lock_is_corrupt_not_a_traceback(locked):
 
 
 # --- item 2: credentials never reach mlenv.toml, the lock, generated files or messages ----------------
-
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import stat  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from mlenv.spec import load_spec  # noqa: E402
-from tests.conftest import require  # noqa: E402
 
 SECRETS = ("pass1", "pass2", "pass3", "token4", "TOKEN5", "pass6", "TOKEN7", "pass8")
 CREDENTIAL_LINES = """\
