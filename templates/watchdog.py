@@ -126,6 +126,35 @@ def _pid_alive(pid):
     return True
 
 
+def process_start_time(pid, proc="/proc"):
+    """When process ``pid`` started (epoch seconds), or None when /proc cannot tell."""
+    try:
+        with open(os.path.join(proc, str(int(pid)), "stat")) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot (fields[0] is field 3)
+        with open(os.path.join(proc, "stat")) as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, TypeError, StopIteration):
+        return None
+    return boot + ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
+def server_gone(info, path):
+    """True for the runtime file of a server that no longer runs: its process is gone, or its pid
+    now belongs to a process that started after the file was written (a restarted box or
+    container hands out the same small pids again, and the file survived on its disk)."""
+    if "pid" not in info:
+        return False
+    if not _pid_alive(info["pid"]):
+        return True
+    started = process_start_time(info["pid"])
+    try:
+        written = os.stat(path).st_mtime
+    except OSError:
+        return True
+    return started is not None and started > written + 2  # btime is whole seconds
+
+
 def kernels_busy(kernels):
     """Names of busy kernels in an /api/kernels answer."""
     return ["%s (%s)" % (k.get("name", "?"), str(k.get("id", ""))[:8]) for k in kernels
@@ -197,8 +226,8 @@ def probe_jupyter(runtime_dirs, timeout=5.0):
         except (OSError, ValueError) as exc:
             problems.append("%s: %s" % (os.path.basename(path), _short(exc)))
             continue
-        if "pid" in info and not _pid_alive(info["pid"]):
-            continue  # a file left behind by a server that is gone
+        if server_gone(info, path):
+            continue  # a file left behind
         asked += 1
         try:
             kernels = ask_jupyter(info, "api/kernels?no_track_activity=1", timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -429,3 +430,19 @@ def test_busy_kernel_keeps_the_box_up_and_an_idle_one_lets_it_stop(jupyter_proje
     decision = last_decision(project, box)
     assert decision["reason"] == "idle" and decision["signals"]["jupyter"]["state"] == "idle", decision
     assert "no busy kernel" in decision["signals"]["jupyter"]["detail"]
+
+
+    # started again: the server is gone, its runtime file is not, and its small pid soon belongs to
+    # another process after the restart (here a plain `sleep`, started through the engine: no login, no
+    # connection).  Asking that file's port would get no answer, which would hold the box up for good.
+    assert project.mlenv("start", box).returncode == 0
+    container = docker_client.containers.get(f"mlenv-box-{box}")
+    listing = container.exec_run(["sh", "-c", "ls /home/*/.local/share/jupyter/runtime"]).output.decode()
+    (pid,) = re.findall(r"jpserver-(\d+)\.json", listing)
+    container.exec_run(["sh", "-c", f'while :; do sleep 60 & p=$!; [ "$p" -lt {pid} ] || break; kill "$p"; done; wait'],
+                       detach=True)
+    time.sleep(1)
+    assert container.exec_run(["kill", "-0", pid]).exit_code == 0, f"pid {pid} not reused"
+    wait_exited(docker_client, box, 30)
+    decision = last_decision(project, box)
+    assert decision["reason"] == "idle" and decision["signals"]["jupyter"]["detail"] == "no live Jupyter server"

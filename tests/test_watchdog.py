@@ -277,6 +277,31 @@ def test_jupyter_on_a_unix_socket_or_every_interface_is_asked_where_it_listens(t
         server.close()
 
 
+def test_a_runtime_file_older_than_the_process_holding_its_pid_is_stale(jupyter):
+    """After a box restarts, the file of the server that ran before is still on disk, and its small pid
+    may belong to another process now (sshd, a shell): that file must not be asked (a refusal, or a
+    new server on the same port rejecting the old token, would hold the box up forever)."""
+    server, runtime = jupyter
+    (path,) = runtime.glob("jpserver-*.json")
+    assert wd.probe_jupyter([str(runtime)]).state == wd.ACTIVE  # written after this process started
+    os.utime(path, (1000.0, 1000.0))  # written in 1970: long before this process (its pid) started
+    stale = wd.probe_jupyter([str(runtime)])
+    assert stale.state == wd.IDLE and stale.detail == "no live Jupyter server", stale
+    assert len(server.requests) == 1
+
+
+def test_process_start_time_from_proc():
+    before = time.time()
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        started = wd.process_start_time(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert before - 2 <= started <= time.time() + 1, (before, started)
+    assert wd.process_start_time(child.pid) is None  # gone
+
+
 def test_a_jupyter_server_started_after_the_watchdog_is_found(jupyter, tmp_path, monkeypatch):
     """The box's user starts Jupyter (`mlenv jupyter`) long after the watchdog: the runtime folder in
     their home does not exist when the watchdog starts, and must be looked for again on every poll."""
