@@ -32,16 +32,18 @@ except ImportError:
 packages, commits, modules = {}, {}, {}
 def provided(dist):
     # top-level modules: a module file or a package's __init__ in RECORD (a namespace folder is shared
-    # by design); top_level.txt when there is no RECORD
+    # by design); top_level.txt when there is no RECORD.  RECORD is read as text: dist.files builds a
+    # path object per file, seconds for a large environment
+    record = dist.read_text("RECORD")
+    if record is None:
+        return sorted(set((dist.read_text("top_level.txt") or "").split()))
     found = set()
-    for path in dist.files or ():
-        parts, code = path.parts, path.name.endswith((".py", ".so", ".pyd"))
-        if len(parts) == 1 and code:
-            found.add(parts[0].split(".")[0])
-        elif len(parts) == 2 and code and parts[1].split(".")[0] == "__init__" and parts[0] != "..":
-            found.add(parts[0])
-    if dist.files is None:
-        found.update((dist.read_text("top_level.txt") or "").split())
+    for line in record.splitlines():
+        head, _, rest = line.split(",", 1)[0].strip('"').partition("/")
+        if rest.endswith((".py", ".so", ".pyd")) and rest.startswith("__init__.") and "/" not in rest:
+            found.add(head)
+        elif not rest and head.endswith((".py", ".so", ".pyd")):
+            found.add(head.split(".")[0])
     return sorted(found)
 if metadata is not None:
     for dist in metadata.distributions():

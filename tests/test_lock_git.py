@@ -18,6 +18,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from tests.conftest import REPO, run_mlenv, write_spec
 
@@ -176,6 +177,26 @@ def test_git_failures_show_git_stderr_and_the_repository(tmp_path, local_index, 
     assert "s3cret" not in result.stdout + result.stderr
 
 
+def test_a_local_wheel_is_locked_by_hash_and_a_local_folder_is_refused(tmp_path, local_index, git_repo):
+    import hashlib
+
+    wheel = local_index.add("localpkg", "1.0")
+    project = tmp_path / "project"
+    project.mkdir()
+    spec = write_spec(project, local_index.url, dependencies=(f"localpkg @ {wheel.as_uri()}",))
+    lock(project)
+    entry = package(read(project, "pylock.cpu.toml"), "packages", "localpkg")
+    assert entry["wheels"] == [{"url": wheel.as_uri(), "hashes": {"sha256": hashlib.sha256(wheel.read_bytes())
+                                                                 .hexdigest()}}]
+    assert run_mlenv("sync", cwd=project).returncode == 0
+
+    # a folder has neither a hash nor a commit: refused before anything is built, with the ways out
+    spec.write_text(spec.read_text().replace(wheel.as_uri(), git_repo.path.as_uri()))
+    result = lock(project, expect=3)
+    assert "is a local folder, which has no hash or commit to lock" in result.stderr
+    assert "git+file:///path/to/repo@ref" in result.stderr
+
+
 class _PrivateGitHandler(SimpleHTTPRequestHandler):
     """git's dumb HTTP protocol over a bare repository, behind HTTP basic authentication."""
 
@@ -308,3 +329,57 @@ def test_sync_and_doctor_report_two_distributions_that_install_one_module(tmp_pa
     assert "clash-one and clash-two both install the module 'clashmod'" in result.stdout
     assert "clash-two is not in the lock (fix: `mlenv sync` removes it)" in result.stdout
     assert run_mlenv("sync", cwd=tmp_path).returncode == 0
+
+
+# --- the URL rules, without the network ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "recorded"), [
+    ("https://robot:tok@host/org/repo.git", "https://host/org/repo.git"),
+    ("https://ghp_token@host/org/repo.git", "https://host/org/repo.git"),
+    ("https://${GIT_USER}:${GIT_TOKEN}@host/org/repo.git", "https://host/org/repo.git"),  # pylocks never expand
+    ("ssh://git@host/org/repo.git", "ssh://git@host/org/repo.git"),  # an account name, not a secret
+    ("ssh://git:pw@host/org/repo.git", "ssh://git@host/org/repo.git"),  # the password goes
+    ("file:///srv/repo", "file:///srv/repo"),
+])
+def test_the_lock_records_git_urls_without_credentials(url, recorded):
+    from mlenv.lock.vcs import from_pylock_entry
+
+    vcs = from_pylock_entry({"vcs": {"type": "git", "url": url, "requested-revision": "v1", "commit-id": "a" * 40}})
+    assert vcs is not None and vcs.url == recorded
+
+
+def test_credentials_reach_git_through_its_environment_only():
+    from mlenv.lock.vcs import git_credentials_env
+
+    urls = ["git+https://${GIT_USER}:${GIT_TOKEN}@host/org/private.git@v1", "git+https://host/org/public@v2",
+            "https://host/pkg-1.0-py3-none-any.whl"]
+    env = git_credentials_env(urls, {"GIT_USER": "robot", "GIT_TOKEN": "t0k", "GIT_CONFIG_COUNT": "1"})
+    # after the one configuration entry the user already passes this way
+    assert env == {"GIT_CONFIG_KEY_1": "url.https://robot:t0k@host/org/private.git.insteadOf",
+                   "GIT_CONFIG_VALUE_1": "https://host/org/private.git", "GIT_CONFIG_COUNT": "2"}
+    assert git_credentials_env(urls, {"GIT_USER": "robot"}) == {}  # unset: git asks its credential helper
+
+
+def test_a_forged_git_record_is_a_corrupt_lock(tmp_path, local_index, git_repo):
+    """The digest can be recomputed by whoever edits the lock: the records are still checked on read."""
+    from mlenv.errors import LockError
+    from mlenv.fsutil import content_digest
+    from mlenv.lock.model import Lock
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_spec(project, local_index.url, dependencies=(f"gitpkg @ {git_repo.url}@v1",))
+    lock(project)
+    text = (project / "mlenv.lock").read_text()
+    for field, value, problem in (("url", "https://robot:tok@host/repo", "has a credential in it"),
+                                  ("commit-id", "v1", "expected a full commit id"),
+                                  ("type", "hg", "mlenv locks git repositories only")):
+        data = tomllib.loads(text)
+        package(data, "package", "gitpkg")["vcs"][field] = value
+        del data["lock"]["content-sha256"]
+        data["lock"]["content-sha256"] = content_digest(data)
+        with pytest.raises(LockError) as caught:
+            Lock.loads(tomli_w.dumps(data))
+        assert f"].vcs.{field}: {problem}" in caught.value.message, caught.value
+        assert "tok" not in str(caught.value)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import tomli_w
 from packaging.utils import canonicalize_name
@@ -289,20 +290,33 @@ def _artifacts(entry: dict) -> tuple[Artifact, ...]:
     for kind in ("sdist", "archive"):  # an archive is a direct-URL dependency (`pkg @ https://...`)
         artifact = entry.get(kind)
         if artifact:
-            found.append(Artifact(url=artifact["url"], sha256=artifact["hashes"]["sha256"], size=artifact.get("size")))
+            found.append(Artifact(url=_archive_url(artifact), sha256=artifact["hashes"]["sha256"],
+                                  size=artifact.get("size")))
     return tuple(found)
 
 
+def _archive_url(artifact: dict) -> str:
+    """An archive's URL; uv records a local file (`pkg @ file:///...whl`) by its absolute path."""
+    return artifact.get("url") or Path(artifact["path"]).as_uri()
+
+
 def reject_vcs(spec: Spec) -> None:
-    """git dependencies are locked by commit; other VCS (which uv cannot resolve either) are refused
-    before anything is cloned."""
+    """git dependencies are locked by commit; other VCS (which uv cannot resolve either) and local
+    folders (nothing to pin them by) are refused before anything is cloned or built."""
     from packaging.requirements import Requirement
 
     for group, requirements in ((MAIN_GROUP, spec.dependencies), *spec.groups.items()):
         for item in requirements:
             url = Requirement(item).url or ""
+            where = "dependencies" if group == MAIN_GROUP else f"[dependency-groups] {group}"
+            if url.startswith("file:") and Path(url2pathname(urlsplit(url).path)).is_dir():
+                raise SpecError(
+                    f"{where}: {item!r} is a local folder, which has no hash or commit to lock",
+                    path=str(spec.path),
+                    hint="build it into a wheel and depend on that file (locked by sha256), publish it to an index, "
+                         "or commit it and depend on `name @ git+file:///path/to/repo@ref` (locked by commit)",
+                )
             if re.match(r"^(hg|svn|bzr)\+", url):
-                where = "dependencies" if group == MAIN_GROUP else f"[dependency-groups] {group}"
                 raise SpecError(
                     f"{where}: {item!r} is a {url.split('+', 1)[0]} checkout; mlenv locks git repositories only",
                     path=str(spec.path),
@@ -367,10 +381,10 @@ def resolve_target(
             return _from_pylock_alone(spec, target, routing, pylock)
         pins: dict[str, str] = {}
         for entry in pylock.get("packages", []):
-            direct = entry.get("archive") or entry.get("directory")
+            direct = entry.get("archive")
             vcs = from_pylock_entry(entry)  # credentials out: pass 2 prints a ${VAR}, pass 1 its value
             pins[canonicalize_name(entry["name"])] = (f"@ {vcs.requirement_url}" if vcs else
-                                                      f"@ {direct['url']}" if direct else entry["version"])
+                                                      f"@ {_archive_url(direct)}" if direct else entry["version"])
         (work / "annotated.txt").write_text("".join(
             f"{name} {pin}\n" if pin.startswith("@") else f"{name}=={pin}\n" for name, pin in sorted(pins.items())))
         annotate = [*common, "--quiet", "--emit-index-annotation", "--annotation-style", "line", "-o", "annotated.txt"]
