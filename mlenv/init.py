@@ -15,6 +15,7 @@ PyTorch packages follow each CUDA target onto the matching ``download.pytorch.or
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -377,8 +378,6 @@ def _find_torch(root: Path) -> TorchBuild | None:
 # --- rendering --------------------------------------------------------------------------------------
 
 def _string(value: str) -> str:
-    import json
-
     return json.dumps(value)  # a JSON string with ensure_ascii is a valid TOML basic string
 
 
