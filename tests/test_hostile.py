@@ -296,6 +296,20 @@ def test_a_warning_quoting_a_credential_url_does_not_print_it(tmp_path):
         assert "hunter2" not in result.stdout + result.stderr, args
 
 
+def test_any_text_printed_carries_no_credential(capsys):
+    """Not only warn/error: whatever text the consoles print (doctor findings, uv's --debug trace,
+    sweep messages) is redacted, styles kept."""
+    from rich.text import Text
+
+    from mlenv import console
+
+    console.err.print("uv: fetching https://alice:hunter2@host.example/simple/x/", markup=False)
+    console.out.print(Text.assemble(("drift:", "red"), " tinylib from git+https://TOKEN9@github.com/o/r.git"))
+    captured = capsys.readouterr()
+    assert captured.err == "uv: fetching https://host.example/simple/x/\n"
+    assert captured.out == "drift: tinylib from git+https://github.com/o/r.git\n"
+
+
 def test_json_output_carries_no_credential(capsys):
     from mlenv import console
 
