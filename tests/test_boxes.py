@@ -388,20 +388,35 @@ def start_cell(base: str, token: str, code: str) -> str:
         connection.close()
 
 
+def open_jupyter(project, box):
+    """`mlenv jupyter NAME --no-browser` running: (process, base URL here, token, how: started/reused)."""
+    process = subprocess.Popen([sys.executable, "-m", "mlenv", "jupyter", box, "--no-browser"], cwd=project.root,
+                               env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    url = process.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        process.kill()
+        raise AssertionError(f"mlenv jupyter printed {url!r}: {process.communicate(timeout=30)[1]}")
+    said = ""
+    while "is forwarded" not in said and "Jupyter on" not in said:
+        said = process.stderr.readline()
+    how = re.search(r"\((started|reused), box port", said)
+    return process, url.split("?token=")[0].rstrip("/"), url.split("?token=")[1], how and how.group(1)
+
+
+def close_jupyter(process) -> None:
+    process.send_signal(__import__("signal").SIGINT)  # Ctrl-C: the forwarding ends, the server runs on
+    process.communicate(timeout=30)
+
+
 @pytest.mark.docker
 @pytest.mark.network  # Jupyter Server and ipykernel come from PyPI
 def test_busy_kernel_keeps_the_box_up_and_an_idle_one_lets_it_stop(jupyter_project, jupyter_box, docker_client):
-    import signal
-
     project, box = jupyter_project, jupyter_box
     up(project, box, "--idle", "8s")
-    jupyter = subprocess.Popen([sys.executable, "-m", "mlenv", "jupyter", box, "--no-browser"], cwd=project.root,
-                               env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    jupyter, base, token, how = open_jupyter(project, box)
     try:
-        url = jupyter.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), jupyter.stderr.read() if jupyter.poll() is not None else url
-        base, token = url.split("?token=")[0].rstrip("/"), url.split("?token=")[1]
+        assert how == "started"
         naptime = 22
         start_cell(base, token, f"import time\ntime.sleep({naptime})")
         busy_since = time.monotonic()
@@ -411,8 +426,7 @@ def test_busy_kernel_keeps_the_box_up_and_an_idle_one_lets_it_stop(jupyter_proje
         time.sleep(4)
         assert api(base, token, "/api/status")["last_activity"] == before
     finally:
-        jupyter.send_signal(signal.SIGINT)  # the laptop goes away: the forwarding ends, the cell runs on
-        jupyter.communicate(timeout=30)
+        close_jupyter(jupyter)  # the laptop goes away: the cell runs on
 
     # without the kernel the box would stop about 8 s (idle) after the cell started: look well after that,
     # with no connection and no terminal left, only the kernel holds the box
@@ -432,17 +446,29 @@ def test_busy_kernel_keeps_the_box_up_and_an_idle_one_lets_it_stop(jupyter_proje
     assert "no busy kernel" in decision["signals"]["jupyter"]["detail"]
 
 
-    # started again: the server is gone, its runtime file is not, and its small pid soon belongs to
-    # another process after the restart (here a plain `sleep`, started through the engine: no login, no
-    # connection).  Asking that file's port would get no answer, which would hold the box up for good.
+    # started again (the next morning): the server is gone, its files are not, and its small pid soon
+    # belongs to another process of the user's (here a `sleep`, started through the engine: no login, no
+    # connection).  Neither the watchdog nor `mlenv jupyter` may take that process for the server.
     assert project.mlenv("start", box).returncode == 0
     container = docker_client.containers.get(f"mlenv-box-{box}")
-    listing = container.exec_run(["sh", "-c", "ls /home/*/.local/share/jupyter/runtime"]).output.decode()
-    (pid,) = re.findall(r"jpserver-(\d+)\.json", listing)
+    (stale,) = container.exec_run(["sh", "-c", "ls /home/*/.local/share/jupyter/runtime/jpserver-*.json"]
+                                  ).output.decode().split()
+    user, pid = stale.split("/")[2], re.search(r"jpserver-(\d+)\.json", stale).group(1)
     container.exec_run(["sh", "-c", f'while :; do sleep 60 & p=$!; [ "$p" -lt {pid} ] || break; kill "$p"; done; wait'],
-                       detach=True)
+                       user=user, detach=True)
     time.sleep(1)
     assert container.exec_run(["kill", "-0", pid]).exit_code == 0, f"pid {pid} not reused"
-    wait_exited(docker_client, box, 30)
+    stopped = project.mlenv("jupyter", box, "--stop")
+    assert stopped.returncode == 0 and "no Jupyter server started by mlenv" in stopped.stderr, stopped.stderr
+    assert container.exec_run(["kill", "-0", pid]).exit_code == 0, "`mlenv jupyter --stop` killed another process"
+    jupyter, base, token, how = open_jupyter(project, box)
+    try:
+        assert how == "started" and "started" in api(base, token, "/api/status")
+    finally:
+        close_jupyter(jupyter)
+    # the new server is asked, the stale file is not (its port would refuse, or the new server there
+    # would refuse the old token: the box would stay up for good)
+    wait_exited(docker_client, box, 40)
     decision = last_decision(project, box)
-    assert decision["reason"] == "idle" and decision["signals"]["jupyter"]["detail"] == "no live Jupyter server"
+    assert decision["reason"] == "idle", decision
+    assert decision["signals"]["jupyter"]["detail"] == "1 server(s), no busy kernel", decision

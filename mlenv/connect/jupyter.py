@@ -45,12 +45,15 @@ def _start_command(python: str | None) -> str:
     return "if command -v jupyter-lab >/dev/null; then exec jupyter lab \"$@\"; else exec jupyter server \"$@\"; fi"
 
 
+# Process $p is alive and, where /proc tells, a Jupyter process: a restarted box hands the small pid
+# of a server that ran before to other processes, while its files (runtime file, pid file) stay.
+_IS_JUPYTER = 'kill -0 "$p" 2>/dev/null && { [ ! -r "/proc/$p/cmdline" ] || grep -qa jupyter "/proc/$p/cmdline"; }'
 # What `jupyter server list` reads, without starting Python on the box (seconds on a busy box):
 # the jpserver-PID.json files of live processes in Jupyter's runtime folder.
 _SEPARATOR = "--- mlenv: next server ---"
 _LIST = ('d="${JUPYTER_RUNTIME_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime}"; '
          'for f in "$d"/jpserver-*.json; do [ -f "$f" ] || continue; p="${f##*/jpserver-}"; p="${p%.json}"; '
-         'kill -0 "$p" 2>/dev/null && { cat "$f"; echo; echo "' + _SEPARATOR + '"; }; done; true')
+         + _IS_JUPYTER + ' && { cat "$f"; echo; echo "' + _SEPARATOR + '"; }; done; true')
 
 
 def running(ssh: Session) -> list[dict]:
@@ -114,7 +117,8 @@ def ensure(ssh: Session, *, python: str | None = None, workdir: str | None = Non
 
 def stop(ssh: Session) -> bool:
     """Stop the Jupyter server mlenv started on the box (others are left alone)."""
-    code, _, _ = ssh.capture(f"p=$(cat {STATE}/jupyter.pid 2>/dev/null) && kill \"$p\" && rm -f {STATE}/jupyter.pid")
+    code, _, _ = ssh.capture(f"p=$(cat {STATE}/jupyter.pid 2>/dev/null) && {_IS_JUPYTER} && kill \"$p\" "
+                             f"&& rm -f {STATE}/jupyter.pid")
     return code == 0
 
 
