@@ -78,7 +78,8 @@ def lab_machine():
         time.sleep(0.1)
     try:
         yield {"host": "127.0.0.1", "port": port, "user": user, "home": home, "authorized_keys": authorized,
-               "host_key": (folder / "hostkey.pub").read_text().split()[:2], "docker_user": docker_user}
+               "host_key": (folder / "hostkey.pub").read_text().split()[:2], "docker_user": docker_user,
+               "docker_home": docker_home}
     finally:
         os.kill(int((folder / "pid").read_text()), signal.SIGTERM)
         for name in (user, docker_user):
@@ -224,16 +225,25 @@ def test_up_sets_the_box_up_over_ssh_and_the_watchdog_stops_what_mlenv_started(l
     assert not rc.exists()  # mlenv made it for its last box on the machine: gone with it
 
 
-def test_when_the_watchdog_exits_what_mlenv_started_is_stopped_and_stop_start_down(laptop, project, lab_machine):
+@pytest.mark.docker
+def test_when_the_watchdog_exits_what_mlenv_started_is_stopped_and_stop_start_down(laptop, project, lab_machine,
+                                                                                   docker_client):
     from mlenv.boxes.model import UpRequest
 
-    uid = pwd.getpwnam(lab_machine["user"]).pw_uid
+    # the user docker answers for, with [devbox] docker = false (set once, as DevPod users set provider
+    # options): a venv box all the same
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text().replace(f'user = "{lab_machine["user"]}"\n',
+                                             f'user = "{lab_machine["docker_user"]}"\ndocker = false\n'))
+    uid = pwd.getpwnam(lab_machine["docker_user"]).pw_uid
     ssh_boxes = provider(project)
     box = ssh_boxes.up(UpRequest(name="lab2", poll_s=1, assume_yes=True), lambda line: None)
+    assert box.extra["mode"] == "venv" and not docker_client.containers.list(
+        all=True, filters={"label": "mlenv.box=lab2"})
     from mlenv import connect
 
     connect.register(box, assume_yes=True)  # what `mlenv up` does after the provider's up: pins the key
-    folder = lab_machine["home"] / ".mlenv" / "boxes" / "lab2"
+    folder = lab_machine["docker_home"] / ".mlenv" / "boxes" / "lab2"
     executor = provider(project).executor(box)
     # a long job started in the box's environment (like a notebook kernel mlenv would start)
     executor.run(["sh", "-c", "nohup python -c 'import time; time.sleep(600)' >/dev/null 2>&1 &"]).check("job")

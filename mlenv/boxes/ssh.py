@@ -414,8 +414,9 @@ class SSHProvider:
             progress(f"box {req.name} exists on {host}: starting its watchdog")
             self._start_watchdog(req.name, existing)
             return self._box(req.name, "running", self._record(req.name))
-        docker = self._docker_boxes() if self.devbox.docker is not False else None
-        if docker is not None:
+        docker = self._docker_boxes()
+        # a container box of that name is started again even when new boxes are venvs ([devbox] docker = false)
+        if docker is not None and (self.devbox.docker is not False or docker.get(req.name) is not None):
             progress(f"docker answers on {host}: the box is a container there")
             return docker.up(req, progress)
         return self._up_venv(req, target, progress)
