@@ -190,8 +190,12 @@ def pin_host_key(name: str, *, assume_yes: bool = False, confirm: Confirm | None
     record = registry.get(name)
     if record is None:
         raise MlenvError(f"no box {name!r} is registered on this machine", hint="`mlenv ls` lists your boxes")
-    session.wait_for_ssh(record.host, record.port, timeout=timeout, name=name)
-    offered = session.scan_host_key(record.host, record.port)
+    if record.jump is None:
+        session.wait_for_ssh(record.host, record.port, timeout=timeout, name=name)
+        offered = session.scan_host_key(record.host, record.port)
+    else:  # its address is the jump host's view: asked through the jump (its own pinned key)
+        with session.Session(record.jump) as via:
+            offered = session.scan_host_key(record.host, record.port, via=via)
     old = hostkeys.pinned(name)
     if any(key.same_key(offered) for key in old):
         return offered

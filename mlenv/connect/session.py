@@ -106,10 +106,12 @@ def _start(host: str, port: int, timeout: float, preferred_types: list[str], soc
     return transport
 
 
-def scan_host_key(host: str, port: int, *, timeout: float = 15) -> PublicKey:
-    """The host key a server offers (ed25519 preferred).  Used only to *show* a fingerprint for the
-    user to confirm; it is not trusted by itself."""
-    transport = _start(host, port, timeout, ["ssh-ed25519"])
+def scan_host_key(host: str, port: int, *, timeout: float = 15, via: Session | None = None) -> PublicKey:
+    """The host key a server offers (ed25519 preferred), reached through ``via`` (a jump host's
+    session) when given.  Used only to *show* a fingerprint for the user to confirm; it is not
+    trusted by itself."""
+    sock = via.open_channel(host, port) if via is not None else None
+    transport = _start(host, port, timeout, ["ssh-ed25519"], sock)
     try:
         return _offered(transport)
     finally:
