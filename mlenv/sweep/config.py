@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -81,7 +82,7 @@ def _project_settings(notebook: Path | str | None, cwd: Path) -> tuple[dict[str,
         return None
     configured = settings.get("notebook")
     if notebook is not None and configured and str(notebook) != configured and (
-            is_url(notebook) or (spec.root / configured).resolve() != notebook.resolve()):
+            is_url(notebook) or (spec.root / configured).resolve() != Path(notebook).resolve()):
         return None  # [sweep] describes another notebook
     return settings, spec.root
 
@@ -90,8 +91,8 @@ def resolve_options(
     notebook: str | None,
     parameters: list[str],
     *,
-    yaml_parameters: list[str] = (),
-    raw_parameters: list[str] = (),
+    yaml_parameters: Sequence[str] = (),
+    raw_parameters: Sequence[str] = (),
     file: str | None = None,
     zip_mode: bool = False,
     random_samples: int | None = None,

@@ -7,11 +7,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Callable
 
 from rich.markup import escape
 
-from mlenv.errors import Interrupted, SpecError, UsageError, did_you_mean
+from mlenv.errors import ExitCode, Interrupted, SpecError, UsageError, did_you_mean
 from mlenv.sweep.config import SweepOptions
 from mlenv.sweep.execute import COMPLETED, NOT_RUN, RunOutcome, RunTask
 from mlenv.sweep.metrics import extract_metrics
@@ -19,15 +20,20 @@ from mlenv.sweep.notebook import NotebookInfo, coerce, load_notebook
 from mlenv.sweep.results import RunRecord, Summary, parse_sort
 from mlenv.sweep.space import Run, expand
 
+if TYPE_CHECKING:
+    from mlenv.sweep.environment import LockedKernel, Project
+    from mlenv.sweep.runner import Runner
+    from mlenv.sweep.store import Store
+
 
 @dataclass
 class Plan:
     options: SweepOptions
     notebook: NotebookInfo
     runs: list[Run]
-    store: Any
-    locked: Any = None  # environment.LockedKernel: the kernel checked against mlenv.lock (None: no lock)
-    project: Any = None  # (spec, lock, lock bytes) of a locked project, for checking Dask workers
+    store: Store
+    locked: LockedKernel | None = None  # the kernel checked against mlenv.lock (None: no lock)
+    project: Project | None = None  # (spec, lock, lock bytes) of a locked project, for checking Dask workers
 
     @property
     def kernel(self) -> str:
@@ -98,7 +104,8 @@ def _resumable(plan: Plan, run: Run) -> RunRecord | None:
                      resumed=True)
 
 
-def make_runner(options: SweepOptions, plan: Plan | None = None, warn=None):
+def make_runner(options: SweepOptions, plan: Plan | None = None,
+                warn: Callable[[str], None] | None = None) -> Runner:
     if options.cluster:
         from mlenv.sweep.dask_runner import DaskRunner
 
@@ -106,15 +113,16 @@ def make_runner(options: SweepOptions, plan: Plan | None = None, warn=None):
         if plan is not None and plan.project is not None:
             from mlenv.sweep.environment import check_workers
 
+            project, kernel = plan.project, plan.kernel
             runner.check_environment = lambda client: check_workers(
-                client, plan.project, plan.kernel, allow_drift=options.allow_drift, warn=warn or (lambda message: None))
+                client, project, kernel, allow_drift=options.allow_drift, warn=warn or (lambda message: None))
         return runner
     from mlenv.sweep.runner import LocalRunner
 
     return LocalRunner(options.jobs)
 
 
-def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, runner=None,
+def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, runner: Runner | None = None,
               plan: Plan | None = None) -> SweepResult:
     """Run every planned run; write outputs as they finish and the results files at the end.
 
@@ -191,7 +199,7 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
                             f"the rest are marked not-run in {result.summary.location('results.json')}",
                             hint="run the same command with --resume to finish it")
         if result.interrupted == "SIGTERM":
-            error.exit_code = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+            error.exit_code = ExitCode.TERMINATED  # what a shell reports for a process ended by SIGTERM
         raise error
     return result
 
@@ -205,9 +213,10 @@ class SigtermAsInterrupt:
     disarmed, it is only noted, so the results files are still written.  Main thread only."""
 
     def __init__(self) -> None:
-        self.armed, self.fired, self._previous = True, False, None
+        self.armed, self.fired = True, False
+        self._previous: Callable[[int, FrameType | None], object] | int | None = None
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = not self.fired
         self.fired = True
         if self.armed and first:
@@ -223,7 +232,7 @@ class SigtermAsInterrupt:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def write_results(store, summary: Summary) -> None:
+def write_results(store: Store, summary: Summary) -> None:
     store.write_text("results.json", summary.to_json())
     store.write_text("results.csv", summary.to_csv())
     store.write_text("report.html", summary.to_html())

@@ -12,10 +12,14 @@ import contextlib
 import os
 import time
 import uuid
+from typing import TYPE_CHECKING, Callable
 
 from mlenv.errors import ToolMissingError
 from mlenv.sweep.execute import ERROR, RunOutcome, RunTask
 from mlenv.sweep.runner import EventSink
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def _remote(task: RunTask) -> RunOutcome:
@@ -56,7 +60,8 @@ class DaskRunner:
 
     def __init__(self, address: str, connect_timeout: float | None = None) -> None:
         self.address = address
-        self.check_environment = None  # client -> the record of what the workers run (a locked project)
+        # client -> the record of what the workers run (a locked project); drift raises
+        self.check_environment: Callable[[Client], dict[str, str]] | None = None
         self.environment: dict[str, str] = {}
         _require_distributed()
         self.connect_timeout = connect_timeout or float(os.environ.get("MLENV_DASK_CONNECT_TIMEOUT", "10"))
@@ -64,7 +69,7 @@ class DaskRunner:
     def hold(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def _client(self):
+    def _client(self) -> Client:
         from distributed import Client
 
         try:
@@ -106,10 +111,10 @@ class DaskRunner:
                     last_poll = now
                     for keys in client.processing().values():
                         for key in keys:
-                            task = key_to_task.get(key)
-                            if task and task.run_id not in started:
-                                started.add(task.run_id)
-                                emit(("started", task.run_id, 1))
+                            running = key_to_task.get(key)
+                            if running and running.run_id not in started:
+                                started.add(running.run_id)
+                                emit(("started", running.run_id, 1))
                 batch = completed.next_batch(block=False) if completed.has_ready() else []
                 if not batch:
                     time.sleep(0.05)

@@ -18,11 +18,18 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mlenv.errors import DriftError, SpecError, SweepError
 
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from mlenv.lock.model import Lock
+    from mlenv.spec import Spec
+
 Warn = Callable[[str], None]
+Project = tuple["Spec", "Lock", bytes]  # a locked project: its spec, its lock and the lock file's bytes
 
 
 @dataclass
@@ -63,7 +70,7 @@ def kernel_interpreter(kernel: str) -> tuple[str, Any]:
     return program, spec
 
 
-def _project(folder: Path):
+def _project(folder: Path) -> Project | None:
     """The locked project around ``folder``: (spec, lock, lock bytes), or None without one."""
     from mlenv.lock.model import lock_path, read_lock
     from mlenv.spec import find_spec, load_spec
@@ -117,7 +124,7 @@ def lock_record(spec, lock, lock_bytes: bytes, target, facts) -> dict[str, str]:
 
 
 def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift: bool, warn: Warn,
-                        check_local: bool = True) -> tuple[LockedKernel | None, Any]:
+                        check_local: bool = True) -> tuple[LockedKernel | None, Project | None]:
     """The kernel to run in a locked project (None outside one), checked against the lock.
 
     ``check_local=False`` (a Dask sweep): only find the project and lock; workers are checked by
@@ -137,11 +144,12 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
     # one), else the project's synced .venv
     has_venv = bool(os.environ.get("VIRTUAL_ENV")) or (spec.root / ".venv" / "bin" / "python").exists()
     venv_python = Path(default_interpreter(spec.root)) if has_venv else None
-    venv = venv_python.parent.parent if venv_python else None
-    chosen, jupyter_path = kernel, None
-    if venv_python and venv_python.exists() and not _in_venv(program, kernelspec.resource_dir, venv):
+    switch_to = None  # the venv's python, when the kernel's own interpreter is outside the venv
+    if venv_python and venv_python.exists() and not _in_venv(program, kernelspec.resource_dir,
+                                                             venv_python.parent.parent):
+        switch_to = venv_python
         program = str(venv_python)
-        chosen = "mlenv-venv-" + kernel
+    chosen = kernel if switch_to is None else "mlenv-venv-" + kernel
     where = f"kernel {chosen} ({program})"
     facts = probe(LocalExecutor(where=where), python=program)
     gpus = detect.probe_gpus()
@@ -149,8 +157,9 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
     stale = check_lock(spec, lock)
     report = diagnose(lock, target, facts, gpu_probe=gpus, stale=stale)
     findings = _findings_text(report)
-    if chosen != kernel and "ipykernel" not in facts.packages:
-        raise SweepError(f"the project's {venv} cannot run notebooks: ipykernel is not installed there",
+    if switch_to is not None and "ipykernel" not in facts.packages:
+        raise SweepError(f"the project's {switch_to.parent.parent} cannot run notebooks: "
+                         "ipykernel is not installed there",
                          hint="add ipykernel to the project's dependencies (or a dependency group), then "
                               "`mlenv lock` and `mlenv sync`")
     if findings and not allow_drift:
@@ -159,8 +168,7 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
         raise DriftError(f"the sweep's {where} does not match mlenv.lock target {target.name!r}:\n    {shown}",
                          hint="run `mlenv sync` (the sweep then uses the project's .venv), "
                               "or pass --allow-drift to run anyway (recorded in results.json)")
-    if chosen != kernel:
-        jupyter_path = _venv_kernelspec(venv_python, chosen, language)
+    jupyter_path = _venv_kernelspec(switch_to, chosen, language) if switch_to is not None else None
     record = lock_record(spec, lock, lock_bytes, target, facts)
     record["kernel"] = chosen
     if findings:
@@ -181,7 +189,7 @@ def worker_probe(kernel: str) -> str:
     return run_python(LocalExecutor(), PROBE, python=program)
 
 
-def check_workers(client, project, kernel: str, *, allow_drift: bool, warn: Warn) -> dict[str, str]:
+def check_workers(client: Client, project: Project, kernel: str, *, allow_drift: bool, warn: Warn) -> dict[str, str]:
     """Every worker's kernel interpreter against the lock target; the record of what they run."""
     from mlenv.doctor import Facts, diagnose, pick_target
     from mlenv.hardware import detect

@@ -17,7 +17,10 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from jupyter_client.manager import KernelManager
 
 COMPLETED, FAILED, TIMEOUT, DIED, START_FAILED, NOT_RUN, ERROR, STOPPED = (
     "completed", "failed", "timeout", "died", "start-failed", "not-run", "error", "stopped")
@@ -54,12 +57,20 @@ class KernelStartError(Exception):
     pass
 
 
+@dataclass
+class _Kernel:
+    """A started kernel and the file its own stderr goes to."""
+
+    manager: KernelManager
+    log_path: str
+
+
 # --- kernels ------------------------------------------------------------------------------------
 
-_spare: dict[tuple[str, str | None], Any] = {}
+_spare: dict[tuple[str, str | None], _Kernel] = {}
 
 
-def _new_kernel(kernel: str, cwd: str | None):
+def _new_kernel(kernel: str, cwd: str | None) -> _Kernel:
     from jupyter_client.manager import KernelManager
 
     manager = KernelManager(kernel_name=kernel)
@@ -69,34 +80,34 @@ def _new_kernel(kernel: str, cwd: str | None):
     # The kernel's own stderr (its "running over TCP" banner, crash dumps) goes to a file, not over
     # the sweep's live display; its tail explains start failures and deaths.
     log = tempfile.NamedTemporaryFile("w+", prefix="mlenv-kernel-", suffix=".log", delete=False)
-    manager._mlenv_log = log.name
     try:
         manager.start_kernel(cwd=cwd or os.getcwd(), stdout=log, stderr=log, extra_arguments=[HISTORY_IN_MEMORY])
     except Exception as exc:
         log.close()
-        _discard_log(manager)
+        _discard_log(log.name)
         raise KernelStartError(f"{type(exc).__name__}: {exc}") from exc
     finally:
         log.close()
-    return manager
+    return _Kernel(manager, log.name)
 
 
-def _take_kernel(kernel: str, cwd: str | None, prestart: bool):
+def _take_kernel(kernel: str, cwd: str | None, prestart: bool) -> _Kernel:
     key = (kernel, cwd)
-    manager = _spare.pop(key, None)
-    if manager is None or not manager.is_alive():
-        if manager is not None:
-            _stop_kernel(manager)
-        manager = _new_kernel(kernel, cwd)
+    started = _spare.pop(key, None)
+    if started is None or not started.manager.is_alive():
+        if started is not None:
+            _stop_kernel(started)
+        started = _new_kernel(kernel, cwd)
     if prestart:
         try:
             _spare[key] = _new_kernel(kernel, cwd)
         except KernelStartError:
             pass  # the next run starts its own and retries
-    return manager
+    return started
 
 
-def _stop_kernel(manager) -> None:
+def _stop_kernel(kernel: _Kernel) -> None:
+    manager = kernel.manager
     try:
         if manager.has_kernel:
             manager.shutdown_kernel(now=True)
@@ -106,26 +117,24 @@ def _stop_kernel(manager) -> None:
         manager.cleanup_resources()
     except Exception:
         pass
-    _discard_log(manager)
+    _discard_log(kernel.log_path)
 
 
-def _kernel_log_tail(manager, lines: int = 5) -> str:
+def _kernel_log_tail(kernel: _Kernel, lines: int = 5) -> str:
     try:
-        with open(manager._mlenv_log, encoding="utf-8", errors="replace") as handle:
+        with open(kernel.log_path, encoding="utf-8", errors="replace") as handle:
             tail = [line.rstrip() for line in handle.read().splitlines() if line.strip()]
-    except (OSError, AttributeError):
+    except OSError:
         return ""
     tail = [line for line in tail if "running over TCP without encryption" not in line]
     return " | ".join(tail[-lines:])
 
 
-def _discard_log(manager) -> None:
-    path = getattr(manager, "_mlenv_log", None)
-    if path:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+def _discard_log(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def shutdown_spares() -> None:
@@ -222,65 +231,66 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
         if on_start:
             on_start(task.run_id, attempts)
         nb = _prepare(task)
-        manager = None
         waited = time.perf_counter()
         try:
-            manager = _take_kernel(task.kernel, task.cwd, task.prestart)
+            kernel = _take_kernel(task.kernel, task.cwd, task.prestart)
         except KernelStartError as exc:
             last_start_error = str(exc)
             timings["kernel_wait"] += time.perf_counter() - waited
             continue
         timings["kernel_wait"] += time.perf_counter() - waited
-        status, error = COMPLETED, None
+        status: str = COMPLETED
+        error: dict[str, str | int | None] | None = None  # the cell fields come from _cell_position
+        stopped_in: int | None = None  # the cell a timeout, a dead kernel or an error stopped
         executing = time.perf_counter()
-        manager_log = manager
         nb_man = NotebookExecutionManager(nb, output_path=None, progress_bar=False, log_output=False)
         nb_man.notebook_start()
         try:
-            client = PapermillNotebookClient(nb_man, km=manager, kernel_name=task.kernel,
+            client = PapermillNotebookClient(nb_man, km=kernel.manager, kernel_name=task.kernel,
                                              startup_timeout=int(math.ceil(task.start_timeout)),
                                              timeout=cell_timeout, log=quiet)
         except Exception:
-            _stop_kernel(manager)
+            _stop_kernel(kernel)
             raise
         try:
             client.execute(cwd=task.cwd)
         except CellTimeoutError:
-            index = _running_cell(nb)
+            stopped_in = _running_cell(nb)
             status, error = TIMEOUT, {"ename": "CellTimeoutError",
                                       "evalue": f"a cell ran longer than the {cell_timeout} s timeout"}
-            error.update(_cell_position(nb, index))
+            error.update(_cell_position(nb, stopped_in))
         except DeadKernelError as exc:
             if not _started_any_cell(nb):
-                last_start_error = f"kernel died while starting: {_kernel_log_tail(manager_log) or exc}"
+                last_start_error = f"kernel died while starting: {_kernel_log_tail(kernel) or exc}"
                 status = START_FAILED
             else:
-                index = _running_cell(nb)
-                detail = _kernel_log_tail(manager_log)
+                stopped_in = _running_cell(nb)
+                detail = _kernel_log_tail(kernel)
                 status, error = DIED, {"ename": "DeadKernelError",
                                        "evalue": "the kernel died while running this cell"
                                                  + (f": {detail}" if detail else "")}
-                error.update(_cell_position(nb, index))
+                error.update(_cell_position(nb, stopped_in))
         except Exception as exc:  # a kernel that never answered, or papermill trouble
             if not _started_any_cell(nb):
-                detail = _kernel_log_tail(manager_log)
+                detail = _kernel_log_tail(kernel)
                 last_start_error = f"{type(exc).__name__}: {exc}" + (f" ({detail})" if detail else "")
                 status = START_FAILED
             else:
+                stopped_in = _running_cell(nb)
                 status, error = ERROR, {"ename": type(exc).__name__, "evalue": str(exc)}
-                error.update(_cell_position(nb, _running_cell(nb)))
+                error.update(_cell_position(nb, stopped_in))
         finally:
             nb_man.notebook_complete()
             stopping = time.perf_counter()
             timings["execute"] += stopping - executing
-            _stop_kernel(manager)
+            _stop_kernel(kernel)
             timings["shutdown"] += time.perf_counter() - stopping
         if status == START_FAILED:
             continue
         if status == COMPLETED:
             status, error = _check_cells(nb)
-        elif error is not None and error.get("index") is not None:
-            add_banner(nb, error.pop("index"), _BANNERS[status])
+        elif stopped_in is not None:
+            add_banner(nb, stopped_in, _BANNERS[status])
         return _finish(task, nb, status, attempts, error, began, timings)
     error = {"ename": "KernelStartError",
              "evalue": f"the kernel did not start after {attempts} attempt{'s' if attempts > 1 else ''}: "
@@ -289,12 +299,11 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
                       timings={**timings, "total": time.perf_counter() - began})
 
 
-def _cell_position(nb, index: int | None) -> dict:
-    """Where a run stopped: the user's cell number, its In [N], and (popped later) the index in ``nb``."""
+def _cell_position(nb, index: int | None) -> dict[str, int | None]:
+    """Where a run stopped: the user's cell number and its In [N]."""
     if index is None:
         return {"cell": None, "execution_count": None}
-    return {"cell": _source_index(nb.cells, index), "execution_count": nb.cells[index].get("execution_count"),
-            "index": index}
+    return {"cell": _source_index(nb.cells, index), "execution_count": nb.cells[index].get("execution_count")}
 
 
 _BANNERS = {TIMEOUT: "The run timed out in this cell", DIED: "The kernel died while running this cell",
@@ -359,12 +368,11 @@ def _check_cells(nb) -> tuple[str, dict | None]:
         return COMPLETED, None
     last = max((index for index in range(pending[0]) if cells[index].cell_type == "code"), default=0)
     position = _cell_position(nb, last)
-    index = position.pop("index")
     later = f"{len(pending)} later cell{'s' if len(pending) != 1 else ''}"
     error = {"ename": "SystemExit",
              "evalue": f"the notebook called sys.exit() in cell {position['cell']}; {later} did not run",
              **position}
-    add_banner(nb, index, _BANNERS[STOPPED])
+    add_banner(nb, last, _BANNERS[STOPPED])
     return STOPPED, error
 
 

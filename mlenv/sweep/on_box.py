@@ -15,9 +15,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from mlenv.errors import Interrupted, MlenvError
+from mlenv.errors import ExitCode, Interrupted, MlenvError
+
+if TYPE_CHECKING:
+    from mlenv.execute import Executor
 
 KEEPALIVE_S = 600  # each hold lasts this long; renewed well before it ends
 RENEW_S = 120
@@ -26,7 +29,7 @@ HOLDER = "sweep"
 
 @dataclass
 class BoxSweep:
-    executor: object
+    executor: Executor
     notebook: Path
     args: list[str]  # the sweep's options except the notebook, -f, -o and --on
     output: str  # local folder (copied back) or a URL (written by the box itself)
@@ -118,12 +121,12 @@ def run_on_box(job: BoxSweep, *, out: Callable[[str], None], err: Callable[[str]
         error = Interrupted(f"sweep on {executor.where} stopped by {stopping}; results in {job.output}",
                             hint="run the same command with --resume to finish it")
         if stopping == "SIGTERM":
-            error.exit_code = 143
+            error.exit_code = ExitCode.TERMINATED
         raise error
     return code
 
 
-def _poll(executor, remote: str, offset: int, err: Callable[[str], None]) -> tuple[int, int | None]:
+def _poll(executor: Executor, remote: str, offset: int, err: Callable[[str], None]) -> tuple[int, int | None]:
     """New progress lines from the box (printed), and its exit code once the sweep ended."""
     q = shlex.quote
     result = executor.run(["sh", "-c", f"cat {q(remote + '/exit')} 2>/dev/null; echo; "

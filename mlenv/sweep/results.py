@@ -148,12 +148,13 @@ class Summary:
         return None
 
     def to_json(self) -> str:
+        best = self.best()
         data = {
             "notebook": self.notebook,
             "kernel": self.kernel,
             "mode": self.mode,
             "sort": str(self.sort) if self.sort else None,
-            "best": (self.best().run_id if self.best() else None),
+            "best": best.run_id if best is not None else None,
             "warnings": self.warnings(),
             "environment": self.environment,
             "parameters": self.parameter_names,
@@ -270,12 +271,13 @@ def scatter_svg(records: list[RunRecord], parameter: str, metric: str, parameter
     """``metric`` against ``parameter``: a dot per run, the best run ringed, failed runs as ✕ under the axis."""
     parameter_names = parameter_names or [parameter]
     shown = [record for record in records if record.status != "not-run"]
-    measured = [record for record in shown if _number(record.metrics.get(metric)) is not None]
+    points = [(record, value) for record in shown if (value := _number(record.metrics.get(metric))) is not None]
+    measured = [record for record, _ in points]
     failed = [record for record in shown if record.failed and _number(record.metrics.get(metric)) is None]
     placed = measured + failed
     positions, categories, log = _axis_positions([record.parameters.get(parameter) for record in placed])
     x_of = {id(record): position for record, position in zip(placed, positions, strict=True)}
-    ys = [_number(record.metrics.get(metric)) for record in measured]
+    ys = [value for _, value in points]
     x_low, x_high = _span(positions, pad=0.5 if categories else 0.05)
     y_low, y_high = _span(ys, pad=0.08)
     plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B - (FAILED_BAND if failed else 0)
@@ -306,8 +308,8 @@ def scatter_svg(records: list[RunRecord], parameter: str, metric: str, parameter
         x = px(tick)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#888"/>'
                      f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{esc(label)}</text>')
-    for record in measured:
-        x, y = px(x_of[id(record)]), py(_number(record.metrics.get(metric)))
+    for record, value in points:
+        x, y = px(x_of[id(record)]), py(value)
         tip = f"<title>{esc(_describe(record, parameter_names, metric))}</title>"
         if record is best:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="none" stroke="{BEST_COLOR}" '

@@ -13,9 +13,13 @@ import os
 import queue
 import signal
 import time
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from mlenv.sweep.execute import RunOutcome, RunTask
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
+    from multiprocessing.queues import Queue
 
 # ("started", run_id, attempt) | ("finished", RunOutcome)
 Event = tuple
@@ -41,10 +45,10 @@ def default_jobs() -> int:
 
 # --- local process pool -------------------------------------------------------------------------
 
-_events = None  # the worker's queue to the parent, set by _init_worker
+_events: Queue[Event] | None = None  # the worker's queue to the parent, set by _init_worker
 
 
-def _init_worker(events) -> None:
+def _init_worker(events: Queue[Event]) -> None:
     global _events
     from multiprocessing import util
 
@@ -63,6 +67,7 @@ def _work(task: RunTask) -> RunOutcome:
     from mlenv.sweep.execute import ERROR, execute_run
 
     def started(run_id: str, attempt: int) -> None:
+        assert _events is not None, "_init_worker gives every worker its queue"
         _events.put(("started", run_id, attempt, os.getpid()))
 
     try:
@@ -77,7 +82,8 @@ class LocalRunner:
 
     def __init__(self, jobs: int | None = None) -> None:
         self.jobs = jobs or default_jobs()
-        self._pool = None
+        self._pool: Pool | None = None
+        self._events: Queue[Event] | None = None
 
     def hold(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -86,7 +92,7 @@ class LocalRunner:
         """Fork the workers now, before the live display starts its thread (fork + threads = trouble)."""
         import multiprocessing
 
-        if not tasks or getattr(self, "_pool", None) is not None:
+        if not tasks or self._pool is not None:
             return
         workers = min(self.jobs, len(tasks))
         # Workers start a spare kernel for their next run; the last runs have no next run.
@@ -104,8 +110,9 @@ class LocalRunner:
             return
         self.prepare(tasks)
         pool, events = self._pool, self._events
+        assert pool is not None and events is not None, "prepare() forks the pool for any tasks"
         self._pool = None
-        finished: queue.SimpleQueue = queue.SimpleQueue()
+        finished: queue.SimpleQueue[RunOutcome] = queue.SimpleQueue()
         running: dict[str, int] = {}  # run id -> worker pid
         done: set[str] = set()
         last_check = time.monotonic()
@@ -119,8 +126,7 @@ class LocalRunner:
         try:
             pending = len(tasks)
             for task in tasks:
-                pool.apply_async(_work, (task,), callback=finished.put,
-                                 error_callback=lambda exc, task=task: finished.put(_crashed(task, exc)))
+                pool.apply_async(_work, (task,), callback=finished.put, error_callback=_on_crash(finished, task))
             while pending:
                 for event in _drain(events):
                     forward(event)
@@ -180,12 +186,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _drain(events) -> Iterator[Event]:
+def _drain(events: Queue[Event]) -> Iterator[Event]:
     while True:
         try:
             yield events.get_nowait()
         except queue.Empty:
             return
+
+
+def _on_crash(finished: queue.SimpleQueue[RunOutcome], task: RunTask) -> Callable[[BaseException], None]:
+    """The pool's error callback for ``task``: the run is recorded as crashed, the sweep goes on."""
+    return lambda exc: finished.put(_crashed(task, exc))
 
 
 def _crashed(task: RunTask, exc: BaseException) -> RunOutcome:

@@ -166,6 +166,9 @@ class HttpStore(RemoteStore):
             raise _store_error(exc, self.root) from None
 
 
+Store = LocalStore | RemoteStore  # where a sweep's outputs and results files go
+
+
 def read_notebook_text(location: str) -> str:
     """A notebook at a URL, read through papermill's handler for its scheme."""
     handler = handler_for(location, writing=False)
@@ -178,7 +181,7 @@ def read_notebook_text(location: str) -> str:
     return text.decode("utf-8") if isinstance(text, bytes) else text
 
 
-def open_store(output: str | Path):
+def open_store(output: str | Path) -> Store:
     text = str(output)
     if is_url(text):
         return HttpStore(text) if text.startswith(("http://", "https://")) else RemoteStore(text)

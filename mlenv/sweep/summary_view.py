@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,7 +24,7 @@ SHORTEST_ID = ID_HASH + 4  # a few characters of the parameters, "…", the hash
 class Column:
     header: str
     cells: list[str]
-    justify: str = "right"
+    justify: JustifyMethod = "right"
     style: str | None = None
     keep: bool = False  # never dropped: status and the sort metric
 
@@ -99,7 +100,7 @@ def print_summary(summary: Summary, console) -> None:
         console.print(f"{len(hidden)} column{'s' if len(hidden) != 1 else ''} not shown at this width "
                       f"({escape(', '.join(hidden))}): see {escape(summary.location('results.csv'))}",
                       highlight=False)
-    if best is not None:
+    if best is not None and summary.sort is not None:  # a best run exists only with --sort
         value = best.metrics.get(summary.sort.metric, best.parameters.get(summary.sort.metric))
         console.print(f"best by {escape(str(summary.sort))}: [bold]{escape(best.run_id)}[/] "
                       f"({escape(summary.sort.metric)} = {escape(_cell(value))})", highlight=False)
