@@ -15,17 +15,20 @@ wrote and nobody changed, and keeps one edited by hand unless ``force``.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from mlenv import __version__
 from mlenv.errors import SpecError, UsageError
 from mlenv.fsutil import atomic_write
-from mlenv.validate import relative_path, shell_word, workflow_text, yaml_string
+from mlenv.spec import CiSettings, ci_job_target, plain_relative_path, spec_error
+from mlenv.validate import shell_word, yaml_string
+
+if TYPE_CHECKING:
+    from mlenv.lock.model import Lock
+    from mlenv.spec import Spec
 
 WORKFLOW_PATH = ".github/workflows/mlenv.yml"
 HEADER = (
@@ -35,9 +38,6 @@ HEADER = (
 )
 HASH_PREFIX = "# mlenv-sha256: "
 PROVIDERS = ("github",)
-DEFAULT_RUNS_ON = "ubuntu-latest"
-DEFAULT_GPU_RUNS_ON = ("self-hosted", "linux", "x64", "gpu")
-DEFAULT_BRANCHES = ("main",)
 IMAGE_STAGE = "dev"  # has the dependency groups (test tools) and mlenv itself, but not the code
 SWEEP_OUTPUT = "ci-sweeps"
 # Notebooks must run in the locked venv (/opt/venv), not in the venv that carries mlenv and papermill:
@@ -121,25 +121,7 @@ ACTIONS: dict[str, Action] = {
 }
 
 
-# --- validation: what may cross from the spec into YAML and shell -----------------------------------
-
-_RUNNER_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/*-]{0,199}\Z")
-_RELATIVE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}\Z")
-_PARAMETER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-_PARAMETER_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,100}\Z")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}\Z")
-_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
-_JOB_SAFE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}\Z")
-
-
-def _relative_path(value: str) -> str | None:
-    """Paths that land in YAML, in ``hashFiles('...')`` and in shell words: relative (validate) and plain."""
-    problem = relative_path(value)
-    if problem is None and not _RELATIVE_PATH.match(value):
-        problem = f"{value!r} must use only letters, digits, '.', '_', '-' and '/'"
-    return problem
 
 
 def expression(text: str) -> str:
@@ -150,37 +132,6 @@ def expression(text: str) -> str:
 # --- settings ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CISettings:
-    """``[ci]`` validated for use in a workflow."""
-
-    targets: tuple[str, ...]
-    runs_on: str = DEFAULT_RUNS_ON
-    gpu_runs_on: tuple[str, ...] = DEFAULT_GPU_RUNS_ON
-    test_command: str | None = None
-    notebooks: tuple[str, ...] = ()
-    notebook_parameters: tuple[tuple[str, str], ...] = ()  # (name, "v1,v2") as `mlenv sweep -p` takes them
-    notebook_target: str | None = None
-    registry: str = "ghcr"
-    aws_role: str | None = None
-    aws_region: str | None = None
-    cache: str = "registry"
-    push: bool = True
-    branches: tuple[str, ...] = DEFAULT_BRANCHES
-    mlenv_requirement: str = f"mlenv=={__version__}"
-    image_name: str = ""
-
-
-def _spec_error(spec, key: str, message: str, hint: str | None = None) -> SpecError:
-    from mlenv.tomlpos import locate
-
-    try:
-        position = locate(spec.path.read_text(encoding="utf-8"), ("ci", key)) or (None, None)
-    except OSError:
-        position = (None, None)
-    return SpecError(f"[ci] {key}: {message}", path=str(spec.path), line=position[0], col=position[1], hint=hint)
-
-
 def default_test_command(root: Path) -> str | None:
     """``pytest`` when the project has tests (a tests/ folder or test_*.py files), else None."""
     if (root / "tests").is_dir() or any(root.glob("test_*.py")) or any(root.glob("*_test.py")):
@@ -188,124 +139,54 @@ def default_test_command(root: Path) -> str | None:
     return None
 
 
-def read_settings(spec, lock) -> CISettings:
-    """Validate ``[ci]`` (plus the names it pulls from the spec and lock) for a workflow."""
+def read_settings(spec: Spec, lock: Lock) -> CiSettings:
+    """``[ci]`` as the workflow uses it: its values were checked when the spec loaded
+    (``mlenv.spec.CiSettings``); here only what needs the lock or the project's files is checked,
+    and the keys left unset get the project's defaults (the linux targets, pytest, a CPU target
+    for the notebooks)."""
     from mlenv.image.plan import containerizable
 
-    ci: dict[str, Any] = spec.ci.written()
+    ci = spec.ci
     linux = [name for name in spec.targets if name in lock.targets and containerizable(lock.targets[name])]
-    targets = tuple(ci.get("targets") or linux)
+    targets = ci.targets or tuple(linux)
     if not targets:
         raise UsageError("no linux target to build a CI image for", hint='add a target with platform = "linux/x86_64"')
     for name in targets:
-        if name not in spec.targets or name not in lock.targets:
-            from mlenv.errors import did_you_mean
-
-            raise _spec_error(spec, "targets", f"unknown target {name!r}", did_you_mean(name, spec.targets))
-        if not containerizable(lock.targets[name]):
-            raise _spec_error(spec, "targets",
-                              f"target {name!r} is {lock.targets[name].platform}: CI images are Linux only")
-        if not _JOB_SAFE_TARGET.match(name):
-            raise _spec_error(spec, "targets", f"target name {name!r} cannot name a CI job",
-                              "use letters, digits, - and _")
-
-    def labels(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = ci.get(key)
-        if value is None:
-            return default
-        items = (value,) if isinstance(value, str) else tuple(value)
-        if not items:
-            raise _spec_error(spec, key, "needs at least one runner label")
-        for label in items:
-            if not _RUNNER_LABEL.match(label):
-                raise _spec_error(spec, key, f"{label!r} is not a runner label", "letters, digits, . _ -")
-        return items
-
-    runs_on = labels("runs-on", (DEFAULT_RUNS_ON,))
-    if len(runs_on) != 1:
-        raise _spec_error(spec, "runs-on", "expected one runner label for the CPU jobs")
-    gpu_runs_on = labels("gpu-runs-on", DEFAULT_GPU_RUNS_ON)
-
-    test_command = ci.get("test-command", default_test_command(spec.root))
-    if test_command is not None:
-        problem = workflow_text(test_command)
+        if name not in lock.targets:
+            raise spec_error(spec, ("ci", "targets"), f"[ci] targets: target {name!r} is not in mlenv.lock",
+                             "run `mlenv lock`")
+        problem = ci_job_target(name)  # checked at load for [ci] targets; the defaults are any linux target
         if problem:
-            raise _spec_error(spec, "test-command", problem)
+            raise spec_error(spec, ("targets", name), f"[ci] targets: {problem}")
+        if not containerizable(lock.targets[name]):
+            platform = lock.targets[name].platform
+            raise spec_error(spec, ("ci", "targets"),
+                             f"[ci] targets: target {name!r} is {platform}: CI images are Linux only")
 
-    notebooks = tuple(ci.get("notebooks", ()))
-    for notebook in notebooks:
-        problem = _relative_path(notebook)
-        if problem or not notebook.endswith(".ipynb"):
-            raise _spec_error(spec, "notebooks", problem or f"{notebook!r} is not a .ipynb file")
+    for notebook in ci.notebooks:
         if not (spec.root / notebook).is_file():
-            raise _spec_error(spec, "notebooks", f"{notebook} does not exist", "name notebooks relative to mlenv.toml")
-    stems = [Path(notebook).stem for notebook in notebooks]
-    if len(set(stems)) != len(stems):
-        raise _spec_error(spec, "notebooks", "two notebooks share a file name; their outputs would collide")
+            raise spec_error(spec, ("ci", "notebooks"), f"[ci] notebooks: {notebook} does not exist",
+                             "name notebooks relative to mlenv.toml")
 
-    parameters = []
-    for name, values in sorted(dict(ci.get("notebook-parameters", {})).items()):
-        if not _PARAMETER.match(name):
-            raise _spec_error(spec, "notebook-parameters", f"{name!r} is not a parameter name",
-                              "parameter names are Python identifiers")
-        values = values if isinstance(values, list) else [values]
-        texts = []
-        for value in values:
-            text = json.dumps(value) if isinstance(value, bool) else str(value)
-            if isinstance(value, (dict, list)) or not _PARAMETER_VALUE.match(text):
-                raise _spec_error(spec, "notebook-parameters", f"{name}: {value!r} is not a simple value",
-                                  "numbers, true/false, or words of letters, digits, . _ + -")
-            texts.append(text)
-        if not texts:
-            raise _spec_error(spec, "notebook-parameters", f"{name} has no values")
-        parameters.append((name, ",".join(texts)))
-
-    notebook_target = ci.get("notebook-target")
+    notebook_target = ci.notebook_target
     if notebook_target is not None and notebook_target not in targets:
-        raise _spec_error(spec, "notebook-target",
-                          f"{notebook_target!r} is not one of the CI targets ({', '.join(targets)})")
-    if notebooks and notebook_target is None:
+        raise spec_error(spec, ("ci", "notebook-target"), f"[ci] notebook-target: {notebook_target!r} is not "
+                         f"one of the CI targets ({', '.join(targets)})")
+    if ci.notebooks and notebook_target is None:
         # a CPU target when there is one: notebooks in CI check they run, not how fast
         notebook_target = next((t for t in targets if not lock.targets[t].cuda), targets[0])
 
-    registry = ci.get("registry", "ghcr")
-    aws_role, aws_region = ci.get("aws-role"), ci.get("aws-region")
-    if registry == "ecr":
-        if not aws_role or not _ROLE_ARN.match(aws_role):
-            raise _spec_error(spec, "aws-role", "ECR pushes need the ARN of a role GitHub's OIDC token may assume",
-                              'e.g. aws-role = "arn:aws:iam::123456789012:role/github-ci"')
-        if not aws_region or not _AWS_REGION.match(aws_region):
-            raise _spec_error(spec, "aws-region", "ECR needs the region of the registry",
-                              'e.g. aws-region = "eu-west-1"')
-    elif aws_role or aws_region:
-        raise _spec_error(spec, "aws-role" if aws_role else "aws-region", "only used with registry = \"ecr\"")
+    test_command = ci.test_command if "test-command" in ci.given else default_test_command(spec.root)
+    return replace(ci, targets=targets, notebook_target=notebook_target, test_command=test_command)
 
-    branches = tuple(ci.get("branches", DEFAULT_BRANCHES))
-    for branch in branches:
-        if not _BRANCH.match(branch) or ".." in branch:
-            raise _spec_error(spec, "branches", f"{branch!r} is not a branch name or pattern")
 
-    requirement = ci.get("mlenv-requirement", f"mlenv=={__version__}")
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    try:
-        if Requirement(requirement).name != "mlenv" or workflow_text(requirement):
-            raise InvalidRequirement("not a requirement on mlenv")
-    except InvalidRequirement:
-        raise _spec_error(spec, "mlenv-requirement", f"{requirement!r} is not a requirement on mlenv",
-                          'e.g. "mlenv==0.1.0" or "mlenv @ https://example.com/mlenv-0.1.0-py3-none-any.whl"') from None
-
-    image_name = str(spec.image.name or spec.name).lower()
-    if not _IMAGE_NAME.match(image_name):
-        raise SpecError(f"[image] name {image_name!r} is not a valid image repository name", path=str(spec.path),
+def image_name(spec: Spec) -> str:
+    """The repository the workflow pushes the images to: ``[image] name``, else the project's name."""
+    name = str(spec.image.name or spec.name).lower()
+    if not _IMAGE_NAME.match(name):
+        raise SpecError(f"[image] name {name!r} is not a valid image repository name", path=str(spec.path),
                         hint="lower-case letters, digits, and . _ - / between them")
-
-    return CISettings(
-        targets=targets, runs_on=runs_on[0], gpu_runs_on=gpu_runs_on, test_command=test_command,
-        notebooks=notebooks, notebook_parameters=tuple(parameters), notebook_target=notebook_target,
-        registry=registry, aws_role=aws_role, aws_region=aws_region, cache=ci.get("cache", "registry"),
-        push=ci.get("push", True), branches=branches, mlenv_requirement=requirement, image_name=image_name,
-    )
+    return name
 
 
 # --- the values the template prints -------------------------------------------------------------------
@@ -330,7 +211,7 @@ class NotebookRun:
     command: str  # the shell words after `docker run ... IMAGE`, every value quoted
 
 
-def _target_jobs(spec, lock, settings: CISettings) -> list[TargetJobs]:
+def _target_jobs(spec: Spec, lock: Lock, settings: CiSettings) -> list[TargetJobs]:
     from mlenv.render import dockerfile_name
 
     jobs = []
@@ -338,7 +219,7 @@ def _target_jobs(spec, lock, settings: CISettings) -> list[TargetJobs]:
         locked = lock.targets[name]
         dockerfile = dockerfile_name(spec, lock, name)
         for path in (dockerfile, locked.pylock_path):
-            if _relative_path(path):  # the lock is as untrusted as the spec
+            if plain_relative_path(path):  # the lock is as untrusted as the spec
                 raise UsageError(f"mlenv.lock names an unusable file {path!r} for target {name}",
                                  hint="re-create the lock with `mlenv lock`")
             if not (spec.root / path).is_file() and path != dockerfile:
@@ -358,7 +239,7 @@ def _target_jobs(spec, lock, settings: CISettings) -> list[TargetJobs]:
     return jobs
 
 
-def _notebook_runs(settings: CISettings) -> list[NotebookRun]:
+def _notebook_runs(settings: CiSettings) -> list[NotebookRun]:
     runs = []
     for notebook in settings.notebooks:
         words = ["mlenv", "sweep", notebook]
@@ -369,7 +250,7 @@ def _notebook_runs(settings: CISettings) -> list[NotebookRun]:
     return runs
 
 
-def render_github(spec, lock, settings: CISettings | None = None) -> str:
+def render_github(spec: Spec, lock: Lock, settings: CiSettings | None = None) -> str:
     """The workflow text, header (with the hash of the body) included."""
     from mlenv.render import render_template
 
@@ -377,6 +258,7 @@ def render_github(spec, lock, settings: CISettings | None = None) -> str:
     body = render_template(
         "workflows/github.yml.j2",
         settings=settings,
+        image_name=image_name(spec),
         targets=_target_jobs(spec, lock, settings),
         notebooks=_notebook_runs(settings),
         notebook_job=f"image-{settings.notebook_target}" if settings.notebook_target else None,
@@ -419,7 +301,7 @@ class WorkflowFile:
     text: str = field(repr=False, default="")
 
 
-def advice(spec, lock, settings: CISettings) -> list[str]:
+def advice(spec: Spec, lock: Lock, settings: CiSettings) -> list[str]:
     """What would make the generated jobs fail although the workflow itself is right."""
     notes = []
     for name in settings.targets:
@@ -433,7 +315,7 @@ def advice(spec, lock, settings: CISettings) -> list[str]:
     return notes
 
 
-def init(spec, lock, *, provider: str = "github", force: bool = False, check: bool = False,
+def init(spec: Spec, lock: Lock, *, provider: str = "github", force: bool = False, check: bool = False,
          warn: Callable[[str], None] | None = None) -> list[WorkflowFile]:
     """Write (or with ``check`` only compare) the workflows for ``provider``.
 
@@ -444,8 +326,9 @@ def init(spec, lock, *, provider: str = "github", force: bool = False, check: bo
         raise UsageError(f"unknown CI provider {provider!r}", hint=f"one of: {', '.join(PROVIDERS)}")
     path = spec.root / WORKFLOW_PATH
     settings = read_settings(spec, lock)
-    for note in advice(spec, lock, settings) if warn else ():
-        warn(note)
+    if warn is not None:
+        for note in advice(spec, lock, settings):
+            warn(note)
     text = render_github(spec, lock, settings)
     current = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
     if current == text:

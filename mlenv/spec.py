@@ -9,18 +9,19 @@ validated here too, so a typo there fails at load time, not halfway through a bu
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar
 
 import tomli  # tomllib's own upstream, compiled (mypyc): 2-3x faster on a large spec (`init` of 100k lines)
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from mlenv import validate
+from mlenv import __version__, validate
 from mlenv.errors import SpecError, did_you_mean
 from mlenv.hardware import catalog
 from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
@@ -226,6 +227,14 @@ def _seconds(value: Any) -> int:
     return seconds
 
 
+class Conflict(NamedTuple):
+    """Keys of one section that do not fit together: the key to point at, what is wrong, the fix."""
+
+    key: str
+    message: str
+    hint: str | None = None
+
+
 @dataclass(frozen=True)
 class Section:
     """Settings of one optional table of mlenv.toml; unset keys keep their defaults."""
@@ -241,6 +250,10 @@ class Section:
     def written(self) -> dict[str, Any]:
         """The keys the user wrote, by their TOML names, with their parsed values (for layering)."""
         return {key: getattr(self, f.name) for key, f in self.keys().items() if key in self.given}
+
+    def conflict(self) -> Conflict | None:
+        """Checks across keys, after each key passed its own; None when they fit together."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -279,25 +292,143 @@ class DevboxSettings(Section):
     instance_profile: str | None = setting(validate.line)  # aws: IAM instance profile (ECR pulls via the instance role)
 
 
+# [ci] values land in workflow YAML and in shell words: each is held to what is safe there.
+_RUNNER_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/*-]{0,199}\Z")
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}\Z")  # also inside hashFiles('...')
+_CI_JOB_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}\Z")  # target names become job ids
+_PARAMETER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_PARAMETER_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,100}\Z")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}\Z")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
+
+
+def _runner_label(value: Any) -> str | None:
+    problem = validate.line(value)
+    if problem is None and not _RUNNER_LABEL.match(value):
+        problem = f"{value!r} is not a runner label (letters, digits, . _ -)"
+    return problem
+
+
+def _runner_labels(value: Any) -> str | None:
+    if isinstance(value, list) and not value:
+        return "needs at least one runner label"
+    return validate.each(_runner_label, "a list of runner labels")(value)
+
+
+def ci_job_target(value: Any) -> str | None:
+    """A target name that can also name CI jobs (``image-NAME``, ``test-NAME``)."""
+    problem = validate.name(value)
+    if problem is None and not _CI_JOB_TARGET.match(value):
+        problem = f"target name {value!r} cannot name a CI job (use letters, digits, - and _)"
+    return problem
+
+
+def plain_relative_path(value: Any) -> str | None:
+    """A path inside the project bound for YAML, ``hashFiles('...')`` and shell words: relative and plain."""
+    problem = validate.relative_path(value)
+    if problem is None and not _PLAIN_PATH.match(value):
+        problem = f"{value!r} must use only letters, digits, '.', '_', '-' and '/'"
+    return problem
+
+
+def _notebook_paths(value: Any) -> str | None:
+    problem = validate.each(plain_relative_path, "a list of notebook paths")(value)
+    if problem:
+        return problem
+    for notebook in value:
+        if not notebook.endswith(".ipynb"):
+            return f"{notebook!r} is not a .ipynb file"
+    stems = [PurePosixPath(notebook).stem for notebook in value]
+    if len(set(stems)) != len(stems):
+        return "two notebooks share a file name; their outputs would collide"
+    return None
+
+
+def _parameter_values(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _parameter_text(value: Any) -> str:
+    """A value as ``mlenv sweep -p name=v1,v2`` takes it (TOML true is "true", not Python's "True")."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _notebook_parameters(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"expected a table, got {type(value).__name__}"
+    for name, values in value.items():
+        if not _PARAMETER.match(name):
+            return f"{name!r} is not a parameter name (parameter names are Python identifiers)"
+        if not _parameter_values(values):
+            return f"{name} has no values"
+        for item in _parameter_values(values):
+            if isinstance(item, (dict, list)) or not _PARAMETER_VALUE.match(_parameter_text(item)):
+                return (f"{name}: {item!r} is not a simple value "
+                        "(numbers, true/false, or words of letters, digits, . _ + -)")
+    return None
+
+
+def _sweep_arguments(value: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, "v1,v2") pairs, sorted by name, as ``mlenv sweep -p`` takes them."""
+    return tuple((name, ",".join(_parameter_text(item) for item in _parameter_values(values)))
+                 for name, values in sorted(value.items()))
+
+
+def _branch(value: Any) -> str | None:
+    problem = validate.line(value)
+    if problem is None and (not _BRANCH.match(value) or ".." in value):
+        problem = f"{value!r} is not a branch name or pattern"
+    return problem
+
+
+def _mlenv_requirement(value: Any) -> str | None:
+    problem = validate.workflow_text(value)
+    if problem is None:
+        try:
+            problem = None if Requirement(value).name == "mlenv" else "not a requirement on mlenv"
+        except InvalidRequirement:
+            problem = "not a requirement on mlenv"
+    if problem:
+        return (f"{value!r} is not a requirement on mlenv "
+                '(e.g. "mlenv==0.1.0" or "mlenv @ https://example.com/mlenv-0.1.0-py3-none-any.whl")')
+    return None
+
+
 @dataclass(frozen=True)
 class CiSettings(Section):
-    """Read for workflows (labels, paths, quoting checked further) by ``mlenv.ci.read_settings``."""
+    """``[ci]``, what ``mlenv ci init`` writes into workflows.  ``mlenv.ci`` adds only what needs the
+    lock or the files: targets it can build, notebooks that exist, defaults taken from the project."""
 
     label = "ci"
-    runs_on: str | None = setting(validate.line)
-    gpu_runs_on: tuple[str, ...] = setting(_string_list, ())
-    targets: tuple[str, ...] = setting(validate.each(validate.name, "a list of target names"), ())
+    runs_on: str = setting(_runner_label, "ubuntu-latest")
+    gpu_runs_on: tuple[str, ...] = setting(_runner_labels, ("self-hosted", "linux", "x64", "gpu"))
+    targets: tuple[str, ...] = setting(validate.each(ci_job_target, "a list of target names"), ())  # (): linux ones
     push: bool = setting(BOOL, True)
     registry: str = setting(_one_of("ghcr", "ecr"), "ghcr")
-    aws_role: str | None = setting(validate.line)
+    aws_role: str | None = setting(validate.line)  # with registry = "ecr" only (see conflict)
     aws_region: str | None = setting(validate.line)
     cache: str = setting(_one_of("registry", "gha"), "registry")
-    test_command: str | None = setting(validate.line)
-    notebooks: tuple[str, ...] = setting(validate.each(validate.relative_path, "a list of notebook paths"), ())
-    notebook_parameters: dict[str, Any] = setting(TABLE, factory=dict)
-    notebook_target: str | None = setting(validate.name)
-    branches: tuple[str, ...] = setting(_string_list, ())
-    mlenv_requirement: str | None = setting(validate.line)
+    test_command: str | None = setting(validate.workflow_text)  # None: pytest when the project has tests
+    notebooks: tuple[str, ...] = setting(_notebook_paths, ())
+    notebook_parameters: tuple[tuple[str, str], ...] = setting(_notebook_parameters, (), parse=_sweep_arguments)
+    notebook_target: str | None = setting(validate.name)  # None: a CPU target of the CI targets
+    branches: tuple[str, ...] = setting(validate.each(_branch, "a list of branch names"), ("main",))
+    mlenv_requirement: str = setting(_mlenv_requirement, f"mlenv=={__version__}")
+
+    def conflict(self) -> Conflict | None:
+        if self.registry == "ecr":
+            if not self.aws_role or not _ROLE_ARN.match(self.aws_role):
+                return Conflict("aws-role", "ECR pushes need the ARN of a role GitHub's OIDC token may assume",
+                                'e.g. aws-role = "arn:aws:iam::123456789012:role/github-ci"')
+            if not self.aws_region or not _AWS_REGION.match(self.aws_region):
+                return Conflict("aws-region", "ECR needs the region of the registry", 'e.g. aws-region = "eu-west-1"')
+        elif self.aws_role or self.aws_region:
+            return Conflict("aws-role" if self.aws_role else "aws-region", 'only used with registry = "ecr"')
+        if self.notebook_target is not None and self.targets and self.notebook_target not in self.targets:
+            return Conflict("notebook-target",
+                            f"{self.notebook_target!r} is not one of the CI targets ({', '.join(self.targets)})")
+        return None
 
 
 @dataclass(frozen=True)
@@ -421,7 +552,12 @@ class _Validator:
             spec_field = accepted[key]
             self.check(value, spec_field.metadata["check"], where + (key,))
             values[spec_field.name] = (spec_field.metadata["parse"] or _frozen)(value)
-        return cls(given=frozenset(table), **values)
+        settings = cls(given=frozenset(table), **values)
+        conflict = settings.conflict()
+        if conflict:
+            key_path = where + (conflict.key,)
+            raise self.fail(key_path, f"{'.'.join(map(str, key_path))}: {conflict.message}", conflict.hint)
+        return settings
 
     def requirements(self, value: Any, where: tuple) -> tuple[str, ...]:
         self.check(value, _string_list, where)
@@ -639,6 +775,12 @@ def parse_spec(text: str, path: Path) -> Spec:
     devbox_target = devbox.target
     if devbox_target and devbox_target not in targets:
         raise v.fail(("devbox", "target"), f"unknown target {devbox_target!r}", did_you_mean(devbox_target, targets))
+    named = [("targets", name) for name in ci.targets]
+    if ci.notebook_target:
+        named.append(("notebook-target", ci.notebook_target))
+    for key, ci_target in named:
+        if ci_target not in targets:
+            raise v.fail(("ci", key), f"ci.{key}: unknown target {ci_target!r}", did_you_mean(ci_target, targets))
 
     return Spec(
         path=path,
@@ -663,6 +805,16 @@ def _not_a_spec_file(path: Path) -> SpecError:
         return SpecError(f"{path} is a broken symlink (to {os.readlink(path)})",
                          hint="fix or remove the link; mlenv does not fall back to a parent folder's spec")
     return SpecError(f"{path} is not a file", hint=f"move the folder {path.name} aside, then run `mlenv init`")
+
+
+def spec_error(spec: Spec, where: tuple, message: str, hint: str | None = None) -> SpecError:
+    """A problem found after loading (against the lock or the project's files), pointed at ``where``
+    (a key path such as ``("ci", "targets")``) in the spec file, like the errors found while loading."""
+    try:
+        text = spec.path.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    return _Validator(text, spec.path).fail(where, message, hint)
 
 
 def parse_section(cls: type[S], table: dict, *, text: str, path: Path, where: tuple = ()) -> S:
