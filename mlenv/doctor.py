@@ -94,9 +94,10 @@ class Facts:
         except (ValueError, IndexError):
             raise MlenvError(f"could not read the environment of {where}: "
                              f"unexpected probe output {output[:200]!r}") from None
-        packages = {canonicalize_name(name): version for name, version in data["packages"].items()}
-        commits = {canonicalize_name(name): commit for name, commit in data.get("commits", {}).items()}
-        modules = {canonicalize_name(name): found for name, found in data.get("modules", {}).items()}
+        packages: dict[str, str] = {canonicalize_name(name): version for name, version in data["packages"].items()}
+        commits: dict[str, str] = {canonicalize_name(name): commit for name, commit in data.get("commits", {}).items()}
+        modules: dict[str, list[str]] = {canonicalize_name(name): found
+                                         for name, found in data.get("modules", {}).items()}
         return cls(data["python"], data["executable"], data["system"], data["machine"], packages, where, commits,
                    modules)
 
@@ -267,18 +268,20 @@ def check_gpu(target: LockedTarget, probe=None) -> list[Finding]:
         found = ", ".join(sorted({gpu.name for gpu in probe.gpus}))
         findings.append(Finding("warning", "gpu", "model", target.gpu, found,
                                 f"target {target.name!r} is built for {target.gpu}, found {found}"))
-    driver = probe.driver
+    driver, floor = probe.driver, target.driver_min
     if driver is None:
         findings.append(Finding("error", "driver", "driver", f">= {target.driver_min}", "unknown",
                                 "could not read the NVIDIA driver version"))
-    elif not detect.driver_meets(driver, target.driver_min_compat):
-        findings.append(Finding("error", "driver", "driver", f">= {target.driver_min}", driver,
-                                f"driver {driver} is too old for CUDA {target.cuda} (needs {target.driver_min}, "
-                                f"or at least {target.driver_min_compat} with minor-version compatibility)"))
-    elif not detect.driver_meets(driver, target.driver_min):
-        findings.append(Finding("warning", "driver", "driver", f">= {target.driver_min}", driver,
-                                f"driver {driver} runs CUDA {target.cuda} only through minor-version compatibility "
-                                f"(no PTX JIT); {target.driver_min} or newer runs everything"))
+    elif floor is not None:  # a CUDA target's lock records its driver floors
+        compat_floor = target.driver_min_compat or floor
+        if not detect.driver_meets(driver, compat_floor):
+            findings.append(Finding("error", "driver", "driver", f">= {floor}", driver,
+                                    f"driver {driver} is too old for CUDA {target.cuda} (needs {floor}, "
+                                    f"or at least {compat_floor} with minor-version compatibility)"))
+        elif not detect.driver_meets(driver, floor):
+            findings.append(Finding("warning", "driver", "driver", f">= {floor}", driver,
+                                    f"driver {driver} runs CUDA {target.cuda} only through minor-version "
+                                    f"compatibility (no PTX JIT); {floor} or newer runs everything"))
     if target.sm_range:
         low, high = (Version(v) for v in target.sm_range)
         for gpu in probe.gpus:

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlenv.connect import hostkeys, registry, session, sshconfig
 from mlenv.connect.hostkeys import HostKeyChanged, HostKeyUnknown, alias
 from mlenv.connect.keys import LocalKey, PublicKey, local_key, parse_public_key
-from mlenv.errors import ExitCode, MlenvError
+from mlenv.errors import ExitCode, MlenvError, ToolMissingError
+
+if TYPE_CHECKING:
+    from mlenv.boxes.model import Box
 
 __all__ = [
     "HostKeyChanged",
@@ -58,44 +61,50 @@ class Registration:
     warnings: list[str] = field(default_factory=list)
 
 
-def _trusted_keys(box: Any) -> list[PublicKey]:
-    return [parse_public_key(line) for line in (getattr(box, "host_keys", None) or [])]
+def _trusted_keys(box: Box) -> list[PublicKey]:
+    return [parse_public_key(line) for line in box.host_keys]
 
 
-def _jump(box: Any) -> dict[str, Any]:
+def _jump(box: Box) -> dict[str, Any]:
     """The jump host a provider reaches the box through (``box.extra["jump"]``: host, port, user and
     its host keys, learned by the provider), or {}."""
-    jump = (getattr(box, "extra", None) or {}).get("jump")
+    jump = box.extra.get("jump")
     return jump if isinstance(jump, dict) else {}
 
 
-def _jump_keys(box: Any) -> list[PublicKey]:
+def _jump_keys(box: Box) -> list[PublicKey]:
     return [parse_public_key(line) for line in _jump(box).get("host_keys") or []]
 
 
-def _record(box: Any, *, start_on_connect: bool | None) -> registry.Record:
-    previous = registry.get(box.name) if isinstance(getattr(box, "name", None), str) else None
+def _ssh_host(box: Box) -> str:
+    if box.ssh_host is None:
+        raise ToolMissingError(f"box {box.name!r} has no SSH address ({box.state})",
+                               hint=f"`mlenv start {box.name}` starts it; `mlenv ls` shows its state")
+    return box.ssh_host
+
+
+def _record(box: Box, *, start_on_connect: bool | None) -> registry.Record:
+    previous = registry.get(box.name)
     identity = previous.identity if previous and Path(previous.identity).is_file() else None
-    extra = getattr(box, "extra", None) or {}
+    workdir, authorized_keys = box.extra.get("workdir"), box.extra.get("authorized_keys")
     return registry.Record(
         name=box.name,
-        provider=getattr(box, "provider", "") or "unknown",
-        host=box.ssh_host,
+        provider=box.provider or "unknown",
+        host=_ssh_host(box),
         port=int(box.ssh_port or 22),
         user=box.ssh_user or "root",
         identity=identity or str(local_key().private_path),
         start_on_connect=(previous.start_on_connect if previous else False) if start_on_connect is None
         else start_on_connect,
-        workdir=extra.get("workdir") if isinstance(extra.get("workdir"), str) else None,
-        authorized_keys=extra.get("authorized_keys") if isinstance(extra.get("authorized_keys"), str)
-        else "~/.ssh/authorized_keys",
+        workdir=workdir if isinstance(workdir, str) else None,
+        authorized_keys=authorized_keys if isinstance(authorized_keys, str) else "~/.ssh/authorized_keys",
         jump_host=_jump(box).get("host"),
         jump_port=_jump(box).get("port"),
         jump_user=_jump(box).get("user"),
     )
 
 
-def endpoint(box: Any) -> tuple[session.Endpoint, list[PublicKey]]:
+def endpoint(box: Box) -> tuple[session.Endpoint, list[PublicKey]]:
     """Where mlenv logs in to ``box`` and the keys it may trust before any pin: the registered
     entry (its key, current address) when there is one, else the box's own fields and this
     machine's key."""
@@ -103,13 +112,13 @@ def endpoint(box: Any) -> tuple[session.Endpoint, list[PublicKey]]:
     return record.endpoint, _trusted_keys(box)
 
 
-def open_session(box: Any, *, timeout: float = 20) -> session.Session:
+def open_session(box: Box, *, timeout: float = 20) -> session.Session:
     where, trusted = endpoint(box)
     return session.Session(where, trusted_keys=trusted, jump_trusted_keys=_jump_keys(box), timeout=timeout)
 
 
-def wait_for_ssh(box: Any, timeout: float = 300, *, progress: Callable[[str], None] | None = None) -> float:
-    return session.wait_for_ssh(box.ssh_host, int(box.ssh_port or 22), timeout=timeout, name=box.name,
+def wait_for_ssh(box: Box, timeout: float = 300, *, progress: Callable[[str], None] | None = None) -> float:
+    return session.wait_for_ssh(_ssh_host(box), int(box.ssh_port or 22), timeout=timeout, name=box.name,
                                 progress=progress)
 
 
@@ -137,7 +146,7 @@ def _pin(name: str, host: str, port: int, *, trusted: list[PublicKey], assume_ye
     return [offered], "confirmed"
 
 
-def register(box: Any, *, assume_yes: bool = False, confirm: Confirm | None = None, warn: Warn | None = None,
+def register(box: Box, *, assume_yes: bool = False, confirm: Confirm | None = None, warn: Warn | None = None,
              start_on_connect: bool | None = None, timeout: float = 300) -> Registration:
     """Pin ``box``'s host key and write (or update: new address after start) its ``mlenv-NAME``
     entry, and make sure ``~/.ssh/config`` includes mlenv's config.
@@ -222,7 +231,7 @@ def forget(name: str) -> bool:
 
 # --- start on connect ------------------------------------------------------------------------------
 
-def current_box(name: str, *, start: bool = False, progress: Callable[[str], None] | None = None) -> Any:
+def current_box(name: str, *, start: bool = False, progress: Callable[[str], None] | None = None) -> Box:
     """Box ``name`` as its provider sees it now (address after a stop/start), started first when
     ``start`` and it is stopped; the ssh entry follows a changed address."""
     from mlenv import boxes
@@ -252,12 +261,13 @@ def stdio(name: str, *, progress: Callable[[str], None] | None = None, timeout: 
     sshd, then relay this process's stdin/stdout to it.  Messages go to ``progress`` (stderr):
     stdout belongs to the SSH stream."""
     box = current_box(name, start=True, progress=progress)
+    host = _ssh_host(box)
     record = registry.get(name)
     jump = record.jump if record is not None else None
     if jump is None:
-        session.wait_for_ssh(box.ssh_host, int(box.ssh_port or 22), timeout=timeout, name=name, progress=progress)
-        session.relay_stdio(box.ssh_host, int(box.ssh_port or 22))
+        session.wait_for_ssh(host, int(box.ssh_port or 22), timeout=timeout, name=name, progress=progress)
+        session.relay_stdio(host, int(box.ssh_port or 22))
         return
     # a box behind a jump host: its provider's start waited for its sshd; relay through the jump session
     with session.Session(jump, trusted_keys=_jump_keys(box)) as via:
-        session.relay_stdio(box.ssh_host, int(box.ssh_port or 22), via=via)
+        session.relay_stdio(host, int(box.ssh_port or 22), via=via)

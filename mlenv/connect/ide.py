@@ -65,7 +65,8 @@ def open_link(target: Link) -> str | None:
     if target.argv and shutil.which(target.argv[0]):
         subprocess.run(target.argv, check=False)
         return target.argv[0]
-    if target.ide == "jetbrains" and opener():
-        subprocess.run([*opener(), target.click], check=False)
-        return opener()[0]
+    command = opener() if target.ide == "jetbrains" else None
+    if command:
+        subprocess.run([*command, target.click], check=False)
+        return command[0]
     return None

@@ -312,7 +312,7 @@ def relay_stdio(host: str, port: int, *, timeout: float = 30, via: Session | Non
     try:
         open_stdin = True
         while True:
-            watch = [sock, stdin] if open_stdin else [sock]
+            watch: list[socket.socket | int] = [sock, stdin] if open_stdin else [sock]
             ready, _, _ = select.select(watch, [], [])
             if stdin in ready:
                 data = os.read(stdin, 65536)

@@ -278,8 +278,10 @@ def run_build(
                 step = parse_plain(line, report)
                 steps = [step] if step else []
             if on_update:
-                for step in steps or [None]:
+                for step in steps:
                     on_update(report, step)
+                if not steps:  # the line only moved the output tail
+                    on_update(report, None)
         code = process.wait()
     except KeyboardInterrupt:
         process.terminate()

@@ -76,7 +76,7 @@ _auth_cache: dict[str, dict] = {}
 
 def _auth_for(ref: str) -> dict | None:
     host = registry_host(split_ref(ref)[0])
-    if not is_ecr(host):
+    if host is None or not is_ecr(host):
         return None
     if host not in _auth_cache:
         _auth_cache[host] = ecr_login(host)
