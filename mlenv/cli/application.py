@@ -59,22 +59,13 @@ class Command(TyperCommand):
     common: tuple[str, ...] = ("spec_path", "debug")
 
     def __init__(self, *args: Any, params: list | None = None, **kwargs: Any) -> None:
-        params = list(params or [])
-        taken = {opt for param in params for opt in getattr(param, "opts", ())}
-        # a command that still declares --spec/--json itself keeps its own option
-        self.added = [name for name in self.common if _COMMON[name][0] not in taken]
-        # ... and still fills the Application from it (e.g. --json, so failures print JSON)
-        self.own = {param.name: attribute for param in params for flag, attribute in _COMMON.values()
-                    if flag in getattr(param, "opts", ())}
-        params += [_common_params()[name] for name in self.added]
+        params = [*(params or []), *(_common_params()[name] for name in self.common)]
         super().__init__(*args, params=params, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
         app = ctx.ensure_object(Application)
-        for name in self.added:
+        for name in self.common:
             _apply(app, _COMMON[name][1], ctx.params.pop(name))
-        for name, attribute in self.own.items():
-            _apply(app, attribute, ctx.params.get(name))
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:

@@ -6,10 +6,10 @@ from typing import List, Optional
 
 import typer
 
-from mlenv.cli import app
+from mlenv.cli import app, application
 
 
-@app.command(no_args_is_help=False)
+@app.command("sweep", json=True, no_args_is_help=False)
 def sweep(
     ctx: typer.Context,
     notebook: Optional[str] = typer.Argument(None, help="The notebook (default: \\[sweep] notebook in mlenv.toml)."),
@@ -40,10 +40,10 @@ def sweep(
     allow_drift: bool = typer.Option(False, "--allow-drift",
                                      help="Run although the kernel does not match mlenv.lock (recorded in results)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and exit."),
-    json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
-    """Run NOTEBOOK once per parameter combination (papermill, fresh kernel each), in parallel."""
-    from mlenv import console
+    """Run NOTEBOOK once per parameter combination (papermill, fresh kernel each), in parallel.
+
+    With --json, stdout is results.json (the plan with --dry-run)."""
     from mlenv.errors import UsageError
     from mlenv.sweep.config import resolve_options
     from mlenv.sweep.core import plan_sweep, run_sweep
@@ -58,8 +58,8 @@ def sweep(
                               zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs, timeout=timeout,
                               retries=retries, output=output, sort=sort, kernel=kernel, cluster=cluster,
                               resume=resume, allow_drift=allow_drift)
+    mlenv = application(ctx)
     if on:
-        import sys
         from pathlib import Path
 
         from mlenv.cli.boxes import box_executor
@@ -76,35 +76,35 @@ def sweep(
             if value is not None:
                 forwarded += [flag, str(value)]
         switches = (("--zip", zip_), ("--resume", resume), ("--allow-drift", allow_drift), ("--dry-run", dry_run),
-                    ("--json", json_out))
+                    ("--json", mlenv.json))
         forwarded += [flag for flag, given in switches if given]
         executor, _ = box_executor(ctx, on)
         job = BoxSweep(executor, Path(options.notebook), forwarded, options.output_location(),
                        sweep_file=Path(file).resolve() if file else None, resume=resume)
         code = run_on_box(job, out=lambda text: print(text, end="", flush=True),
-                          err=lambda text: console.err.print(text, markup=False, highlight=False),
-                          width=console.out.width)
+                          err=lambda text: mlenv.err.print(text, markup=False, highlight=False),
+                          width=mlenv.out.width)
         if code == 0 and not dry_run:
-            console.success(f"sweep on box {on} finished; results in {options.output_location()}")
+            mlenv.success(f"sweep on box {on} finished; results in {options.output_location()}")
         raise typer.Exit(code)
-    plan = plan_sweep(options, warn=console.warn)
+    plan = plan_sweep(options, warn=mlenv.warn)
     if dry_run:
-        print_plan(plan, console.out, json_out=json_out)
+        print_plan(plan, mlenv.out, json_out=mlenv.json)
         return
-    result = run_sweep(options, plan=plan, console=console.err)
+    result = run_sweep(options, plan=plan, console=mlenv.err)
     problem = result.summary.sort_problem()
     if problem:
-        console.warn(problem)
-    if json_out:
+        mlenv.warn(problem)
+    if mlenv.json:
         import sys
 
         sys.stdout.write(result.summary.to_json())
     else:
-        print_summary(result.summary, console.out)
+        print_summary(result.summary, mlenv.out)
     failed = result.summary.failed
     if failed:
-        console.err.print(f"[red]{len(failed)} of {len(result.summary.records)} runs failed[/]; "
+        mlenv.err.print(f"[red]{len(failed)} of {len(result.summary.records)} runs failed[/]; "
                           f"outputs and results in {result.summary.output}")
         raise typer.Exit(1)
     count = len(result.summary.records)
-    console.success(f"{count} run{'s' if count != 1 else ''}; results in {result.summary.output}")
+    mlenv.success(f"{count} run{'s' if count != 1 else ''}; results in {result.summary.output}")
