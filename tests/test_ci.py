@@ -193,6 +193,9 @@ def test_ecr_through_oidc(project):
     ("branches", '["main\\n"]', "branch"),
     ("aws-role", '"arn:aws:iam::1:role/x"', "only used with"),
     ("mlenv-requirement", '"requests==2"', "requirement on mlenv"),
+    ("targets", '["cpu", "nosuch"]', "unknown target 'nosuch'"),
+    ("notebook-target", '"gpu"\ntargets = ["cpu"]', "not one of the CI targets"),
+    ("registry", '"ecr"', "ARN of a role"),
 ])
 def test_spec_values_are_validated(project, key, value, complaint):
     set_ci(project, f"{key} = {value}\n")
@@ -201,6 +204,14 @@ def test_spec_values_are_validated(project, key, value, complaint):
     assert complaint in result.stderr and "mlenv.toml:" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (project / WORKFLOW).exists()  # nothing half-written
+
+
+def test_ci_values_are_checked_when_the_spec_loads(project):
+    """[ci] has one validator, the spec's: a command that never writes a workflow refuses it too."""
+    set_ci(project, 'gpu-runs-on = ["gpu pool"]\n')
+    result = run_mlenv("lock", "--check", cwd=project)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "mlenv.toml:" in result.stderr and "ci.gpu-runs-on" in result.stderr and "runner label" in result.stderr
 
 
 def test_values_are_quoted_for_yaml_and_shell(project):
