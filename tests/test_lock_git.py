@@ -197,6 +197,22 @@ def test_a_local_wheel_is_locked_by_hash_and_a_local_folder_is_refused(tmp_path,
     assert "git+file:///path/to/repo@ref" in result.stderr
 
 
+def test_a_direct_url_keeps_its_credentials_out_of_the_lock(tmp_path, local_index):
+    """uv expands ${VAR} in the URL and writes the result into its output: mlenv records it without."""
+    wheel = local_index.add("urlpkg", "1.0")
+    url = f"http://${{WHEEL_USER}}:${{WHEEL_TOKEN}}@127.0.0.1:{local_index.port}/files/{wheel.name}"
+    write_spec(tmp_path, local_index.url, dependencies=(f"urlpkg @ {url}",))  # with a group: both passes run
+    env = {"WHEEL_USER": "robot", "WHEEL_TOKEN": "wh33l-secret"}
+    result = lock(tmp_path, env=env)
+    assert "wh33l-secret" not in result.stdout + result.stderr
+    for name in ("mlenv.lock", "pylock.cpu.toml"):
+        assert "wh33l-secret" not in (tmp_path / name).read_text(), name
+    entry = package(read(tmp_path, "pylock.cpu.toml"), "packages", "urlpkg")
+    assert entry["wheels"][0]["url"] == f"http://127.0.0.1:{local_index.port}/files/{wheel.name}"
+    lock(tmp_path, "--check", env=env)
+    assert run_mlenv("sync", cwd=tmp_path).returncode == 0
+
+
 class _PrivateGitHandler(SimpleHTTPRequestHandler):
     """git's dumb HTTP protocol over a bare repository, behind HTTP basic authentication."""
 

@@ -286,7 +286,7 @@ def _groups_of(required_by: dict[str, set[str]]) -> dict[str, set[str]]:
 def _artifacts(entry: dict) -> tuple[Artifact, ...]:
     found = []
     for wheel in entry.get("wheels", []):
-        found.append(Artifact(url=wheel["url"], sha256=wheel["hashes"]["sha256"], size=wheel.get("size")))
+        found.append(Artifact(url=_archive_url(wheel), sha256=wheel["hashes"]["sha256"], size=wheel.get("size")))
     for kind in ("sdist", "archive"):  # an archive is a direct-URL dependency (`pkg @ https://...`)
         artifact = entry.get(kind)
         if artifact:
@@ -296,8 +296,9 @@ def _artifacts(entry: dict) -> tuple[Artifact, ...]:
 
 
 def _archive_url(artifact: dict) -> str:
-    """An archive's URL; uv records a local file (`pkg @ file:///...whl`) by its absolute path."""
-    return artifact.get("url") or Path(artifact["path"]).as_uri()
+    """An archive's URL, without credentials (uv writes a ${VAR} expanded); a local file (`pkg @
+    file:///...whl`) uv records by its absolute path."""
+    return strip_credentials(artifact["url"]) if "url" in artifact else Path(artifact["path"]).as_uri()
 
 
 def reject_vcs(spec: Spec) -> None:
