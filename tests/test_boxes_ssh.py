@@ -370,7 +370,13 @@ def test_docker_mode_end_to_end_as_the_readme_shows(container_box, docker_client
     box_key = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode().split()[:2]
     assert f"mlenv-{name} {' '.join(box_key)}" in pins
 
-    # the rest of the commands, through the ssh provider
+    # a new key for the box: the container's sshd takes it, the machine keeps the key it authorizes
+    mlenv("keys", "rotate", name)
+    rotated = (project.home / ".ssh" / "mlenv" / "config").read_text()
+    jump_key, new_key = [line.split()[1] for line in rotated.splitlines() if line.strip().startswith("IdentityFile")]
+    assert jump_key != new_key and f"IdentityFile {jump_key}" in config
+
+    # the rest of the commands, through the ssh provider (and the new key)
     mlenv("doctor", "--box", name)
     mlenv("keepalive", name, "--for", "10m")
     assert container.exec_run(["ls", "/var/lib/mlenv/keepalive"]).output.split() == [b"cli"]

@@ -262,7 +262,8 @@ class SSHProvider:
             stop_due_s=watchdog.get("stop_due_s") if state == "running" else None,
             ssh_host=host, ssh_port=port, ssh_user=user,
             host_keys=list(self._trusted()),
-            extra={"folder": self._folder(name) if self._home else None, "mode": record.get("mode")},
+            extra={"folder": self._folder(name) if self._home else None, "mode": record.get("mode"),
+                   "identity": _machine_identity(host, port)},
             project=record.get("project"), owner=record.get("owner"),
             started=record.get("started") if state == "running" else None,
         )
@@ -671,6 +672,20 @@ def _known_host_keys(host: str, port: int) -> list[str]:
         return []
     entry = known.lookup(host if port == 22 else f"[{host}]:{port}") or {}
     return [f"{key.get_name()} {key.get_base64()}" for key in entry.values()]
+
+
+def _machine_identity(host: str, port: int) -> str | None:
+    """The key this laptop's boxes on the machine log in with (a container box's jump key stays the one
+    the machine authorizes after ``keys rotate``), else None: this laptop's current key."""
+    from mlenv.connect import registry
+
+    for record in registry.load().values():
+        jump = record.jump
+        if jump is not None and (jump.host, jump.port) == (host, port):
+            return str(jump.identity)
+        if jump is None and (record.host, record.port) == (host, port):
+            return record.identity
+    return None
 
 
 def _trusted_host_keys(host: str, port: int) -> list[str]:

@@ -87,6 +87,9 @@ def _record(box: Box, *, start_on_connect: bool | None) -> registry.Record:
     previous = registry.get(box.name)
     identity = previous.identity if previous and Path(previous.identity).is_file() else None
     workdir, authorized_keys = box.extra.get("workdir"), box.extra.get("authorized_keys")
+    provided = box.extra.get("identity")  # the key a provider knows this place authorizes
+    if identity is None and isinstance(provided, str) and Path(provided).is_file():
+        identity = provided
     return registry.Record(
         name=box.name,
         provider=box.provider or "unknown",
@@ -101,6 +104,7 @@ def _record(box: Box, *, start_on_connect: bool | None) -> registry.Record:
         jump_host=_jump(box).get("host"),
         jump_port=_jump(box).get("port"),
         jump_user=_jump(box).get("user"),
+        jump_identity=previous.jump_identity if previous and _jump(box) else None,
     )
 
 

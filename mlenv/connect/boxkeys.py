@@ -93,7 +93,8 @@ def list_keys(names: list[str] | None = None) -> list[BoxKeys]:
 def _cleanup_unused() -> list[LocalKey]:
     """Delete this machine's retired keys that no registered box uses any more."""
     current = keys.local_key().private_path
-    used = {Path(record.identity) for record in registry.load().values()} | {current}
+    records = registry.load().values()
+    used = {Path(path) for record in records for path in (record.identity, record.jump_identity) if path} | {current}
     removed = []
     for key in keys.local_keys():
         if key.private_path not in used:
@@ -122,7 +123,9 @@ def rotate(name: str) -> Rotation:
         with Session(record.endpoint) as ssh:
             lines = read(ssh, record.authorized_keys)
             write(ssh, record.authorized_keys, lines + [new.public_line])
-        moved = replace(record, identity=str(new.private_path))
+        # a jump host (the machine of a container box) keeps authorizing the key it was given
+        jump = record.jump
+        moved = replace(record, identity=str(new.private_path), jump_identity=str(jump.identity) if jump else None)
         with Session(moved.endpoint) as ssh:  # the new key logs in: only now drop the old one
             lines = read(ssh, record.authorized_keys)
             kept = [line for line in lines if not ((key := parse_line(line)) and key.same_key(old.public))]

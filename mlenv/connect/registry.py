@@ -49,6 +49,8 @@ class Record:
     jump_host: str | None = None
     jump_port: int | None = None
     jump_user: str | None = None
+    # the key the jump host authorizes, when it is no longer ``identity`` (``keys rotate`` of the box)
+    jump_identity: str | None = None
 
     def __post_init__(self) -> None:
         for check, value in ((validate.box_name, self.name), (validate.hostname, self.host)):
@@ -76,12 +78,15 @@ class Record:
                 raise SpecError(f"invalid jump port {port!r} for box {self.name!r}: 1-65535")
             if not isinstance(self.jump_user, str) or not _SSH_USER.fullmatch(self.jump_user):
                 raise SpecError(f"invalid jump user {self.jump_user!r} for box {self.name!r}")
+        if self.jump_identity is not None:
+            check_path(self.jump_identity, "the jump host's key file")
 
     @property
     def jump(self) -> Endpoint | None:
         if self.jump_host is None or self.jump_port is None or self.jump_user is None:
             return None
-        return Endpoint(jump_name(self.name), self.jump_host, self.jump_port, self.jump_user, Path(self.identity))
+        return Endpoint(jump_name(self.name), self.jump_host, self.jump_port, self.jump_user,
+                        Path(self.jump_identity or self.identity))
 
     @property
     def endpoint(self) -> Endpoint:

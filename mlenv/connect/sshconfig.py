@@ -65,7 +65,7 @@ def render_block(record: Record) -> str:
     lines = []
     jump = record.jump
     if jump is not None:
-        lines += _host_lines(alias(jump.name), jump.host, jump.port, jump.user, record.identity) + [""]
+        lines += _host_lines(alias(jump.name), jump.host, jump.port, jump.user, str(jump.identity)) + [""]
     lines += _host_lines(alias(record.name), record.host, record.port, record.user, record.identity)
     if record.start_on_connect:
         lines.append(f"    ProxyCommand {proxy_command(record.name)}")  # it goes through the jump itself
