@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 import threading
 import tomllib
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import REPO, run_mlenv, write_spec
+from tests.conftest import REPO, require, run_mlenv, write_spec
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.invalid", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
@@ -60,6 +61,7 @@ class GitRepo:
 @pytest.fixture
 def git_repo(tmp_path) -> GitRepo:
     """Two commits on main, the first tagged v1."""
+    require(shutil.which("git") is not None, "git (scripts/test.sh installs it)")
     repo = GitRepo(tmp_path / "gitpkg-repo")
     repo.first = repo.commit("first")
     repo.git("tag", "v1")
