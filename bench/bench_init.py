@@ -81,9 +81,10 @@ def main() -> list[Row]:
                 if label and not shape.startswith("100,000"):
                     continue
                 env = {**os.environ, "PYTHONPATH": checkout}
+                # run from the project folder: `python -m` puts the working folder first on sys.path
                 cases[f"mlenv init, {shape}{label}"] = command_runner(
                     [python(), "-m", "mlenv", "init", "--yes", "--force", "--target", "cpu=linux/x86_64",
-                     "--path", str(folder)], env=env)
+                     "--path", str(folder)], cwd=folder, env=env)
         samples = interleave(cases, repeat=repeat, warmup=1)
         # CPU time of one more run each: on a shared machine it says what wall time cannot
         cpu = {name: cpu_seconds(run) for name, run in cases.items()}
