@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -57,6 +58,18 @@ def run_mlenv(*args: str, cwd: Path | None = None, env: dict | None = None, chec
 
 
 # --- projects: helpers shared by the test files, and fixtures over them -----------------------------
+
+def lock(folder: Path, *args: str, expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`mlenv lock` in ``folder``, which must exit with ``expect``."""
+    result = run_mlenv("lock", *args, cwd=folder, env=env)
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result
+
+
+def read(folder: Path, name: str) -> dict:
+    """A TOML file of the project (mlenv.lock, pylock.TARGET.toml), parsed."""
+    return tomllib.loads((folder / name).read_text())
+
 
 def write_spec(folder: Path, index_url: str, *, dependencies=("tinylib",), extra: str = "",
                targets: str | None = None) -> Path:

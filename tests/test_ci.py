@@ -83,14 +83,11 @@ def steps(job: dict) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def locked_project(tmp_path_factory):
+def ci_template(tmp_path_factory):
     """Locked once per module (ci init needs no index afterwards); tests get a copy."""
-    from tests.pkgindex import LocalIndex
+    from tests.pkgindex import LocalIndex, add_tiny_packages
 
-    index = LocalIndex(tmp_path_factory.mktemp("ci-index"))
-    index.add("tinydep", "1.1")
-    index.add("tinylib", "1.0", requires=["tinydep>=1.0"])
-    index.add("devtool", "0.5")
+    index = add_tiny_packages(LocalIndex(tmp_path_factory.mktemp("ci-index")))
     try:
         root = make_project(tmp_path_factory.mktemp("ci-project") / "demo", index.url, targets=TWO_TARGETS, extra=(
             '[ci]\nnotebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01], opt = "adam" }\n'
@@ -103,8 +100,8 @@ def locked_project(tmp_path_factory):
 
 
 @pytest.fixture
-def project(locked_project, tmp_path):
-    return Path(shutil.copytree(locked_project, tmp_path / "demo"))
+def project(ci_template, tmp_path):
+    return Path(shutil.copytree(ci_template, tmp_path / "demo"))
 
 
 def set_ci(root: Path, table: str) -> None:

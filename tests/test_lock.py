@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, gpu_env, run_mlenv, write_spec
+from tests.conftest import IN_CI, gpu_env, lock, read, run_mlenv, write_spec
 
 LINUX_WHEEL = "cp311-cp311-manylinux_2_17_x86_64"
 MAC_WHEEL = "cp311-cp311-macosx_11_0_arm64"
-
-
-def lock(folder: Path, *args: str, expect: int = 0):
-    result = run_mlenv("lock", *args, cwd=folder)
-    assert result.returncode == expect, result.stdout + result.stderr
-    return result
-
-
-def read(folder: Path, name: str) -> dict:
-    return tomllib.loads((folder / name).read_text())
 
 
 def versions(folder: Path, target: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import REPO, require, run_mlenv, write_spec
+from tests.conftest import REPO, lock, read, require, run_mlenv, write_spec
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.invalid", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
@@ -67,16 +67,6 @@ def git_repo(tmp_path) -> GitRepo:
     repo.git("tag", "v1")
     repo.second = repo.commit("second")
     return repo
-
-
-def lock(folder: Path, *args: str, expect: int = 0, env: dict | None = None):
-    result = run_mlenv("lock", *args, cwd=folder, env=env)
-    assert result.returncode == expect, result.stdout + result.stderr
-    return result
-
-
-def read(folder: Path, name: str) -> dict:
-    return tomllib.loads((folder / name).read_text())
 
 
 def package(data: dict, key: str, name: str) -> dict:
