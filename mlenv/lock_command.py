@@ -7,7 +7,12 @@ for loading typer and pydantic.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mlenv.application import Application
+
+if TYPE_CHECKING:
+    from mlenv.lock import Pin
 
 
 def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
@@ -47,7 +52,7 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
         mlenv.print_json({
             "resolved": result.resolved,
             "reused": result.reused,
-            "updates": [{"target": t, "package": p, "old": o, "new": n} for t, p, o, n in result.updates],
+            "updates": [_update_json(*update) for update in result.updates],
         })
         return 0
     from rich.table import Table
@@ -73,6 +78,16 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
     else:
         mlenv.success("mlenv.lock is up to date; nothing to resolve")
     return 0
+
+
+def _update_json(target: str, package: str, old: Pin | None, new: Pin | None) -> dict[str, Any]:
+    """One update for --json: versions in "old" and "new"; a git dependency's full commits in "commit"."""
+    entry: dict[str, Any] = {"target": target, "package": package, "old": old.version if old else None,
+                             "new": new.version if new else None}
+    commits = {"old": old.commit if old else None, "new": new.commit if new else None}
+    if any(commits.values()):
+        entry["commit"] = commits
+    return entry
 
 
 def _load_report() -> None:

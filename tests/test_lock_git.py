@@ -146,9 +146,16 @@ def test_changing_the_ref_makes_the_lock_stale(tmp_path, local_index, git_repo):
     spec.write_text(spec.read_text().replace("@v1", f"@{git_repo.second}"))
     result = lock(project, "--check", expect=1)
     assert "gitpkg" in result.stderr and git_repo.second in result.stderr
-    result = lock(project)
-    assert f"gitpkg 1.0 ({git_repo.first[:12]}) -> 1.0 ({git_repo.second[:12]})" in result.stderr + result.stdout
+    # --json: the version in "old"/"new" as for any package, the full commits in their own field
+    result = lock(project, "--json")
+    assert json.loads(result.stdout)["updates"] == [
+        {"target": "cpu", "package": "gitpkg", "old": "1.0", "new": "1.0",
+         "commit": {"old": git_repo.first, "new": git_repo.second}}]
     assert package(read(project, "pylock.cpu.toml"), "packages", "gitpkg")["vcs"]["commit-id"] == git_repo.second
+    # people read the old and the new commit on the update's line
+    spec.write_text(spec.read_text().replace(f"@{git_repo.second}", "@v1"))
+    result = lock(project)
+    assert f"gitpkg 1.0 ({git_repo.second[:12]}) -> 1.0 ({git_repo.first[:12]})" in result.stdout
 
 
 def test_git_failures_show_git_stderr_and_the_repository(tmp_path, local_index, git_repo):

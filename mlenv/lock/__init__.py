@@ -35,7 +35,25 @@ from mlenv.spec import Spec, Target
 Warn = Callable[[str], None]
 Trace = Callable[[str], None]
 
-__all__ = ["Change", "Lock", "LockResult", "check_lock", "lock_project", "read_lock"]
+__all__ = ["Change", "Lock", "LockResult", "Pin", "check_lock", "lock_project", "read_lock"]
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A package's pin as updates report it: the version, and the full commit of a git dependency."""
+
+    version: str
+    commit: str | None = None
+
+    @classmethod
+    def of(cls, package: LockedPackage) -> Pin:
+        return cls(package.version, package.vcs.commit_id if package.vcs else None)
+
+    def __str__(self) -> str:  # "1.0 (0123456789ab)": the commit shortened as the lock's vcs.short does
+        return f"{self.version} ({self.commit[:12]})" if self.commit else self.version
+
+
+Update = tuple[str, str, Pin | None, Pin | None]  # target, package, old pin, new pin
 
 
 @dataclass
@@ -43,7 +61,7 @@ class LockResult:
     lock: Lock
     resolved: list[str]  # targets resolved by uv this time
     reused: list[str]  # targets whose inputs had not changed
-    updates: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)  # target, pkg, old, new
+    updates: list[Update] = field(default_factory=list)
     written: bool = True
 
 
@@ -396,20 +414,15 @@ def _combined(failures: list[TargetFailed]) -> MlenvError:
     return error
 
 
-def _updates(previous: Lock | None, lock: Lock,
-             results: dict[str, list[ResolvedPackage]]) -> list[tuple[str, str, str | None, str | None]]:
-    """(target, package, old version, new version) for every package a re-resolution moved."""
+def _updates(previous: Lock | None, lock: Lock, results: dict[str, list[ResolvedPackage]]) -> list[Update]:
+    """(target, package, old pin, new pin) for every package a re-resolution moved."""
     changes = []
     for target in sorted(results):
-        old = ({p.name: _pin(p) for p in previous.packages_for(target)}
+        old = ({p.name: Pin.of(p) for p in previous.packages_for(target)}
                if previous and target in previous.targets else {})
-        new = {p.name: _pin(p) for p in lock.packages_for(target)}
+        new = {p.name: Pin.of(p) for p in lock.packages_for(target)}
         for name in sorted(old.keys() | new.keys()):
             if old.get(name) != new.get(name):
                 changes.append((target, name, old.get(name), new.get(name)))
     return changes
 
-
-def _pin(package: LockedPackage) -> str:
-    """A package's pin as updates show it: the version, and the commit of a git dependency."""
-    return f"{package.version} ({package.vcs.short})" if package.vcs else package.version
