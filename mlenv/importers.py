@@ -734,8 +734,8 @@ def _source_url(source: dict[str, Any]) -> str | None:
     ``git+https://...@tag``), or None for the kinds mlenv.toml cannot hold (path, workspace)."""
     subdirectory = source.get("subdirectory")
     fragment = f"#subdirectory={subdirectory}" if isinstance(subdirectory, str) else ""
-    if isinstance(source.get("url"), str):
-        return source["url"] + fragment
+    if isinstance(source.get("url"), str) and not source["url"].lower().startswith("file:"):
+        return source["url"] + fragment  # a file: URL exists on one machine only, like a path source
     if isinstance(source.get("git"), str):
         ref = next((source[key] for key in ("rev", "tag", "branch") if isinstance(source.get(key), str)), None)
         return f"git+{source['git']}" + (f"@{ref}" if ref else "") + fragment

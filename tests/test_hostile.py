@@ -248,7 +248,7 @@ explicit = true
 corp-lib = { index = "corp" }
 other = { url = "https://bob:pass5@files.example/other-1.0-py3-none-any.whl" }
 gitdep = { git = "https://TOKEN6@github.com/org/gitdep.git", tag = "v1" }
-pathdep = { path = "../elsewhere" }
+pathdep = { url = "file:///home/alice/wheels/pathdep-1.0-py3-none-any.whl" }
 devtool = { git = "ssh://git@github.com/org/devtool.git", branch = "main" }
 """
 
