@@ -9,8 +9,9 @@ because a probe failed is worse than one that runs an hour too long (``--max-lif
 Strong signals (any of them resets the idle clock):
   keepalive  a file in --keepalive-dir whose content is an expiry epoch still in the future
              (`mlenv keepalive`, a running `mlenv sweep --on`)
-  jupyter    a busy kernel on a local Jupyter server (jpserver-*.json, GET /api/kernels with
-             no_track_activity=1 so asking does not count as activity)
+  jupyter    a busy kernel on a local Jupyter server (the jpserver-*.json files in every user's runtime
+             folder, looked up each poll; GET /api/kernels with no_track_activity=1 so asking does not
+             count as activity; files of servers that are gone, or whose pid was reused, are skipped)
   gpu        utilization.gpu >= --gpu-percent on any GPU (nvidia-smi, with a timeout)
   cpu        busy CPU time >= --cpu-cores cores over the poll window (the container's cgroup when
              in one, /proc/stat deltas otherwise: load average counts processes waiting on disk)
