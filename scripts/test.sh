@@ -14,6 +14,7 @@ command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ip >/dev/null || need_apt+=(iproute2)  # a second engine's own bridge (tests/test_boxes_ssh.py)
 command -v git >/dev/null || need_apt+=(git)  # git dependencies are locked from real repositories
 command -v chromium >/dev/null || need_apt+=(chromium)  # renders the sweep report in a test
 if [ ${#need_apt[@]} -gt 0 ]; then

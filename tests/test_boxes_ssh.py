@@ -398,16 +398,21 @@ def test_docker_mode_end_to_end_as_the_readme_shows(container_box, docker_client
 
 @pytest.fixture
 def other_engine(tmp_path, docker_engine):
-    """A second Docker Engine that has none of this machine's images (images only: no bridge, no
-    iptables, so it touches nothing of the shared engine's), stopped afterwards."""
+    """A second Docker Engine that has none of this machine's images (images only: its own bridge, no
+    iptables, so it touches nothing of the shared engine's), stopped afterwards.  Not --bridge=none:
+    dockerd then deletes docker0, the shared engine's bridge (moby's removeDefaultBridgeInterface)."""
     require(bool(shutil.which("dockerd")), "dockerd (apt-get install docker.io)")
+    require(bool(shutil.which("ip")), "ip (apt-get install iproute2)")
     import docker
 
     folder = Path(tempfile.mkdtemp(prefix="mlenv-engine2-"))
     socket_path = folder / "docker.sock"
     log = (folder / "log").open("w")
+    bridge = f"mlenv-e{os.getpid() % 100000}"  # interface names have at most 15 characters
+    subprocess.run(f"ip link add {bridge} type bridge && ip addr add 10.254.{os.getpid() % 250}.1/30 dev {bridge}",
+                   shell=True, check=True)
     engine = subprocess.Popen(["dockerd", "--data-root", str(folder / "data"), "--exec-root", str(folder / "exec"),
-                               "--pidfile", str(folder / "pid"), "-H", f"unix://{socket_path}", "--bridge=none",
+                               "--pidfile", str(folder / "pid"), "-H", f"unix://{socket_path}", f"--bridge={bridge}",
                                "--iptables=false", "--ip-masq=false", "--ip-forward=false"],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = docker.DockerClient(base_url=f"unix://{socket_path}", version="auto") if eventually(
@@ -424,6 +429,7 @@ def other_engine(tmp_path, docker_engine):
             engine.wait()
         log.close()
         shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", bridge], check=False)
 
 
 def _answers(client) -> bool:
