@@ -59,7 +59,9 @@ def test_dockerfile_stages_and_pins(project):
     assert runtime.rstrip().splitlines()[-2:] == ["COPY --from=source /src /app", 'CMD ["python"]']
     assert re.search(r"^USER 1000:1000$", runtime, re.M)
     assert 'io.mlenv.lock-hash="' in text and "org.opencontainers.image.title" in text
-    assert "--group dev" in text.split("FROM deps AS dev")[1]
+    dev = text.split("FROM deps AS dev")[1]
+    # the project's groups install before mlenv's own layer, so an mlenv upgrade never reinstalls them
+    assert dev.index("--group dev") < dev.index("COPY --from=mlenv-tool")
     assert (project / ".dockerignore").is_file()
     ignored = (project / ".dockerignore").read_text().splitlines()
     assert {".git", ".venv", "sweeps", "**/__pycache__"} <= set(ignored)
