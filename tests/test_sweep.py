@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import MINIMAL_SPEC, NOTEBOOKS, require, run_mlenv
+from tests.conftest import MINIMAL_SPEC, NOTEBOOKS, make_notebook, require, run_mlenv
 
 
 def results(folder: Path) -> dict:
@@ -365,6 +365,37 @@ def test_sweep_settings_from_files(tmp_path):
     bad = run_mlenv("sweep", "-f", "bad.toml", cwd=tmp_path)
     assert bad.returncode == 3, bad.stderr
     assert "bad.toml:2:1: unknown key 'notebok'" in bad.stderr and "did you mean 'notebook'" in bad.stderr
+
+
+def test_spec_names_the_project_whose_lock_and_settings_the_sweep_uses(tmp_path, locked_project):
+    # a project locked against the test index (tinylib, devtool): this interpreter does not match it
+    project = locked_project()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    notebook = make_notebook(elsewhere / "outside.ipynb", "x = 1", "y = x")
+    # without --spec no project is around the notebook or the current folder: nothing to check against
+    plain = run_mlenv("sweep", str(notebook), "--dry-run", "--json", cwd=elsewhere)
+    assert plain.returncode == 0, plain.stderr
+    assert [run["parameters"] for run in json.loads(plain.stdout)] == [{}]
+    # --spec (relative to the current folder, like every command's) makes that project's lock the check
+    refused = run_mlenv("sweep", str(notebook), "--spec", "../demo/mlenv.toml", "--dry-run", cwd=elsewhere)
+    assert refused.returncode == 1, refused.stderr
+    assert "does not match mlenv.lock target 'cpu'" in refused.stderr and "tinylib" in refused.stderr
+    assert "--allow-drift" in refused.stderr and "Traceback" not in refused.stderr
+    as_json = run_mlenv("sweep", str(notebook), "--spec", str(project), "--json", "-o", str(tmp_path / "out"),
+                        cwd=elsewhere)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["error"]["code"] == 1, as_json.stderr
+    assert not (tmp_path / "out").exists()  # refused before any run
+    # and that project's [sweep] settings apply, not the current folder's
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "mlenv.toml").write_text(
+        MINIMAL_SPEC + f'[sweep]\nnotebook = "{notebook}"\nparameters = {{ x = [2, 3] }}\n')
+    planned = run_mlenv("sweep", "--spec", str(settings / "mlenv.toml"), "--dry-run", "--json", cwd=elsewhere)
+    assert planned.returncode == 0, planned.stderr
+    assert [run["parameters"] for run in json.loads(planned.stdout)] == [{"x": 2}, {"x": 3}]
+    missing = run_mlenv("sweep", str(notebook), "--spec", str(tmp_path / "nothing.toml"), "--dry-run", cwd=elsewhere)
+    assert missing.returncode == 3 and "nothing.toml does not exist" in missing.stderr, missing.stderr
 
 
 def test_kernel_start_failures_are_retried_with_a_fresh_kernel(tmp_path):

@@ -54,11 +54,11 @@ def sweep(
     if cluster and jobs:
         raise UsageError("--jobs applies to local runs; a Dask cluster runs as many as it has worker threads",
                          hint="drop --jobs, or size the cluster with `dask worker --nworkers N`")
+    mlenv = application(ctx)
     options = resolve_options(notebook, param, yaml_parameters=yaml_param, raw_parameters=raw_param, file=file,
                               zip_mode=zip_, random_samples=random, seed=seed, jobs=jobs, timeout=timeout,
                               retries=retries, output=output, sort=sort, kernel=kernel, cluster=cluster,
-                              resume=resume, allow_drift=allow_drift)
-    mlenv = application(ctx)
+                              resume=resume, allow_drift=allow_drift, spec_path=mlenv.spec_path)
     if on:
         from pathlib import Path
 
@@ -80,7 +80,8 @@ def sweep(
         forwarded += [flag for flag, given in switches if given]
         executor, _ = box_executor(ctx, on)
         job = BoxSweep(executor, Path(options.notebook), forwarded, options.output_location(),
-                       sweep_file=Path(file).resolve() if file else None, resume=resume)
+                       sweep_file=Path(file).resolve() if file else None, resume=resume,
+                       spec_path=options.spec_path)
         code = run_on_box(job, out=lambda text: print(text, end="", flush=True),
                           err=lambda text: mlenv.err.print(text, markup=False, highlight=False),
                           width=mlenv.out.width)

@@ -36,6 +36,7 @@ class SweepOptions:
     cluster: str | None = None
     resume: bool = False
     allow_drift: bool = False  # run although the kernel does not match mlenv.lock (recorded)
+    spec_path: Path | None = None  # --spec: the project whose [sweep] and lock apply (else found from the folders)
 
     def output_location(self) -> str:
         return self.output or str(Path("sweeps") / notebook_stem(self.notebook))
@@ -69,13 +70,16 @@ def read_sweep_file(path: Path) -> tuple[dict[str, Any], Path]:
     return _check_table(data, text, path, prefix), path.resolve().parent
 
 
-def _project_settings(notebook: Path | str | None, cwd: Path) -> tuple[dict[str, Any], Path] | None:
+def _project_settings(notebook: Path | str | None, cwd: Path,
+                      spec_path: Path | None = None) -> tuple[dict[str, Any], Path] | None:
+    """[sweep] of ``spec_path`` (``--spec``: it must load), else of the project around ``cwd``."""
     from mlenv.spec import find_spec, load_spec
 
-    try:
-        spec_path = find_spec(cwd)
-    except SpecError:
-        return None  # a sweep needs no project: a notebook is enough
+    if spec_path is None:
+        try:
+            spec_path = find_spec(cwd)
+        except SpecError:
+            return None  # a sweep needs no project: a notebook is enough
     spec = load_spec(spec_path)
     settings = spec.sweep.written()
     if not settings:
@@ -106,12 +110,14 @@ def resolve_options(
     cluster: str | None = None,
     resume: bool = False,
     allow_drift: bool = False,
+    spec_path: Path | None = None,
     cwd: Path | None = None,
 ) -> SweepOptions:
     cwd = cwd or Path.cwd()
+    spec_path = cwd / spec_path if spec_path is not None else None
     notebook_path: Path | str | None = (notebook if is_url(notebook) else cwd / notebook) if notebook else None
     layers: list[tuple[dict[str, Any], Path]] = []
-    project = _project_settings(notebook_path, cwd)
+    project = _project_settings(notebook_path, cwd, spec_path)
     if project:
         layers.append(project)
     if file:
@@ -168,5 +174,5 @@ def resolve_options(
         seed=merged.get("seed"), jobs=merged.get("jobs"), timeout=merged.get("timeout"),
         retries=merged.get("retries", 1), output=merged.get("output") or str(cwd / "sweeps" / notebook_stem(path)),
         sort=merged.get("sort"), kernel=merged.get("kernel"), cluster=merged.get("cluster"), resume=resume,
-        allow_drift=allow_drift,
+        allow_drift=allow_drift, spec_path=spec_path,
     )

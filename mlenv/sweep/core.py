@@ -83,7 +83,7 @@ def plan_sweep(options: SweepOptions, warn=None) -> Plan:
     store.check()
     locked, project = check_locked_kernel(Path(info.folder), info.kernel, info.language,
                                           allow_drift=options.allow_drift, warn=warn or (lambda message: None),
-                                          check_local=not options.cluster)
+                                          check_local=not options.cluster, spec_path=options.spec_path)
     return Plan(options, info, runs, store, locked, project)
 
 

@@ -70,17 +70,19 @@ def kernel_interpreter(kernel: str) -> tuple[str, Any]:
     return program, spec
 
 
-def _project(folder: Path) -> Project | None:
-    """The locked project around ``folder``: (spec, lock, lock bytes), or None without one."""
+def _project(folder: Path, spec_path: Path | None = None) -> Project | None:
+    """The locked project of ``spec_path`` (``--spec``: it must load) or else the one around ``folder``:
+    (spec, lock, lock bytes), or None without one."""
     from mlenv.lock.model import lock_path, read_lock
     from mlenv.spec import find_spec, load_spec
 
-    try:
-        spec_path = find_spec(folder)
-    except SpecError as exc:
-        if "no mlenv.toml" in exc.message:
-            return None  # a sweep needs no project
-        raise
+    if spec_path is None:
+        try:
+            spec_path = find_spec(folder)
+        except SpecError as exc:
+            if "no mlenv.toml" in exc.message:
+                return None  # a sweep needs no project
+            raise
     spec = load_spec(spec_path)
     path = lock_path(spec.root)
     if not path.exists():
@@ -124,9 +126,11 @@ def lock_record(spec, lock, lock_bytes: bytes, target, facts) -> dict[str, str]:
 
 
 def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift: bool, warn: Warn,
-                        check_local: bool = True) -> tuple[LockedKernel | None, Project | None]:
+                        check_local: bool = True,
+                        spec_path: Path | None = None) -> tuple[LockedKernel | None, Project | None]:
     """The kernel to run in a locked project (None outside one), checked against the lock.
 
+    The project is ``spec_path``'s (``--spec``), else the one around the notebook's ``folder``.
     ``check_local=False`` (a Dask sweep): only find the project and lock; workers are checked by
     ``check_workers``.  Returns the kernel and the project tuple for that.
     """
@@ -135,7 +139,7 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
     from mlenv.hardware import detect
     from mlenv.lock import check_lock
 
-    project = _project(folder)
+    project = _project(folder, spec_path)
     if project is None or not check_local:
         return None, project
     spec, lock, lock_bytes = project

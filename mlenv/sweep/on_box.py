@@ -35,13 +35,15 @@ class BoxSweep:
     output: str  # local folder (copied back) or a URL (written by the box itself)
     sweep_file: Path | None = None
     resume: bool = False
+    spec_path: Path | None = None  # --spec: the project whose lock the box checks against
 
 
-def _project_files(notebook: Path) -> tuple[Path, list[Path]] | None:
-    """(root, files) of the locked project the notebook is in, to check the box against the same lock."""
+def _project_files(notebook: Path, spec_path: Path | None) -> tuple[Path, list[Path]] | None:
+    """(root, files) of the locked project (``--spec``'s, else the notebook's), to check the box against
+    the same lock."""
     from mlenv.sweep.environment import _project
 
-    project = _project(notebook.parent)
+    project = _project(notebook.parent, spec_path)
     if project is None:
         return None
     spec, lock, _ = project
@@ -59,12 +61,15 @@ def run_on_box(job: BoxSweep, *, out: Callable[[str], None], err: Callable[[str]
 
     executor = job.executor
     remote = f"/tmp/mlenv-sweep-{uuid.uuid4().hex[:12]}"
-    project = _project_files(job.notebook)
+    project = _project_files(job.notebook, job.spec_path)
     if project:
         root, files = project
         for path in files:
             write_file(executor, f"{remote}/{path.relative_to(root).as_posix()}", path.read_bytes())
-        notebook = f"{remote}/{job.notebook.resolve().relative_to(root.resolve()).as_posix()}"
+        if job.notebook.resolve().is_relative_to(root.resolve()):
+            notebook = f"{remote}/{job.notebook.resolve().relative_to(root.resolve()).as_posix()}"
+        else:  # --spec names a project the notebook is not in: below the copy, the box finds it the same
+            notebook = f"{remote}/.notebook/{job.notebook.name}"
     else:
         notebook = f"{remote}/{job.notebook.name}"
     write_file(executor, notebook, job.notebook.read_bytes())
