@@ -674,7 +674,7 @@ def test_a_large_first_boot_script_is_gzipped_and_reaches_ec2_intact(aws, projec
     from mlenv.boxes.cloudinit import USER_DATA_LIMIT
 
     pylock = project / "pylock.cpu.toml"
-    pylock.write_text(pylock.read_text() + "".join(f"# padding line {n}\n" for n in range(3000)))
+    pylock.write_text(pylock.read_text() + "".join(f"# padding line {n}\n" for n in range(2000)))
     box = provider(project).up(request("big1"), lambda line: None)
     ec2 = boto("ec2")
     raw = base64.b64decode(ec2.describe_instance_attribute(InstanceId=box.extra["instance_id"],
@@ -682,6 +682,7 @@ def test_a_large_first_boot_script_is_gzipped_and_reaches_ec2_intact(aws, projec
     assert raw[:2] == b"\x1f\x8b" and len(raw) <= USER_DATA_LIMIT  # gzip, which cloud-init unpacks itself
     script = user_data_of(ec2, box.extra["instance_id"])
     assert script.startswith("#!/bin/bash\n") and "-----MLENV BOX READY-----" in script
+    assert len(script.encode()) > USER_DATA_LIMIT  # it would not have fitted as it is
 
 
 def test_console_output_as_ec2_returns_it_base64_encoded():

@@ -200,6 +200,7 @@ def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_
     assert "git version" in tools and tools.strip().endswith("app")
 
 
+@pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_stale_lock_is_refused(project, docker_env):
     assert built(build(project, env=docker_env))["skipped"] is None
