@@ -51,6 +51,12 @@ def test_sweep_on_a_box_holds_it_streams_progress_and_brings_the_results_back(bo
     assert checked.returncode in (1, 8), checked.stdout + checked.stderr
     assert "mlenv.lock" in checked.stderr or "ipykernel is not installed" in checked.stderr
     assert not (tmp_path / "locked" / "results.json").exists()
+    # --spec names that project for the notebook outside it: the box checks against its lock as well
+    named = project.mlenv("sweep", str(notebook), "--spec", str(project.root), "--on", box,
+                          "-o", str(tmp_path / "named"), timeout=300)
+    assert named.returncode in (1, 8), named.stdout + named.stderr
+    assert "mlenv.lock" in named.stderr or "ipykernel is not installed" in named.stderr
+    assert not (tmp_path / "named" / "results.json").exists()
 
     # SIGTERM here stops the sweep there the same way: finished runs kept and brought back, exit 143
     import os
