@@ -14,8 +14,12 @@ Nothing is dropped silently: whatever cannot become part of ``mlenv.toml`` is re
 * ``--hash`` options are dropped: the lock records the hashes of what it resolves.
 * ``torch==2.5.1+cu124`` becomes ``torch==2.5.1`` plus a pin of torch to the ``pytorch-cu124`` index
   on CUDA targets, so a CPU target of the same spec can still resolve torch from PyPI.
-* ``-e``/editable installs, bare URLs/paths and ``--find-links`` are reported, not imported: they
-  point at one machine's files or a flat page, not at something a lock can pin for every target.
+* pip's git lines (``git+https://host/repo@v1#egg=name``, also after ``-e``) become the PEP 508 direct
+  reference ``name @ git+https://host/repo@v1`` (a ``subdirectory=`` stays in the fragment, as uv reads
+  it), which ``mlenv lock`` pins by commit; an editable one is imported as a plain one, and said so.
+* Other ``-e``/editable installs, bare URLs/paths, git lines without ``#egg=`` and ``--find-links``
+  are reported, not imported: they point at one machine's files, a flat page or a package whose name
+  is unknown, not at something a lock can pin for every target.
 * Credentials in index URLs are removed (they must not be committed); ``${VAR}`` forms are kept.
 
 pip's parser is not importable as a library; ``pip-requirements-parser`` (its vendored copy) was
@@ -35,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -277,6 +281,7 @@ def logical_lines(text: str) -> Iterable[tuple[int, str]]:
 
 _NAMED_URL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[^\]]*\])?\s*@")
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+_EGG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,\s-]*\])?")  # #egg=name or name[extra,...]
 
 
 def _looks_like_url_or_path(text: str) -> bool:
@@ -404,6 +409,8 @@ class RequirementsReader:
                     self._include(value, path, number, base, group, parsed, stack, constraint, spelling)
                 elif option == "constraint":
                     self._include(value, path, number, base, group, parsed, stack, True, spelling)
+                elif option == "editable" and value[:4].lower() == "git+":
+                    self._git_line(value, where, parsed, constraint, editable=True)
                 elif option == "editable":
                     imported.note(where, "editable", f"-e {value} not imported: editable installs are of this "
                                   "checkout; install it into the environment with `pip install -e`")
@@ -439,6 +446,9 @@ class RequirementsReader:
                 raise SpecError(f"unknown option {name!r} after a requirement", path=self.rel(path), line=number,
                                 hint="pip allows --hash, --config-settings, --global-option after a requirement")
         if _looks_like_url_or_path(text):
+            if text[:4].lower() == "git+":
+                self._git_line(text, where, parsed, constraint, editable=False)
+                return
             imported.note(where, "url", f"{text} not imported: a bare URL or path has no package name to lock; "
                           "write it as `name @ url`, or publish the package to an index")
             return
@@ -455,6 +465,44 @@ class RequirementsReader:
             imported.note(where, "url", f"{requirement.name} @ {requirement.url} kept as a direct URL: it cannot "
                           "differ per target; prefer a version from an index")
         (parsed.constraints if constraint else parsed.requirements).append(Req(requirement, where, text))
+
+    def _git_line(self, text: str, where: str, parsed: _Parsed, constraint: bool, *, editable: bool) -> None:
+        """A pip git line (``git+URL@ref#egg=name``) as the direct reference ``name @ git+URL@ref``."""
+        written = f"-e {text}" if editable else text
+        requirement = git_direct_reference(text)
+        if isinstance(requirement, str):
+            self.imported.note(where, "url", f"{written} not imported: {requirement}")
+            return
+        reference = str(requirement)  # the URL's credentials are removed (with a note) when it is added
+        if editable:
+            self.imported.note(where, "editable", f"{written} imported as `{reference}`, not editable: mlenv "
+                               "installs the commit the lock pins; for an editable checkout, clone the repository "
+                               "and `pip install -e` it into the environment")
+        else:
+            self.imported.note(where, "url", f"{written} imported as `{reference}`: `mlenv lock` pins the commit "
+                               "its ref names")
+        (parsed.constraints if constraint else parsed.requirements).append(Req(requirement, where, reference))
+
+
+def git_direct_reference(text: str) -> Requirement | str:
+    """pip's ``git+URL@ref#egg=name[extra]&subdirectory=dir`` (``; marker`` after it) as the PEP 508
+    ``name[extra] @ git+URL@ref#subdirectory=dir``; or, when there is none, why not."""
+    url, _, marker = text.partition("; ")  # pip: a URL's marker follows "; " (a bare ";" may be in the URL)
+    url = url.strip()
+    base, _, fragment = url.partition("#")
+    fields = parse_qs(fragment, keep_blank_values=True)
+    egg = (fields.get("egg") or [""])[-1]
+    if not egg:
+        return (f"no package name (pip reads it from `#egg=name`); write it as `name @ {base}` with the "
+                "package's name")
+    if not _EGG.fullmatch(egg):
+        return f"#egg={egg} is not a package name; write it as `name @ {base}` with the package's name"
+    subdirectory = (fields.get("subdirectory") or [""])[-1]
+    reference = f"{egg} @ {base}" + (f"#subdirectory={subdirectory}" if subdirectory else "")
+    try:
+        return parse_requirement(reference + (f" ; {marker.strip()}" if marker.strip() else ""))
+    except InvalidRequirement as exc:
+        return str(exc).splitlines()[0]
 
 
 def strip_local_versions(requirement: Requirement, origin: str, imported: Imported) -> Requirement:

@@ -57,6 +57,52 @@ def run_mlenv(*args: str, cwd: Path | None = None, env: dict | None = None, chec
     return result
 
 
+# --- git repositories: tests/test_lock_git.py, tests/test_init.py ---------------------------------
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.invalid", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+class GitRepo:
+    """A repository holding the package ``gitpkg`` (module ``gitpkg``, ``__version__`` set)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        self.git("init", "--quiet", "--initial-branch", "main")
+        (path / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["uv_build>=0.9,<1"]\nbuild-backend = "uv_build"\n\n'
+            '[project]\nname = "gitpkg"\nversion = "1.0"\nrequires-python = ">=3.8"\n')
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=self.path, env={**os.environ, **GIT_ENV}, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def commit(self, text: str) -> str:
+        """Commit a new ``gitpkg/__init__.py`` (``MARK = text``); returns the commit id."""
+        module = self.path / "src" / "gitpkg"
+        module.mkdir(parents=True, exist_ok=True)
+        (module / "__init__.py").write_text(f"MARK = {text!r}\n")
+        self.git("add", "-A")
+        self.git("commit", "--quiet", "-m", text)
+        return self.git("rev-parse", "HEAD")
+
+    @property
+    def url(self) -> str:
+        return f"git+file://{self.path}"
+
+
+@pytest.fixture
+def git_repo(tmp_path) -> GitRepo:
+    """Two commits on main, the first tagged v1."""
+    require(shutil.which("git") is not None, "git (scripts/test.sh installs it)")
+    repo = GitRepo(tmp_path / "gitpkg-repo")
+    repo.first = repo.commit("first")
+    repo.git("tag", "v1")
+    repo.second = repo.commit("second")
+    return repo
+
+
 # --- projects: helpers shared by the test files, and fixtures over them -----------------------------
 
 def lock(folder: Path, *args: str, expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -219,6 +219,11 @@ def test_init_copies_no_credential_into_mlenv_toml_or_its_output(tmp_path):
     assert "https://${USER}:${TOKEN}@other.example.com/simple" in spec
     assert '"pkg @ https://host.example.com/pkg-1.0-py3-none-any.whl"' in spec
     assert "removed the credentials from the URL of pkg" in result.stdout
+    # pip's git lines are imported (the editable one as a plain one) without their credentials
+    assert '"repo @ git+https://github.com/org/repo.git"' in spec
+    assert '"other @ git+https://github.com/org/other.git"' in spec
+    assert "removed the credentials from the URL of repo (github.com)" in result.stdout
+    assert "git+https://github.com/org/other.git not imported: no package name" in result.stdout
     assert "${VARIABLE}" in spec and "keyring" in spec
 
     dry = run_mlenv("init", "--dry-run", "--target", "cpu=linux/x86_64", cwd=tmp_path, env=WIDE)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,48 @@ def test_init_then_lock_against_a_real_index(tmp_path, local_index):
     assert "tinylib" in lock_text and "tinydep" in lock_text and "devtool" in lock_text
 
 
+
+GIT_LINES = """\
+numpy
+git+https://github.com/org/repo.git@v1#egg=repo
+-e git+https://github.com/org/edit.git@main#egg=edit-lib[fast,cli]&subdirectory=python/lib
+git+ssh://git@github.com/org/tool.git@0123abc#egg=tool ; python_version >= "3.9"
+git+https://github.com/org/nameless.git@v2
+"""
+
+
+def test_pip_git_lines_become_direct_references(tmp_path):
+    """pip's `git+URL@ref#egg=name` lines (also after -e) reach mlenv.toml as `name @ git+URL@ref`;
+    a line without #egg= is skipped with the spelling that imports it."""
+    (tmp_path / "requirements.txt").write_text(GIT_LINES)
+    result = init(tmp_path, "--yes", "--target", "cpu=linux/x86_64", env=no_gpu_env(tmp_path))
+    assert load_spec(tmp_path).dependencies == (
+        "numpy",
+        "repo @ git+https://github.com/org/repo.git@v1",
+        "edit-lib[cli,fast] @ git+https://github.com/org/edit.git@main#subdirectory=python/lib",
+        'tool @ git+ssh://git@github.com/org/tool.git@0123abc ; python_version >= "3.9"',
+    )
+    out = " ".join(result.stdout.split())  # rich wraps the report's cells
+    assert "requirements.txt:3 │ -e git+https://github.com/org/edit.git" in out and "not editable" in out
+    assert ("git+https://github.com/org/nameless.git@v2 not imported: no package name (pip reads it from "
+            "`#egg=name`); write it as `name @ git+https://github.com/org/nameless.git@v2`") in out
+
+
+def test_init_then_lock_pins_a_pip_git_line_by_commit(tmp_path, local_index, git_repo):
+    """The README's way in: a requirements.txt with a git line, `mlenv init`, `mlenv lock`."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "requirements.txt").write_text(
+        f"--index-url {local_index.url}\ntinylib\n-e {git_repo.url}@v1#egg=gitpkg\n")
+    init(project, "--yes", "--python", "3.11", "--target", "cpu=linux/x86_64", env=no_gpu_env(tmp_path))
+    assert load_spec(project).dependencies == ("tinylib", f"gitpkg @ {git_repo.url}@v1")
+    result = run_mlenv("lock", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    locked = tomllib.loads((project / "mlenv.lock").read_text())
+    gitpkg = next(entry for entry in locked["package"] if entry["name"] == "gitpkg")
+    assert gitpkg["vcs"]["commit-id"] == git_repo.first and gitpkg["vcs"]["requested-revision"] == "v1"
+
+
 # --- the importers, called directly ---------------------------------------------------------------------
 
 def test_logical_lines_follow_pip():
@@ -381,9 +424,11 @@ def test_bare_urls_and_local_paths_are_reported(tmp_path):
         "local-pkg @ file:///home/me/local_pkg\n"
         "named @ git+https://github.com/org/named.git@v2\n"
     )})
-    assert imported.dependencies == ["named @ git+https://github.com/org/named.git@v2"]
+    assert imported.dependencies == ["repo @ git+https://github.com/org/repo.git@v1",
+                                     "named @ git+https://github.com/org/named.git@v2"]
     assert [n.origin for n in imported.notes if n.kind == "url"] == [
         "requirements.txt:1", "requirements.txt:2", "requirements.txt:3", "requirements.txt:4"]
+    assert "imported as `repo @ git+https://github.com/org/repo.git@v1`" in imported.notes[1].text
 
 
 def test_dev_file_including_main_does_not_duplicate(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 import threading
 import tomllib
@@ -21,52 +20,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import REPO, lock, read, require, run_mlenv, write_spec
-
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.invalid", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
-
-
-class GitRepo:
-    """A repository holding the package ``gitpkg`` (module ``gitpkg``, ``__version__`` set)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.mkdir(parents=True)
-        self.git("init", "--quiet", "--initial-branch", "main")
-        (path / "pyproject.toml").write_text(
-            '[build-system]\nrequires = ["uv_build>=0.9,<1"]\nbuild-backend = "uv_build"\n\n'
-            '[project]\nname = "gitpkg"\nversion = "1.0"\nrequires-python = ">=3.8"\n')
-
-    def git(self, *args: str) -> str:
-        import os
-
-        return subprocess.run(["git", *args], cwd=self.path, env={**os.environ, **GIT_ENV}, check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    def commit(self, text: str) -> str:
-        """Commit a new ``gitpkg/__init__.py`` (``MARK = text``); returns the commit id."""
-        module = self.path / "src" / "gitpkg"
-        module.mkdir(parents=True, exist_ok=True)
-        (module / "__init__.py").write_text(f"MARK = {text!r}\n")
-        self.git("add", "-A")
-        self.git("commit", "--quiet", "-m", text)
-        return self.git("rev-parse", "HEAD")
-
-    @property
-    def url(self) -> str:
-        return f"git+file://{self.path}"
-
-
-@pytest.fixture
-def git_repo(tmp_path) -> GitRepo:
-    """Two commits on main, the first tagged v1."""
-    require(shutil.which("git") is not None, "git (scripts/test.sh installs it)")
-    repo = GitRepo(tmp_path / "gitpkg-repo")
-    repo.first = repo.commit("first")
-    repo.git("tag", "v1")
-    repo.second = repo.commit("second")
-    return repo
+from tests.conftest import REPO, lock, read, run_mlenv, write_spec
 
 
 def package(data: dict, key: str, name: str) -> dict:
