@@ -25,9 +25,10 @@ from mlenv import __version__
 FOLDER = ".mlenv"
 WHEEL = f"mlenv-{__version__}-py3-none-any.whl"
 # What `mlenv doctor` (and `lock --check`) need in the image: the CLI shell, the lock format and
-# version parsing.  Docker, boto3, papermill ... stay out of the tool venv.  Pinned to the versions
-# this mlenv runs with, which are known to work with it.
-TOOL_REQUIREMENTS = ("typer", "rich", "packaging", "tomli-w")
+# version parsing (tomli reads mlenv.toml).  Docker, boto3, papermill ... stay out of the tool venv.
+# Pinned to the versions this mlenv runs with, which are known to work with it.  A test checks that
+# doctor and `lock --check` import nothing else.
+TOOL_REQUIREMENTS = ("typer", "rich", "packaging", "tomli", "tomli-w")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same files, same bytes
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,62 @@ def test_schema_rejects_a_broken_config():
         validate({"name": "x", "build": {"dockerfile": 3}, "forwardPorts": "8888"})
 
 
+# Runs doctor and `lock --check` through the full CLI (not the console script's stdlib-only fast path)
+# in one interpreter, then prints the distributions of every third-party module they imported.
+_IMPORTED_DISTRIBUTIONS = """
+import sys
+startup = set(sys.modules)  # .pth files import things at startup (setuptools' hack, CA bundles)
+from importlib import metadata
+from mlenv.cli import main
+for argv in (["doctor"], ["lock", "--check"]):
+    try:
+        main(argv)
+    except BaseException:
+        pass
+owners = metadata.packages_distributions()
+imported = {module.partition(".")[0] for module in set(sys.modules) - startup}
+print("IMPORTED:", " ".join(sorted({dist for module in imported for dist in owners.get(module, [])})))
+"""
+
+
+def _closure(names) -> set[str]:
+    """The distributions ``names`` bring along when installed (their requirements, transitively)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    todo = [canonicalize_name(name) for name in names]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    return found
+
+
+def test_the_dev_image_tool_venv_holds_everything_doctor_imports(locked_project):
+    """The dev image's mlenv venv gets only selfwheel.TOOL_REQUIREMENTS: doctor and `lock --check` must
+    not import anything else (a missing one breaks every devcontainer's postCreateCommand)."""
+    from packaging.utils import canonicalize_name
+
+    from mlenv.selfwheel import TOOL_REQUIREMENTS
+
+    root = locked_project("tools")
+    result = subprocess.run([sys.executable, "-c", _IMPORTED_DISTRIBUTIONS], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.rpartition("IMPORTED:")[2].split()
+    imported = {canonicalize_name(name) for name in listed} - {"mlenv"}
+    assert "typer" in imported and "packaging" in imported  # the probe ran the real commands
+    assert imported <= _closure(TOOL_REQUIREMENTS), imported - _closure(TOOL_REQUIREMENTS)
+
+
 @pytest.fixture(scope="session")
 def devcontainer_cli():
     cli = shutil.which("devcontainer")
@@ -50,7 +107,7 @@ def devcontainer_cli():
 
 
 @pytest.mark.docker
-@pytest.mark.network  # the mlenv tool venv installs typer, rich, packaging and tomli-w from PyPI
+@pytest.mark.network  # the mlenv tool venv installs selfwheel.TOOL_REQUIREMENTS from PyPI
 def test_devcontainer_up_then_doctor_inside(locked_project, devcontainer_cli, docker_engine, build_cli,
                                             base_image, docker_client):
     root = locked_project("workspace")
