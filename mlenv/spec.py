@@ -300,14 +300,10 @@ _CI_JOB_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}\Z")  # target name
 _PARAMETER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _PARAMETER_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,100}\Z")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}\Z")
-_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
 
 
-def _runner_label(value: Any) -> str | None:
-    problem = validate.line(value)
-    if problem is None and not _RUNNER_LABEL.match(value):
-        problem = f"{value!r} is not a runner label (letters, digits, . _ -)"
-    return problem
+_runner_label = validate.matching(validate.line, _RUNNER_LABEL,
+                                  "{value!r} is not a runner label (letters, digits, . _ -)")
 
 
 def _runner_labels(value: Any) -> str | None:
@@ -316,20 +312,14 @@ def _runner_labels(value: Any) -> str | None:
     return validate.each(_runner_label, "a list of runner labels")(value)
 
 
-def ci_job_target(value: Any) -> str | None:
-    """A target name that can also name CI jobs (``image-NAME``, ``test-NAME``)."""
-    problem = validate.name(value)
-    if problem is None and not _CI_JOB_TARGET.match(value):
-        problem = f"target name {value!r} cannot name a CI job (use letters, digits, - and _)"
-    return problem
+# a target name that can also name CI jobs (``image-NAME``, ``test-NAME``)
+ci_job_target = validate.matching(validate.name, _CI_JOB_TARGET,
+                                  "target name {value!r} cannot name a CI job (use letters, digits, - and _)")
 
 
-def plain_relative_path(value: Any) -> str | None:
-    """A path inside the project bound for YAML, ``hashFiles('...')`` and shell words: relative and plain."""
-    problem = validate.relative_path(value)
-    if problem is None and not _PLAIN_PATH.match(value):
-        problem = f"{value!r} must use only letters, digits, '.', '_', '-' and '/'"
-    return problem
+# a path inside the project bound for YAML, ``hashFiles('...')`` and shell words: relative and plain
+plain_relative_path = validate.matching(validate.relative_path, _PLAIN_PATH,
+                                        "{value!r} must use only letters, digits, '.', '_', '-' and '/'")
 
 
 def _notebook_paths(value: Any) -> str | None:
@@ -421,7 +411,7 @@ class CiSettings(Section):
             if not self.aws_role or not _ROLE_ARN.match(self.aws_role):
                 return Conflict("aws-role", "ECR pushes need the ARN of a role GitHub's OIDC token may assume",
                                 'e.g. aws-role = "arn:aws:iam::123456789012:role/github-ci"')
-            if not self.aws_region or not _AWS_REGION.match(self.aws_region):
+            if not self.aws_region or not validate.AWS_REGION.fullmatch(self.aws_region):
                 return Conflict("aws-region", "ECR needs the region of the registry", 'e.g. aws-region = "eu-west-1"')
         elif self.aws_role or self.aws_region:
             return Conflict("aws-role" if self.aws_role else "aws-region", 'only used with registry = "ecr"')

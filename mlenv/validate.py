@@ -28,6 +28,10 @@ Check = Callable[[Any], "str | None"]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Box names also become host names and ssh Host aliases: lowercase DNS-label-like.
 BOX_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
+# Environment variable names passed to a shell or an ssh session (POSIX portable names).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# AWS region names (eu-west-1, us-gov-east-1): they reach workflow YAML and the first-boot script.
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 # Debian's adduser NAME_REGEX without the trailing '$' (machine accounts); useradd caps at 32.
 POSIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Debian policy 5.6.1 (package), optional :arch, optional =version (apt-get install pkg=1.2-3).
@@ -234,6 +238,18 @@ def finite_positive(value: Any) -> str | None:
 
 
 port = int_between(1, 65535, "a TCP port")
+
+
+def matching(check: Check, pattern: re.Pattern[str], problem: str) -> Check:
+    """``check``, then ``pattern`` (the whole value); ``problem`` is formatted with ``value``."""
+
+    def check_pattern(value: Any) -> str | None:
+        found = check(value)
+        if found is None and not pattern.fullmatch(value):
+            return problem.format(value=value)
+        return found
+
+    return check_pattern
 
 
 def each(check: Check, what: str = "a list") -> Check:

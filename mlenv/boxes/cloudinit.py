@@ -30,7 +30,6 @@ USER_DATA_LIMIT = 16 * 1024
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 _KEY_LINE = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, HOST_KEY_TYPES)) + r") (AAAA[A-Za-z0-9+/]+={0,2})")
 _SAFE_ARG = re.compile(r"[A-Za-z0-9_./:=-]+")  # watchdog arguments go into a systemd unit unquoted
-_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 # The AWS CLI the box logs in to ECR with when its AMI has none (Ubuntu's has none): v1 from PyPI,
 # which reads the instance role from IMDS like every AWS SDK; bump deliberately.
 AWSCLI_VERSION = "1.45.11"
@@ -90,7 +89,7 @@ def render(data: UserData) -> str:
         problems.append(validate.image_reference(data.image_ref))
         if "@sha256:" not in data.image_ref:
             problems.append(f"image {data.image_ref!r} is not pinned by digest")
-        if data.ecr_region is not None and not _AWS_REGION.fullmatch(data.ecr_region):
+        if data.ecr_region is not None and not validate.AWS_REGION.fullmatch(data.ecr_region):
             problems.append(f"invalid AWS region {data.ecr_region!r}")
     else:
         if data.pylock is None or not data.pylock_name or not data.python:

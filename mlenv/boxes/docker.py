@@ -65,7 +65,6 @@ MAX_POLL_S = 30
 # engine states -> Box states
 STATES = {"created": "pending", "restarting": "pending", "running": "running", "paused": "stopped",
           "exited": "stopped", "dead": "stopped", "removing": "terminated"}
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SKIPPED_ENV = {"HOME", "HOSTNAME", "USER", "TERM"}
 
 
@@ -177,7 +176,7 @@ def session_environment(image_env: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in image_env:
         name, sep, value = item.partition("=")
-        if not sep or name in _SKIPPED_ENV or not _ENV_NAME.fullmatch(name):
+        if not sep or name in _SKIPPED_ENV or not validate.ENV_NAME.fullmatch(name):
             continue
         if not value.isprintable() or '"' in value or "\\" in value:
             continue

@@ -10,7 +10,6 @@ imported inside the functions so ``mlenv --help`` does not pay for it.
 from __future__ import annotations
 
 import os
-import re
 import select
 import shlex
 import socket
@@ -21,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from mlenv import validate
 from mlenv.connect import hostkeys
 from mlenv.connect.keys import PublicKey
 from mlenv.errors import MlenvError, ToolMissingError
 
 Sink = Callable[[bytes], None]
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ class Session:
         arrives; returns the remote exit code.  ``env`` is exported by the remote shell first (sshd's
         AcceptEnv usually drops variables sent the SSH way)."""
         if env:
-            bad = [key for key in env if not _ENV_NAME.fullmatch(key)]
+            bad = [key for key in env if not validate.ENV_NAME.fullmatch(key)]
             if bad:
                 raise MlenvError(f"invalid environment variable name {bad[0]!r}")
             command = "export " + " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items()) + "; " + command
