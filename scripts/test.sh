@@ -41,5 +41,12 @@ python3 -m ruff check mlenv tests bench
 echo "==> mypy (mlenv)"
 python3 -m mypy
 
+# a full run peaks at about 6 GB in /tmp (the engine's data root, image tarballs, venvs): say so up
+# front rather than fail mid-suite with "no space left on device"
+free_gb=$(df -Pk /tmp | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gb" -lt 8 ]; then
+    echo "==> warning: only ${free_gb} GB free in /tmp; a full run needs about 6 GB" >&2
+fi
+
 echo "==> pytest"
 exec python3 -m pytest "$@"

@@ -27,6 +27,12 @@ DOCKER_HOST = f"unix://{DOCKER_SOCKET}"
 BASE_IMAGE = "localhost/python:3.11-slim-bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BUILD_DOCKER = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit built in (the 28.x one has no buildx)
+# BuildKit never collects its cache on its own and a full run adds ~2.5 GB of it; the engine's data
+# root outlives the run, and 60 GB left by earlier runs once filled a CI machine's disk mid-suite
+BUILD_CACHE_KEPT = 3 * 1024**3
+# what tests tag: projects "demo"/"real", loopback-registry copies, the CI workflow's ghcr.io name,
+# the devcontainer CLI's images
+TEST_IMAGE_PREFIXES = ("demo:", "real:", "127.0.0.1:", "ghcr.io/demo-org/", "vsc-workspace-")
 
 
 def _engine_answers(host: str) -> bool:
@@ -77,18 +83,29 @@ def docker_engine():
     # right now (stopping it killed their builds), and the next session reuses it.
 
 
+def _bound_build_cache(client) -> None:
+    import docker
+
+    for _ in range(3):  # a prune racing BuildKit's own lease cleanup fails ("lease ... not found"); again works
+        try:
+            client.api.prune_builds(keep_storage=BUILD_CACHE_KEPT, all=True)
+            return
+        except docker.errors.APIError:
+            time.sleep(1)
+
+
 @pytest.fixture(scope="session")
 def docker_client(docker_engine):
     import docker
 
     client = docker.DockerClient(base_url=docker_engine, timeout=300)
+    _bound_build_cache(client)
     yield client
-    # the images tests built (projects "demo"/"real", loopback-registry copies) would pile up in the
-    # engine's data root run after run; the base image and the build cache stay for speed
+    # the images tests built would pile up in the engine's data root run after run; the base image
+    # and a bounded build cache stay for speed
     for image in client.images.list():
-        refs = image.tags + image.attrs.get("RepoDigests", [])
-        for ref in refs:
-            if ref.startswith(("demo:", "real:", "127.0.0.1:", "vsc-workspace-")):
+        for ref in image.tags + image.attrs.get("RepoDigests", []):
+            if ref.startswith(TEST_IMAGE_PREFIXES):
                 try:
                     client.images.remove(ref, force=True)
                 except docker.errors.APIError:
@@ -97,6 +114,7 @@ def docker_client(docker_engine):
         client.images.prune(filters={"dangling": True})
     except docker.errors.APIError:
         pass
+    _bound_build_cache(client)
     client.close()
 
 

@@ -444,7 +444,7 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
     # test job: the artifact lands in runner.temp, is loaded, and doctor + the tests run inside it
     test = Job(workflow, "test-cpu", ci_project, env=env, needs=needs, events=pull_request)
     assert test.with_("Download the pull request's image")["name"] == "mlenv-image-cpu"
-    shutil.copy(tarball, test.temp / "mlenv-image.tar")
+    os.link(tarball, test.temp / "mlenv-image.tar")  # a link, not a copy: the tarball is most of a GB
     try:
         test.run("Load the pull request's image")
         doctor = test.run("mlenv doctor inside the image")
@@ -454,7 +454,7 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
 
         # notebooks job: the sweep runs inside the same image, in the locked environment's kernel
         notebooks = Job(workflow, "notebooks", ci_project, env=env, needs=needs, events=pull_request)
-        shutil.copy(tarball, notebooks.temp / "mlenv-image.tar")  # download-artifact, again
+        os.link(tarball, notebooks.temp / "mlenv-image.tar")  # download-artifact, again
         notebooks.run("Load the pull request's image")
         notebooks.run("Sweep notebooks/train.ipynb", timeout=900)
         results = json.loads((ci_project / "ci-sweeps" / "train" / "results.json").read_text())
