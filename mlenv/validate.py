@@ -160,10 +160,15 @@ def hostname(value: Any) -> str | None:
     if problem:
         return problem
     try:
-        ipaddress.ip_address(value)
-        return None
+        address = ipaddress.ip_address(value)
     except ValueError:
-        pass
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # ssh_config reads '%' as a token, and Python accepts any text (spaces, quotes) as a zone
+        return (f"invalid host name {value!r}: an IPv6 zone ('%...') cannot be written into an ssh config; "
+                "use the machine's DNS name or a global address")
+    if address is not None:
+        return None
     labels = value.rstrip(".").split(".")
     if len(value) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return f"invalid host name {value!r}: letters, digits, '-' and '.', or an IP address"

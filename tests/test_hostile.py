@@ -632,3 +632,36 @@ def test_sweep_ranges_need_finite_bounds(tmp_path, spec):
     shutil.copy(Path(__file__).parent / "notebooks" / "good.ipynb", notebook)
     result = run_mlenv("sweep", str(notebook), "-p", spec, "--random", "2", "--dry-run", cwd=tmp_path)
     assert_one_clear_message(result, 2, "not a finite number")
+
+
+# --- dev boxes and CI: values bound for ssh_config and a committed workflow ------------------------------
+
+HOSTILE_ZONE = "fe80::1%eth0 ProxyCommand=touch pwned"
+
+
+@pytest.mark.parametrize("host", [HOSTILE_ZONE, "fe80::1%eth0"])
+def test_a_devbox_host_with_an_ipv6_zone_is_refused_when_the_spec_loads(tmp_path, host):
+    """ssh_config reads '%' as a token and a zone may hold spaces: such a HostName is an entry ssh
+    cannot use (``percent_expand: unknown key %e``), so the host is refused where it is read."""
+    spec_with(tmp_path, target=f'\n[devbox]\nprovider = "ssh"\nhost = "{host}"\n')
+    result = run_mlenv("up", "b1", "--dry-run", cwd=tmp_path,
+                       env={"HOME": str(tmp_path / "home"), "MLENV_HOME": str(tmp_path / "data")})
+    assert_one_clear_message(result, 3, "mlenv.toml:", "host", "zone")
+
+
+def test_a_bad_box_entry_never_breaks_the_users_other_ssh_hosts(tmp_path):
+    """mlenv's ssh config is Included by ~/.ssh/config: one line ssh cannot parse there stops *every*
+    ssh command.  A hand-edited (or copied) boxes.json is as untrusted as a spec."""
+    require(shutil.which("ssh") is not None, "the OpenSSH client")
+    home = tmp_path / "home"
+    (home / ".ssh" / "mlenv").mkdir(parents=True)
+    (home / ".ssh" / "mlenv" / "boxes.json").write_text(json.dumps({"boxes": [{
+        "name": "b1", "provider": "ssh", "host": HOSTILE_ZONE, "port": 22, "user": "alice",
+        "identity": str(tmp_path / "key")}]}))
+    env = {"HOME": str(home), "MLENV_HOME": str(tmp_path / "data")}
+    result = run_mlenv("ssh-config", cwd=tmp_path, env=env)
+    assert_one_clear_message(result, 3, "boxes.json", "zone")
+    config = home / ".ssh" / "config"
+    if config.exists():  # whatever mlenv left, the user's own hosts still work
+        other = subprocess.run(["ssh", "-F", str(config), "-G", "example.com"], capture_output=True, text=True)
+        assert other.returncode == 0, other.stderr

@@ -107,6 +107,9 @@ def load() -> dict[str, Record]:
             record = Record(**item)
         except TypeError as exc:
             raise SpecError(f"{paths.registry()}: unexpected entry ({exc})") from None
+        except SpecError as exc:  # a hand-edited or copied file: say which file holds the bad value
+            raise SpecError(f"{paths.registry()}: {exc.message}",
+                            hint="correct or delete that entry; `mlenv up NAME` registers a box again") from None
         records[record.name] = record
     return records
 
