@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from mlenv.errors import SpecError, UsageError
 from mlenv.fsutil import atomic_write
 from mlenv.spec import CiSettings, ci_job_target, plain_relative_path, spec_error
-from mlenv.validate import shell_word, yaml_string
+from mlenv.validate import inside, shell_word, yaml_string
 
 if TYPE_CHECKING:
     from mlenv.lock.model import Lock
@@ -325,6 +325,7 @@ def init(spec: Spec, lock: Lock, *, provider: str = "github", force: bool = Fals
     if provider not in PROVIDERS:
         raise UsageError(f"unknown CI provider {provider!r}", hint=f"one of: {', '.join(PROVIDERS)}")
     path = spec.root / WORKFLOW_PATH
+    inside(spec.root, path)  # a symlinked .github/ must not lead the write out of the project
     settings = read_settings(spec, lock)
     if warn is not None:
         for note in advice(spec, lock, settings):

@@ -390,6 +390,9 @@ def workflow_text(value: Any) -> str | None:
         return problem
     if "${{" in value:
         return f"{value!r} must not contain '${{{{' (GitHub would evaluate it as an expression)"
+    if any(url_secret(found.group(0)) for found in URL_IN_TEXT.finditer(value)):
+        return (f"{redact_text(value)!r} has a credential in a URL, and the workflow is committed like "
+                "mlenv.toml: use a URL without one")
     if not value.strip():
         return "expected text, got an empty string"
     return None

@@ -665,3 +665,25 @@ def test_a_bad_box_entry_never_breaks_the_users_other_ssh_hosts(tmp_path):
     if config.exists():  # whatever mlenv left, the user's own hosts still work
         other = subprocess.run(["ssh", "-F", str(config), "-G", "example.com"], capture_output=True, text=True)
         assert other.returncode == 0, other.stderr
+
+
+@pytest.mark.parametrize("key,value", [
+    ("mlenv-requirement", "mlenv @ https://alice:hunter2@files.example.com/mlenv-0.1.0-py3-none-any.whl"),
+    ("test-command", "curl -fsS https://ci:hunter2@health.example.com/ping && pytest"),
+])
+def test_a_credential_in_ci_settings_never_reaches_the_committed_workflow(locked, key, value):
+    with (locked / "mlenv.toml").open("a") as spec:
+        spec.write(f"\n[ci]\n{key} = {json.dumps(value)}\n")
+    result = run_mlenv("ci", "init", cwd=locked)
+    assert_one_clear_message(result, 3, "mlenv.toml:", key, "credential")
+    assert "hunter2" not in result.stdout + result.stderr
+    assert not (locked / ".github").exists()
+
+
+def test_a_symlinked_github_folder_does_not_lead_the_workflow_out_of_the_project(locked, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (locked / ".github").symlink_to(outside, target_is_directory=True)
+    result = run_mlenv("ci", "init", cwd=locked)
+    assert_one_clear_message(result, 3, "outside the project folder")
+    assert list(outside.iterdir()) == []
