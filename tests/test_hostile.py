@@ -667,6 +667,16 @@ def test_a_bad_box_entry_never_breaks_the_users_other_ssh_hosts(tmp_path):
         assert other.returncode == 0, other.stderr
 
 
+@pytest.mark.parametrize("text", ['[]', '{"boxes": {"b1": {}}}', '{"boxes": [{"name": "b1", "provider": "ssh", '
+                                  '"host": "h", "port": 22, "user": "u", "identity": "/k", "authorized_keys": 5}]}'])
+def test_a_boxes_json_of_the_wrong_shape_is_one_clear_message(tmp_path, text):
+    home = tmp_path / "home"
+    (home / ".ssh" / "mlenv").mkdir(parents=True)
+    (home / ".ssh" / "mlenv" / "boxes.json").write_text(text)
+    result = run_mlenv("ssh-config", cwd=tmp_path, env={"HOME": str(home), "MLENV_HOME": str(tmp_path / "data")})
+    assert_one_clear_message(result, 3, "boxes.json")
+
+
 @pytest.mark.parametrize("key,value", [
     ("mlenv-requirement", "mlenv @ https://alice:hunter2@files.example.com/mlenv-0.1.0-py3-none-any.whl"),
     ("test-command", "curl -fsS https://ci:hunter2@health.example.com/ping && pytest"),

@@ -66,7 +66,8 @@ class Record:
         check_path(self.identity, "the key file")
         if self.workdir is not None:
             check_path(self.workdir, "the box's work folder")
-        check_path(self.authorized_keys[1:] if self.authorized_keys.startswith("~/") else self.authorized_keys,
+        keys_file = self.authorized_keys
+        check_path(keys_file[1:] if isinstance(keys_file, str) and keys_file.startswith("~/") else keys_file,
                    "the box's authorized_keys file")
         self.start_on_connect = bool(self.start_on_connect)
         if self.jump_host is not None:
@@ -101,8 +102,12 @@ def load() -> dict[str, Record]:
     except ValueError as exc:
         raise SpecError(f"{paths.registry()}: not valid JSON ({exc})",
                         hint="delete it; `mlenv ssh-config` rewrites it from the boxes mlenv knows") from None
+    boxes = raw.get("boxes", []) if isinstance(raw, dict) else None
+    if not isinstance(boxes, list):
+        raise SpecError(f'{paths.registry()}: expected {{"boxes": [...]}}',
+                        hint="delete it; `mlenv ssh-config` rewrites it from the boxes mlenv knows")
     records = {}
-    for item in raw.get("boxes", []):
+    for item in boxes:
         try:
             record = Record(**item)
         except TypeError as exc:
