@@ -26,7 +26,8 @@ Weak signal:
 Rule: stop when nothing strong happened for --idle seconds and no connection is open, or for
 --idle-connected seconds when one is (an IDE left open over lunch survives, overnight it does not).
 Logged-in terminals get a warning --warn-ahead seconds before (default 5 min, scaled down for short
-settings); activity in between cancels the stop.  --max-lifetime stops the box regardless.
+settings), also when a poll comes late (the stop then waits that long); activity in between cancels
+the stop.  --max-lifetime stops the box regardless.
 Every poll is one JSON line in --log; --state holds the latest numbers for `mlenv ls`.
 """
 
@@ -489,7 +490,8 @@ class Watchdog(object):
         self.started = clock()
         self.last_strong = self.started
         self.last_strong_reason = "start"
-        self.warned_for = None
+        self.warned_for = None  # the reason a stop was announced for (None: no stop announced)
+        self.announced_stop = None  # when the announced stop happens (epoch seconds)
         self.stopped = False
         self.act = act or self.stop_box
         if probes is None:
@@ -537,24 +539,31 @@ class Watchdog(object):
         idle_left, life_left = limit - idle_for, args.max_lifetime - age
         reason = "max-lifetime" if life_left <= idle_left else ("idle-connected" if connected else "idle")
         due = min(idle_left, life_left)
+        ahead = self.warn_ahead(limit if reason != "max-lifetime" else args.max_lifetime)
+        event = "poll"
+        if due > ahead:
+            if self.warned_for is not None:
+                event, self.warned_for, self.announced_stop = "cancel", None, None
+        else:
+            if self.warned_for != reason:
+                # Every stop is announced `ahead` seconds before it happens, also when this poll came
+                # after the stop was due (a probe that took its whole timeout, a disk that stalled the
+                # log, a loaded or suspended machine): otherwise the box stops unannounced, or the
+                # warning is still in the terminal's buffer when sshd is killed with the box.
+                event, self.warned_for, self.announced_stop = "warn", reason, now + ahead
+            due = max(due, self.announced_stop - now)
+            if due <= 0:
+                event = "stop"
         record = {
-            "t": round(now, 3), "event": "poll", "idle_for_s": round(idle_for, 1), "limit_s": limit,
+            "t": round(now, 3), "event": event, "idle_for_s": round(idle_for, 1), "limit_s": limit,
             "stop_due_s": round(max(due, 0.0), 1), "reason": reason, "last_activity": self.last_strong_reason,
             "signals": dict([(k, v.as_dict()) for k, v in readings.items()] + [("connection", weak.as_dict())]),
         }
-        ahead = self.warn_ahead(limit if reason != "max-lifetime" else args.max_lifetime)
         self.next_poll_in = min(args.poll, due - ahead if due > ahead else due)
-        if due <= 0:
-            record["event"] = "stop"
-        elif due <= ahead and self.warned_for != reason:
-            record["event"] = "warn"
+        if event == "warn":
             record["terminals_warned"] = self.warn(
                 "mlenv: this box stops in %ds (%s). Press a key in a terminal or run `mlenv keepalive` to keep it."
-                % (due, reason if reason != "max-lifetime" else "max lifetime reached"), args.dev_pts)
-            self.warned_for = reason
-        elif due > ahead and self.warned_for is not None:
-            record["event"] = "cancel"
-            self.warned_for = None
+                % (round(due), reason if reason != "max-lifetime" else "max lifetime reached"), args.dev_pts)
         self.log(record)
         self.write_state(record, now)
         if record["event"] == "stop":
