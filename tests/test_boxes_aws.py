@@ -407,6 +407,21 @@ def test_gc_lists_orphans_with_their_cost_and_deletes_them(aws, project):
     assert [b.name for b in provider(project).list()] == ["live"]  # the live box keeps its resources
 
 
+def test_gc_in_one_project_keeps_the_backstop_alarm_of_a_project_whose_name_extends_it(aws, project, tmp_path):
+    """Alarm names are ``mlenv-PROJECT-BOX-idle``: project demo's gc must not take the alarm of a live box of
+    project demo-2 (``mlenv-demo-2-gpu-idle``) for its own orphan and delete that box's backstop."""
+    other = Path(shutil.copytree(project, tmp_path / "other"))
+    spec = other / "mlenv.toml"
+    spec.write_text(spec.read_text().replace('name = "demo"', 'name = "demo-2"', 1))
+    provider(other).up(request("gpu"), lambda line: None)
+    provider(project).up(request("dev1"), lambda line: None)
+    assert provider(project).orphans() == []
+    result = run_mlenv("gc", "--yes", "--provider", "aws", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert [alarm["AlarmName"] for alarm in tagged_resources()["alarms"]] == ["mlenv-demo-2-gpu-idle",
+                                                                            "mlenv-demo-dev1-idle"]
+
+
 def test_plan_creates_nothing(aws, project):
     lines = provider(project).plan(request(instance_type="g5.xlarge", spot=True))
     text = "\n".join(lines)

@@ -704,10 +704,16 @@ class AWSProvider:
         for alarm in alarms:
             if not alarm.get("AlarmDescription", "").startswith(ALARM_DESCRIPTION):
                 continue
+            # the name prefix also matches other projects' alarms (mlenv-demo- is a prefix of
+            # mlenv-demo-2-gpu-idle): the alarm's tags say whose it is
+            tags = _tags(self.call("reading the alarm's tags", "cloudwatch", "list_tags_for_resource",
+                                   ResourceARN=alarm["AlarmArn"]))
+            if (project and tags.get(TAG_PROJECT) != project) or (box and tags.get(TAG_BOX) != box):
+                continue
             instance = next((d["Value"] for d in alarm.get("Dimensions", []) if d["Name"] == "InstanceId"), "")
-            found.append((project, Orphan(self.name, "alarm", alarm["AlarmName"],
-                                          _alarm_box(alarm["AlarmName"], project), detail=f"instance {instance}",
-                                          price_per_hour=round(catalog.alarm_per_hour(), 5))))
+            found.append((tags.get(TAG_PROJECT), Orphan(self.name, "alarm", alarm["AlarmName"], tags.get(TAG_BOX),
+                                                        detail=f"instance {instance}",
+                                                        price_per_hour=round(catalog.alarm_per_hour(), 5))))
         return found
 
     def _clear_leftovers(self, project: str, box: str) -> None:
@@ -881,13 +887,6 @@ def _console_text(output: str) -> str:
         return base64.b64decode(output, validate=True).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
         return output
-
-
-def _alarm_box(alarm_name: str, project: str | None) -> str | None:
-    stem = alarm_name.removesuffix("-idle")
-    if project and stem.startswith(f"mlenv-{project}-"):
-        return stem[len(f"mlenv-{project}-"):]
-    return None
 
 
 def _read_lock(spec: Spec) -> Lock | None:
