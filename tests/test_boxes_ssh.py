@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -298,6 +300,188 @@ def test_the_cli_as_the_readme_shows(laptop, project, lab_machine):
     mlenv("down", "exp1", "--yes")
     assert json.loads(mlenv("ls", "--json", "--provider", "ssh").stdout) == []
     assert not (lab_machine["home"] / ".mlenv" / "boxes" / "exp1").exists()
+
+
+# --- a machine where mlenv has root: /etc/ssh/sshrc is written there --------------------------------
+# A container stands in for that machine, so its /etc (not this machine's) is the one changed: Debian's
+# sshd and sudo in it, on this machine's network (its loopback port, and the package index the
+# template locks against), mlenv logging in as root, as a user with passwordless sudo, and as one who
+# also has their own ~/.ssh/rc.
+
+ROOTED_MACHINE_IMAGE = """\
+FROM {base}
+RUN apt-get update -qq \\
+    && apt-get install -y -qq --no-install-recommends openssh-server sudo >/dev/null \\
+    && rm -rf /var/lib/apt/lists/*
+RUN for user in admin rcuser guest; do useradd --create-home --shell /bin/sh --password '*' "$user"; done \\
+    && printf '%s ALL=(ALL) NOPASSWD: ALL\\n' admin rcuser > /etc/sudoers.d/mlenv-test \\
+    && chmod 440 /etc/sudoers.d/mlenv-test && mkdir -p /run/sshd
+"""
+# what the machine's admin already has in /etc/ssh/sshrc, and a user's own ~/.ssh/rc: mlenv keeps both
+SITE_SSHRC = '# the site\'s own login hook\ntouch /tmp/site-rc-"$(id -u)"\n'
+OWN_RC = '# my own rc\ntouch "$HOME/own-rc-ran"\n'
+
+
+class RootedMachine:
+    def __init__(self, container, port: int) -> None:
+        self.container, self.port = container, port
+
+    def sh(self, script: str, user: str = "root") -> str:
+        result = self.container.exec_run(["sh", "-c", script], user=user)
+        assert result.exit_code == 0, result.output.decode()
+        return result.output.decode()
+
+    def read(self, path: str) -> str:
+        return self.sh(f"cat {path}")
+
+    def uid(self, user: str) -> int:
+        return int(self.sh(f"id -u {user}"))
+
+    def mtime(self, path: str) -> float:
+        return float(self.sh(f"stat -c %.9Y {path} 2>/dev/null || echo 0"))
+
+    def login_counted(self, log: str, uid: int, after: float, seconds: float = 20) -> bool:
+        """The box's watchdog (its log read through the engine: reading it over SSH would be a login
+        itself) reports an SSH login of ``uid`` later than ``after``."""
+        def seen() -> bool:
+            for line in self.sh(f"cat {log} 2>/dev/null || true").splitlines():
+                poll = json.loads(line)
+                login = poll.get("signals", {}).get("login", {})
+                mark, _, ago = login.get("detail", "").partition(" ")  # "ssh-UID 3s ago"
+                if login.get("state") == "active" and mark == f"ssh-{uid}" and \
+                        poll["t"] - int(ago.split("s")[0]) >= after:
+                    return True
+            return False
+        return eventually(seen, seconds)
+
+
+@pytest.fixture(scope="module")
+def rooted_machine(docker_client, build_cli, base_image):
+    build = subprocess.run([build_cli, "build", "--quiet", "--network", "host", "-t",
+                            f"mlenv-sshroot-machine:{os.getpid()}", "-"],
+                           input=ROOTED_MACHINE_IMAGE.format(base=base_image), capture_output=True, text=True,
+                           env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=600)
+    require(build.returncode == 0 or "deb.debian.org" not in build.stderr, "the Debian mirror (sshd and sudo)")
+    assert build.returncode == 0, build.stderr
+    port = _free_port()
+    container = docker_client.containers.run(
+        f"mlenv-sshroot-machine:{os.getpid()}", name=f"mlenv-sshroot-{os.getpid()}", network_mode="host",
+        detach=True, command=["/usr/sbin/sshd", "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+                              "-o", "AuthorizedKeysFile=/etc/ssh/authorized_keys", "-o", "UsePAM=no",
+                              "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no",
+                              "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key"])
+    try:
+        machine = RootedMachine(container, port)
+        machine.sh(f"printf %s {shlex.quote(SITE_SSHRC)} > /etc/ssh/sshrc")
+        machine.sh(f"mkdir -p ~/.ssh && printf %s {shlex.quote(OWN_RC)} > ~/.ssh/rc", user="rcuser")
+        assert eventually(lambda: _answers_ssh(port), 30), container.logs().decode()[-2000:]
+        yield machine
+    finally:
+        container.remove(force=True)
+        docker_client.images.remove(f"mlenv-sshroot-machine:{os.getpid()}", force=True)
+
+
+def _answers_ssh(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def rooted(laptop, template, tmp_path, rooted_machine):
+    """``rooted(user)``: a copy of the project whose [devbox] is ``user`` on the rooted machine, this
+    laptop's key authorized there and the machine's host key in the user's own known_hosts."""
+    from mlenv.connect.keys import local_key
+
+    rooted_machine.sh(f"printf '%s\\n' {shlex.quote(local_key().public_line)} > /etc/ssh/authorized_keys")
+    host_key = rooted_machine.read("/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
+    (laptop / ".ssh").mkdir(exist_ok=True)
+    (laptop / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{rooted_machine.port} {' '.join(host_key)}\n")
+
+    def project_for(user: str) -> Path:
+        folder = tmp_path / f"proj-{user}"
+        shutil.copytree(template, folder)
+        spec = folder / "mlenv.toml"
+        text = re.sub(r"\nport = \d+\nuser = \"[^\"]+\"\n", f'\nport = {rooted_machine.port}\nuser = "{user}"\n',
+                      spec.read_text())
+        spec.write_text(text)
+        return folder
+    return project_for
+
+
+def ssh_login(laptop: Path, port: int, user: str) -> None:
+    """A login as ``user`` with OpenSSH, as a person would (not through mlenv)."""
+    from mlenv.connect.keys import local_key
+
+    result = subprocess.run(["ssh", "-i", str(local_key().private_path), "-p", str(port), "-o", "BatchMode=yes",
+                             "-o", f"UserKnownHostsFile={laptop / '.ssh' / 'known_hosts'}", f"{user}@127.0.0.1",
+                             "true"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.network
+def test_with_root_or_sudo_the_machines_sshrc_counts_logins_until_the_last_box_is_down(
+        rooted, laptop, rooted_machine):
+    from mlenv.boxes.model import ACTIVITY_DIR
+
+    machine = rooted_machine
+    as_root, as_admin = provider(rooted("root")), provider(rooted("admin"))
+    as_root.up(request("r1", poll_s=1), lambda line: None)
+    said: list[str] = []
+    as_admin.up(request("s1", poll_s=1), said.append)
+    assert "SSH logins count as activity: /etc/ssh/sshrc" in said
+    # the machine's file: the site's lines kept, mlenv's block once, touching the shared activity folder
+    sshrc = machine.read("/etc/ssh/sshrc")
+    assert sshrc.startswith(SITE_SSHRC) and sshrc.count("# >>> mlenv") == 1
+    assert f'touch {ACTIVITY_DIR}/"ssh-$(id -u)"' in sshrc
+    for user, name in (("root", "r1"), ("admin", "s1")):
+        home = machine.sh(f"printf %s ~{user}")
+        assert json.loads(machine.read(f"{home}/.mlenv/boxes/{name}/box.json"))["sshrc"] == "/etc/ssh/sshrc"
+    # anyone's login (here a user with no rc of their own) is seen by both boxes' watchdogs, and the
+    # site's hook still runs
+    guest = machine.uid("guest")
+    before = time.time() - 1
+    ssh_login(laptop, machine.port, "guest")
+    assert machine.mtime(f"{ACTIVITY_DIR}/ssh-{guest}") > before
+    assert machine.mtime(f"/tmp/site-rc-{guest}") > before
+    assert machine.login_counted("/root/.mlenv/boxes/r1/watchdog.jsonl", guest, before)
+    assert machine.login_counted("/home/admin/.mlenv/boxes/s1/watchdog.jsonl", guest, before)
+    # root's box goes: admin's box still relies on the block
+    as_root.down("r1")
+    assert "# >>> mlenv" in machine.read("/etc/ssh/sshrc")
+    before = time.time() - 1
+    time.sleep(0.05)
+    ssh_login(laptop, machine.port, "guest")
+    assert machine.login_counted("/home/admin/.mlenv/boxes/s1/watchdog.jsonl", guest, before)
+    # the last box on the machine goes: the file is the site's again, byte for byte and mode
+    as_admin.down("s1")
+    assert machine.read("/etc/ssh/sshrc") == SITE_SSHRC
+    assert machine.sh("stat -c %a /etc/ssh/sshrc").strip() == "644"
+
+
+@pytest.mark.docker
+@pytest.mark.network
+def test_a_user_with_their_own_ssh_rc_is_counted_through_it(rooted, laptop, rooted_machine):
+    """sshd runs ~/.ssh/rc instead of /etc/ssh/sshrc for a user who has one: even with sudo, mlenv's
+    block goes there (next to the user's lines), and /etc/ssh/sshrc is left alone."""
+    machine = rooted_machine
+    boxes = provider(rooted("rcuser"))
+    said: list[str] = []
+    boxes.up(request("o1", poll_s=1), said.append)
+    assert machine.read("/etc/ssh/sshrc") == SITE_SSHRC
+    rc = machine.read("/home/rcuser/.ssh/rc")
+    assert rc.startswith(OWN_RC) and 'touch /home/rcuser/.mlenv/activity/"ssh-$(id -u)"' in rc
+    uid = machine.uid("rcuser")
+    before = time.time() - 1
+    ssh_login(laptop, machine.port, "rcuser")
+    assert machine.mtime("/home/rcuser/own-rc-ran") > before  # their own lines still run
+    assert machine.login_counted("/home/rcuser/.mlenv/boxes/o1/watchdog.jsonl", uid, before)
+    boxes.down("o1")
+    assert machine.read("/home/rcuser/.ssh/rc") == OWN_RC
+    assert machine.read("/etc/ssh/sshrc") == SITE_SSHRC
 
 
 # --- docker mode: the machine's docker answers, so the box is a container there ---------------------

@@ -16,7 +16,8 @@ through ``mlenv.execute.SSHExecutor``, the machine's host key pinned), in one of
     ~/.mlenv/boxes/NAME/keepalive/      keep-alives (``mlenv keepalive``, ``mlenv sweep --on``)
 
   SSH logins count as activity as on every box: ``/etc/ssh/sshrc`` touches a file the watchdog
-  reads, installed when the user can (root, or ``sudo -n``), else the user's own ``~/.ssh/rc``.
+  reads, installed when the user can (root, or ``sudo -n``), else (or when the user has one: sshd
+  then skips ``/etc/ssh/sshrc`` for them) the user's own ``~/.ssh/rc``.
   When the watchdog decides the box is idle it exits, and its supervisor stops what mlenv started:
   the processes running from the box's venv.  The machine itself stays up (it is not mlenv's to
   power off).  ``stop``/``start`` stop and restart the watchdog; ``down`` removes the folder.
@@ -35,7 +36,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlenv import validate
-from mlenv.boxes.model import ACTIVITY_DIR, Box, Orphan, Progress, UpRequest, current_owner, sshrc, validate_box_name
+from mlenv.boxes.model import (
+    ACTIVITY_DIR,
+    BOX_DIR,
+    Box,
+    Orphan,
+    Progress,
+    UpRequest,
+    current_owner,
+    sshrc,
+    validate_box_name,
+)
 from mlenv.errors import MlenvError, UsageError
 from mlenv.spec import DevboxSettings
 
@@ -47,6 +58,10 @@ if TYPE_CHECKING:
 BOXES_DIR = ".mlenv/boxes"  # under the login user's home on the host
 USER_ACTIVITY_DIR = ".mlenv/activity"  # where ~/.ssh/rc records logins when /etc/ssh/sshrc is not ours
 SYSTEM_SSHRC = "/etc/ssh/sshrc"
+# /etc/ssh/sshrc is the machine's, shared by every user's boxes: one empty file USER.NAME here per box that
+# relies on mlenv's block there, so the block goes only with the last of them (a user's own `down` sees
+# only their own boxes)
+SYSTEM_SSHRC_BOXES = f"{BOX_DIR}/sshrc-boxes"
 TOOL_DIR = ".mlenv/bin"
 WATCHDOG_POLL_S = 30
 HOST_SESSION = "ssh-provider-host"  # the connection that lists boxes is not one box's
@@ -138,10 +153,23 @@ for pid in members():
 
 # Adds (or removes) mlenv's block in an sshd rc file (/etc/ssh/sshrc, or ~/.ssh/rc), keeping every other
 # line, and makes the activity folder the block touches.  A ~/.ssh/rc mlenv creates also runs
-# /etc/ssh/sshrc, which sshd skips for users who have their own rc.  Written atomically.
+# /etc/ssh/sshrc, which sshd skips for users who have their own rc.  Written atomically.  ``holder``
+# (when not empty) is the file that records a box relying on the block: made by "add", removed by
+# "remove", which then keeps the block while other boxes' files remain in its folder.
 _RC_BLOCK = r"""
 import os, sys, tempfile
-path, action = sys.argv[1], sys.argv[2]
+path, action, holder = sys.argv[1:4]
+if holder:
+    if action == "add":
+        os.makedirs(os.path.dirname(holder), mode=0o755, exist_ok=True)
+        open(holder, "a").close()
+    else:
+        try:
+            os.remove(holder)
+        except FileNotFoundError:
+            pass
+        if os.listdir(os.path.dirname(holder)):
+            sys.exit(0)
 begin, end = "# >>> mlenv: SSH logins are dev-box activity >>>", "# <<< mlenv <<<"
 chain = "[ ! -r /etc/ssh/sshrc ] || . /etc/ssh/sshrc"
 try:
@@ -159,11 +187,11 @@ for line in lines or []:
     else:
         (ours if inside else kept).append(line)
 if action == "add":
-    activity = sys.argv[4]
+    activity = sys.argv[5]
     os.makedirs(activity, exist_ok=True)
     if os.geteuid() == 0:
         os.chmod(activity, 0o1777)
-    block = sys.argv[3].splitlines()
+    block = sys.argv[4].splitlines()
     if path != "/etc/ssh/sshrc" and (lines is None or chain in ours):
         block.insert(0, chain)
     kept += [begin] + block + [end]
@@ -445,7 +473,7 @@ class SSHProvider:
         try:
             progress(f"preparing {folder}")
             self._run(["mkdir", "-p", f"{folder}/keepalive"], "creating the box folder")
-            activity, record["sshrc"] = self._record_logins(progress)
+            activity, record["sshrc"] = self._record_logins(req.name, progress)
             # connections to this machine's sshd are the weak "someone is connected" signal
             record["watchdog_args"] = _box_paths(req.watchdog_args(action="exit", poll_s=WATCHDOG_POLL_S), folder,
                                                  activity) + ["--ports", f"{self._endpoint()[1]},8888"]
@@ -468,6 +496,8 @@ class SSHProvider:
             progress("up failed: removing what it made on the host")
             try:
                 self._run(["rm", "-rf", "--", folder], "cleaning up")
+                if "sshrc" in record:
+                    self._forget_logins(req.name, record["sshrc"])
             except MlenvError:
                 pass
             raise
@@ -481,7 +511,7 @@ class SSHProvider:
             return []
         return ["sudo", "-n"] if self._machine().run(["sudo", "-n", "true"]).returncode == 0 else None
 
-    def _record_logins(self, progress: Progress) -> tuple[str, str]:
+    def _record_logins(self, name: str, progress: Progress) -> tuple[str, str]:
         """Make SSH logins to the machine activity for the box's watchdog, the way every box does it
         (``sshrc``: a login touches a file in the activity folder): ``/etc/ssh/sshrc`` when the user
         can write it, else the user's own ``~/.ssh/rc`` (which sshd runs instead, so a user who has
@@ -491,21 +521,28 @@ class SSHProvider:
         root = None if has_own else self._as_root()
         if root is not None:
             progress(f"SSH logins count as activity: {SYSTEM_SSHRC}")
-            self._run([*root, "python3", "-c", _RC_BLOCK, SYSTEM_SSHRC, "add", sshrc(ACTIVITY_DIR), ACTIVITY_DIR],
-                      f"writing {SYSTEM_SSHRC}")
+            self._run([*root, "python3", "-c", _RC_BLOCK, SYSTEM_SSHRC, "add", self._holder(name), sshrc(ACTIVITY_DIR),
+                       ACTIVITY_DIR], f"writing {SYSTEM_SSHRC}")
             return ACTIVITY_DIR, SYSTEM_SSHRC
         activity = f"{self._home}/{USER_ACTIVITY_DIR}"
-        progress("SSH logins count as activity: ~/.ssh/rc (no root on the machine)")
-        self._run(["python3", "-c", _RC_BLOCK, own_rc, "add", sshrc(activity), activity], "writing ~/.ssh/rc")
+        progress(f"SSH logins count as activity: ~/.ssh/rc ({'yours' if has_own else 'no root on the machine'})")
+        self._run(["python3", "-c", _RC_BLOCK, own_rc, "add", "", sshrc(activity), activity], "writing ~/.ssh/rc")
         return activity, own_rc
 
-    def _forget_logins(self, rc: str) -> None:
-        """Remove mlenv's block from ``rc`` once no venv box of this user uses it (after ``down``)."""
-        if any(r.get("sshrc") == rc for r in self._records() if not r.get("broken")):
+    def _holder(self, name: str) -> str:
+        """The file recording that box ``name`` of the login user relies on mlenv's block in /etc/ssh/sshrc."""
+        return f"{SYSTEM_SSHRC_BOXES}/{self._endpoint()[2]}.{validate_box_name(name)}"
+
+    def _forget_logins(self, name: str, rc: str) -> None:
+        """After box ``name`` is gone: remove mlenv's block from ``rc`` once no box relies on it (no venv
+        box of this user for ~/.ssh/rc; no box of any user for /etc/ssh/sshrc)."""
+        if rc != SYSTEM_SSHRC:
+            if not any(r.get("sshrc") == rc for r in self._records() if not r.get("broken")):
+                self._run(["python3", "-c", _RC_BLOCK, rc, "remove", ""], f"updating {rc}")
             return
-        root = [] if rc != SYSTEM_SSHRC else self._as_root()
+        root = self._as_root()
         if root is not None:
-            self._run([*root, "python3", "-c", _RC_BLOCK, rc, "remove"], f"updating {rc}")
+            self._run([*root, "python3", "-c", _RC_BLOCK, rc, "remove", self._holder(name)], f"updating {rc}")
 
     def _record(self, name: str) -> dict[str, Any]:
         return next((r for r in self._records() if r.get("name") == name), {})
@@ -593,7 +630,7 @@ class SSHProvider:
         self.stop(name)
         self._run(["rm", "-rf", "--", self._folder(name)], f"deleting box {name}")
         if isinstance(record.get("sshrc"), str):
-            self._forget_logins(record["sshrc"])
+            self._forget_logins(name, record["sshrc"])
 
     def orphans(self) -> builtins.list[Orphan]:
         """Box folders without a box.json (an ``up`` killed before it finished), and what the docker
