@@ -411,6 +411,14 @@ def rooted(laptop, template, tmp_path, rooted_machine):
     return project_for
 
 
+def interrupt_at(step: str):
+    """A progress callback that presses Ctrl-C when `up` reports ``step``."""
+    def progress(line: str) -> None:
+        if line.startswith(step):
+            raise KeyboardInterrupt
+    return progress
+
+
 def ssh_login(laptop: Path, port: int, user: str) -> None:
     """A login as ``user`` with OpenSSH, as a person would (not through mlenv)."""
     from mlenv.connect.keys import local_key
@@ -430,9 +438,14 @@ def test_with_root_or_sudo_the_machines_sshrc_counts_logins_until_the_last_box_i
     machine = rooted_machine
     as_root, as_admin = provider(rooted("root")), provider(rooted("admin"))
     as_root.up(request("r1", poll_s=1), lambda line: None)
+    # Ctrl-C during admin's first `up`: what it added is taken back, root's box still has the block
+    with pytest.raises(KeyboardInterrupt):
+        as_admin.up(request("s1", poll_s=1), interrupt_at("syncing target"))
+    assert machine.sh("ls /var/lib/mlenv/sshrc-boxes").split() == ["root.r1"]
     said: list[str] = []
     as_admin.up(request("s1", poll_s=1), said.append)
     assert "SSH logins count as activity: /etc/ssh/sshrc" in said
+    assert machine.sh("ls /var/lib/mlenv/sshrc-boxes").split() == ["admin.s1", "root.r1"]
     # the machine's file: the site's lines kept, mlenv's block once, touching the shared activity folder
     sshrc = machine.read("/etc/ssh/sshrc")
     assert sshrc.startswith(SITE_SSHRC) and sshrc.count("# >>> mlenv") == 1
@@ -469,8 +482,12 @@ def test_a_user_with_their_own_ssh_rc_is_counted_through_it(rooted, laptop, root
     block goes there (next to the user's lines), and /etc/ssh/sshrc is left alone."""
     machine = rooted_machine
     boxes = provider(rooted("rcuser"))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the first `up`: the user's rc is theirs again
+        boxes.up(request("o1", poll_s=1), interrupt_at("syncing target"))
+    assert machine.read("/home/rcuser/.ssh/rc") == OWN_RC
     said: list[str] = []
     boxes.up(request("o1", poll_s=1), said.append)
+    assert "SSH logins count as activity: ~/.ssh/rc (yours)" in said
     assert machine.read("/etc/ssh/sshrc") == SITE_SSHRC
     rc = machine.read("/home/rcuser/.ssh/rc")
     assert rc.startswith(OWN_RC) and 'touch /home/rcuser/.mlenv/activity/"ssh-$(id -u)"' in rc

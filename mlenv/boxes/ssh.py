@@ -168,7 +168,11 @@ if holder:
             os.remove(holder)
         except FileNotFoundError:
             pass
-        if os.listdir(os.path.dirname(holder)):
+        try:
+            others = os.listdir(os.path.dirname(holder))
+        except FileNotFoundError:  # a box made before mlenv kept these files
+            others = []
+        if others:
             sys.exit(0)
 begin, end = "# >>> mlenv: SSH logins are dev-box activity >>>", "# <<< mlenv <<<"
 chain = "[ ! -r /etc/ssh/sshrc ] || . /etc/ssh/sshrc"
