@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,6 +167,27 @@ def default_interpreter(project_root: Path) -> str:
     if not found:
         raise ToolMissingError("no Python interpreter found on PATH", hint="pass one with --python")
     return found
+
+
+def local_drift_fix(project_root: Path, python: str | None) -> str:
+    """How to repair a local environment the doctor found drifted.
+
+    `mlenv sync` only writes the project's .venv by default: when the doctor checked another
+    environment (an activated venv, often the one mlenv itself is installed in), saying "run
+    `mlenv sync`" sends the user round in circles.
+    """
+    checked = Path(python or default_interpreter(project_root))
+    # a venv folder, or <venv>/bin/python (never resolved: it is a symlink to the base interpreter)
+    venv = checked if checked.is_dir() else checked.parent.parent
+    if not (venv / "pyvenv.cfg").is_file():
+        return (f"{checked} is not a venv, so `mlenv sync` cannot repair it; `mlenv sync` makes ./.venv match "
+                f"the lock (check it with `mlenv doctor --python .venv`)")
+    if venv.resolve() == (project_root / ".venv").resolve():
+        return "fix with `mlenv sync`"
+    if venv.resolve() == Path(sys.prefix).resolve():
+        return (f"this is the venv mlenv itself runs from ({venv}), not the project's: `mlenv sync` installs "
+                f"into ./.venv, check it with `mlenv doctor --python .venv` (or deactivate this venv)")
+    return f"fix with `mlenv sync --venv {venv}`"
 
 
 # --- choosing the target ------------------------------------------------------------------------

@@ -115,6 +115,30 @@ def test_doctor_checks_another_interpreter_and_the_platform(project, tmp_path):
     assert (platform["expected"], platform["found"], platform["severity"]) == ("macos/arm64", "linux/x86_64", "error")
 
 
+def test_drift_says_how_to_repair_the_environment_that_was_checked(project, tmp_path):
+    """`mlenv sync` writes ./.venv: the drift line names the fix for the venv the doctor checked."""
+    assert run_mlenv("sync", "--target", "cpu", cwd=project).returncode == 0
+    # mlenv installed into a venv the user activated (the README's install): doctor checks that venv
+    tool = tmp_path / "tool-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tool)], check=True)
+    env = {**os.environ, "VIRTUAL_ENV": str(tool), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+           "COLUMNS": "400"}
+    env.pop("MLENV_DEBUG", None)
+    own = subprocess.run([tool / "bin" / "python", "-m", "mlenv", "doctor", "--target", "cpu"], cwd=project,
+                         env=env, capture_output=True, text=True)
+    assert own.returncode == 1 and f"python {tool}/bin/python" in own.stdout
+    assert f"this is the venv mlenv itself runs from ({tool})" in own.stderr
+    assert "check it with `mlenv doctor --python .venv`" in own.stderr and "fix with `mlenv sync`" not in own.stderr
+    assert doctor(project, "--target", "cpu", "--python", ".venv").returncode == 0  # the command the hint gives
+
+    other = tmp_path / "other-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(other)], check=True)
+    drifted = doctor(project, "--target", "cpu", "--python", str(other), env={"COLUMNS": "400"})
+    assert drifted.returncode == 1 and f"fix with `mlenv sync --venv {other}`" in drifted.stderr
+    assert run_mlenv("sync", "--target", "cpu", "--venv", str(other), cwd=project).returncode == 0
+    assert doctor(project, "--target", "cpu", "--python", str(other)).returncode == 0
+
+
 def test_sync_refuses_a_stale_lock(project):
     spec = project / "mlenv.toml"
     spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "devtool"]'))

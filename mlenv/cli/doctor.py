@@ -64,7 +64,14 @@ def doctor_command(
             mlenv.success("environment matches the lock")
     if not report.clean:
         if not mlenv.json:
+            from mlenv.doctor import local_drift_fix
+
             problems = sum(f.severity != "info" for f in report.findings)
-            mlenv.err.print(Text.assemble(("drift:", "red"),
-                                          f" {problems} finding(s); fix with `mlenv sync` (or rebuild the image)"))
+            if image:
+                fix = "rebuild the image with `mlenv build`"
+            elif box:
+                fix = "fix with `mlenv sync` (or rebuild the image)"
+            else:
+                fix = local_drift_fix(spec.root, python)
+            mlenv.err.print(Text.assemble(("drift:", "red"), f" {problems} finding(s); {fix}"))
         raise typer.Exit(DriftError.exit_code)
