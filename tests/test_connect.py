@@ -143,6 +143,19 @@ def test_local_key_is_an_openssh_ed25519_key_named_after_the_machine(home):
     assert machine_key_name("Alice's MacBook.local") == "alice-s-macbook"
 
 
+def test_keys_ls_names_the_public_key_file_to_authorize(home):
+    """The README's ssh provider setup: `mlenv keys ls` creates this machine's key and names the .pub
+    file that `ssh-copy-id -i FILE user@host` lets in."""
+    listed = run_mlenv("keys", "ls", env={"COLUMNS": "400"})
+    assert listed.returncode == 0, listed.stderr
+    public = Path(json.loads(run_mlenv("keys", "ls", "--json").stdout)["this_machine"]["public_key"])
+    assert f"public key {public}" in listed.stderr
+    assert public.suffix == ".pub" and public.is_relative_to(Path(os.environ["MLENV_HOME"]))
+    # ssh-keygen derives the file's key from the private key mlenv logs in with
+    private = subprocess.run(["ssh-keygen", "-y", "-f", str(public.with_suffix(""))], capture_output=True,
+                             text=True, check=True).stdout.split()[:2]
+    assert public.read_text().split()[:2] == private
+
 # --- ssh config + host keys, checked by the real OpenSSH client ---------------------------------------
 
 def test_registered_box_works_with_the_users_own_ssh_and_strict_checking(home, sshd):

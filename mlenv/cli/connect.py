@@ -112,7 +112,8 @@ def keys_ls(ctx: typer.Context) -> None:
     found = boxkeys.list_keys()
     if mlenv.json:
         return mlenv.print_json({
-            "this_machine": {"name": current.name, "fingerprint": current.fingerprint},
+            "this_machine": {"name": current.name, "fingerprint": current.fingerprint,
+                             "public_key": str(current.public_path)},
             "boxes": [{"box": item.box, "error": item.error,
                        "keys": [{"name": key.key_name or key.comment or None, "type": key.type,
                                  "fingerprint": key.fingerprint, "this_machine": key.blob in mine}
@@ -129,7 +130,9 @@ def keys_ls(ctx: typer.Context) -> None:
     for item in found:
         if item.error:
             mlenv.warn(f"{item.box}: not checked ({item.error})")
-    mlenv.err.print(f"this machine: {current.name} {current.fingerprint}", markup=False)
+    # the file to authorize on a machine for the ssh provider (`ssh-copy-id -i FILE user@host`)
+    mlenv.err.print(f"this machine: {current.name} {current.fingerprint}, public key {current.public_path}",
+                    markup=False, soft_wrap=True)
 
 
 @keys_app.command("rotate", spec=False)

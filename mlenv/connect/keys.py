@@ -95,6 +95,10 @@ class LocalKey:
     def fingerprint(self) -> str:
         return self.public.fingerprint
 
+    @property
+    def public_path(self) -> Path:
+        return self.private_path.with_name(self.private_path.name + ".pub")
+
 
 def machine_key_name(hostname: str | None = None) -> str:
     """This machine's key name: its host name, lowercased, cut at the first dot, reduced to
@@ -123,8 +127,9 @@ def generate(name: str) -> LocalKey:
     private_path = folder / f"{name}-{key_id}"
     public_line = f"{public} {COMMENT_PREFIX}{name}"
     atomic_write(private_path, private_bytes, private=True)
-    atomic_write(private_path.with_name(private_path.name + ".pub"), public_line + "\n", mode=0o644)
-    return LocalKey(name, private_path, public_line)
+    key = LocalKey(name, private_path, public_line)
+    atomic_write(key.public_path, public_line + "\n", mode=0o644)
+    return key
 
 
 def load(private_path: Path) -> LocalKey:
@@ -173,4 +178,4 @@ def local_keys() -> list[LocalKey]:
 def delete(key: LocalKey) -> None:
     """Remove a retired key pair from this machine."""
     key.private_path.unlink(missing_ok=True)
-    key.private_path.with_name(key.private_path.name + ".pub").unlink(missing_ok=True)
+    key.public_path.unlink(missing_ok=True)
