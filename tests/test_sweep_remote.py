@@ -282,9 +282,10 @@ def test_dask_workers_are_checked_against_the_lock(tmp_path, dask_cluster, spec_
     notebook = tmp_path / "trivial.ipynb"
     notebook.write_text((NOTEBOOKS / "trivial.ipynb").read_text())
     args = ["sweep", str(notebook), "-p", "x=1", "--cluster", dask_cluster, "-o", str(tmp_path / "out")]
-    refused = run_mlenv(*args, cwd=tmp_path)
+    refused = run_mlenv(*args, cwd=tmp_path, env={"COLUMNS": "400"})
     assert refused.returncode == 1, refused.stderr
     assert "2 of 2 Dask workers do not match mlenv.lock target 'cpu'" in refused.stderr
+    assert "JUPYTER_PATH=DIR/share/jupyter for `dask worker`" in refused.stderr  # the README's fix, not an image
     assert "tinylib" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "out" / "results.json").exists()
     allowed = run_mlenv(*args, "--allow-drift", cwd=tmp_path)

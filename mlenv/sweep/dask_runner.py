@@ -1,9 +1,9 @@
 """Runs on an existing Dask distributed cluster (``--cluster tcp://HOST:8786``).
 
-Workers need the same environment as the notebook (run them in the locked image, see the README)
-and mlenv installed; nothing else is shared.  Each task carries the notebook text and returns the
-executed notebook, so the client writes the same results layout as a local sweep, wherever its
-output folder is (a local path or ``s3://``), and workers need no access to it.
+Workers need mlenv with distributed, and a kernel of the notebook's environment (in a locked project
+a kernelspec of the synced venv, see the README); nothing else is shared.  Each task carries the
+notebook text and returns the executed notebook, so the client writes the same results layout as a
+local sweep, wherever its output folder is (a local path or ``s3://``), and workers need no access to it.
 """
 
 from __future__ import annotations

@@ -222,7 +222,10 @@ def check_workers(client: Client, project: Project, kernel: str, *, allow_drift:
         lines = [f"{worker}: {finding}" for worker, findings in drifted.items() for finding in findings[:5]]
         raise DriftError(f"{len(drifted)} of {len(outputs)} Dask workers do not match mlenv.lock target "
                          f"{record.get('target')!r}:\n    " + "\n    ".join(lines[:10]),
-                         hint="run the workers in the locked image (`mlenv build`), or pass --allow-drift")
+                         # mlenv's images carry neither distributed nor a worker-ready mlenv: a kernelspec does it
+                         hint="give the workers a kernel of the locked environment: `.venv/bin/python -m ipykernel "
+                              "install --prefix DIR --name KERNEL` and JUPYTER_PATH=DIR/share/jupyter for "
+                              "`dask worker`; or pass --allow-drift")
     if drifted:
         record["drift"] = f"{len(drifted)} of {len(outputs)} workers drifted"
         warn(f"running on Dask workers that do not match mlenv.lock (--allow-drift): {record['drift']}")
