@@ -18,15 +18,19 @@ from mlenv.lock.vcs import git_credentials_env, git_error
 from mlenv.spec import Spec, parse_requirement
 
 
-def _uv(executor: Executor, uv: str, args: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def _uv(executor: Executor, uv: str, args: list[str], what: str, env: dict[str, str] | None = None,
+        hint: str | None = None) -> None:
     # VIRTUAL_ENV of the caller's shell must not redirect uv to another environment
     result = executor.run([uv, *args], env={"NO_COLOR": "1", "VIRTUAL_ENV": "", **(env or {})})
     if result.returncode != 0:
         git = git_error(f"{what} failed", result.error_text)
         if git is not None:
             raise git
-        detail = " ".join(line.strip() for line in result.error_text.strip().splitlines()[-4:])
-        raise ToolMissingError(f"{what} failed: {detail}")
+        lines = [line.strip() for line in result.error_text.strip().splitlines()]
+        if hint:  # uv's own hints would contradict ours (it offers downloads mlenv never makes)
+            lines = [line.split("hint:", 1)[0].strip() for line in lines if not line.startswith("hint:")]
+        detail = " ".join(line for line in lines[-4:] if line)
+        raise ToolMissingError(f"{what} failed: {detail}", hint=hint)
 
 
 def ensure_venv(venv: Path, python: str, *, executor: Executor | None = None, uv: str | None = None) -> Path:
@@ -41,7 +45,9 @@ def ensure_venv(venv: Path, python: str, *, executor: Executor | None = None, uv
     # uv must not download a Python: the locked one has to be on this machine (or in the image)
     _uv(executor or LocalExecutor(), uv or uv_binary(),
         ["venv", "--quiet", "--clear", "--python", python, "--python-preference", "only-system", str(venv)],
-        f"creating {venv} with Python {python} (is Python {python} installed?)")
+        f"creating {venv} with Python {python}",
+        hint=f"install Python {python} on this machine (uv-managed Pythons are not used), or set another "
+             "`python` in mlenv.toml and run `mlenv lock`")
     return interpreter
 
 

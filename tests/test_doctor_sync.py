@@ -139,6 +139,17 @@ def test_drift_says_how_to_repair_the_environment_that_was_checked(project, tmp_
     assert doctor(project, "--target", "cpu", "--python", str(other)).returncode == 0
 
 
+def test_sync_without_the_locked_python_says_how_to_get_one(tmp_path, spec_file):
+    spec = spec_file(tmp_path)
+    spec.write_text(spec.read_text().replace('python = "3.11"', 'python = "3.11.99"'))  # no such release
+    assert run_mlenv("lock", cwd=tmp_path).returncode == 0
+    result = run_mlenv("sync", cwd=tmp_path, env={"COLUMNS": "400"})
+    assert result.returncode == 6 and "with Python 3.11.99 failed" in result.stderr
+    assert "hint: install Python 3.11.99 on this machine" in result.stderr
+    assert "download" not in result.stderr  # uv's hint offers a managed Python, which sync never uses
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_sync_refuses_a_stale_lock(project):
     spec = project / "mlenv.toml"
     spec.write_text(spec.read_text().replace('["tinylib"]', '["tinylib", "devtool"]'))
