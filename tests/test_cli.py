@@ -87,6 +87,16 @@ def test_exit_code_table_in_readme_is_the_enum():
     assert documented == {int(code) for code in ExitCode}
 
 
+def test_every_option_says_what_it_does_in_help():
+    """`mlenv CMD --help` is where a user checks the README: no option is listed without a line."""
+    silent = [(path, param.opts) for path, command in _commands() for param in command.params
+              if getattr(param, "param_type_name", "") == "option" and not getattr(param, "hidden", False)
+              and not getattr(param, "help", None)]
+    assert silent == []
+    stop = run_mlenv("stop", "--help", env={"COLUMNS": "200"})
+    assert "Look only with this provider" in stop.stdout
+
+
 def test_every_json_command_prints_one_json_object_on_failure(tmp_path):
     with_json = [path for path, command in _commands()
                  if any("--json" in getattr(param, "opts", ()) for param in command.params)]

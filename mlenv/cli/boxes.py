@@ -36,6 +36,10 @@ def _spec(ctx: typer.Context):
         return None
 
 
+# where stop/start/down/ssh/logs/keepalive/gc look when not told: what _providers returns
+PROVIDER_HELP = "Look only with this provider: docker, ssh or aws (default: [devbox] provider, then docker)."
+
+
 def _providers(spec, requested: Optional[str]) -> list:
     """The providers to look in: the one asked for, else the project's default and docker."""
     from mlenv import boxes
@@ -218,7 +222,7 @@ def ls_command(
 def stop_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
 ) -> None:
     """Stop a box (its disk/workspace stays; `mlenv start` brings it back)."""
     from mlenv import console
@@ -235,7 +239,7 @@ def stop_command(
 def start_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
 ) -> None:
     """Start a stopped box (the watchdog's clocks start again)."""
     from mlenv import console
@@ -250,7 +254,7 @@ def start_command(
 def down_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete a box and everything made for it (container/instance, workspace volume, keys)."""
@@ -266,7 +270,7 @@ def down_command(
 @app.command("gc", json=True)
 def gc_command(
     ctx: typer.Context,
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete the orphans listed."),
 ) -> None:
     """List (and with --yes delete) resources mlenv made that belong to no box."""
@@ -310,7 +314,7 @@ def ssh_command(
     stdio: bool = typer.Option(False, "--stdio", help="Relay the box's SSH port on stdin/stdout, starting the "
                                "box first when stopped (ssh's ProxyCommand; "
                                "see `mlenv ssh-config --start-on-connect`)."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
 ) -> None:
     """Open a shell on a box, or run `-- CMD` there (its output and exit code are the command's)."""
     import os
@@ -344,7 +348,7 @@ def logs_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
     tail: int = typer.Option(30, "--tail", "-n", help="Show the last N decisions (0: all)."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
 ) -> None:
     """The watchdog's decisions on a box: what it saw at each check, and why it stopped the box."""
     import json
@@ -396,7 +400,7 @@ def keepalive_command(
     name: str = typer.Argument(..., help="Box name."),
     duration: str = typer.Option("2h", "--for", help="How long to keep the box up from now."),
     release: bool = typer.Option(False, "--release", help="Drop the keep-alive instead."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p"),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
 ) -> None:
     """Keep a box up (the watchdog counts it as activity) for a while; max lifetime still applies."""
     import time
