@@ -373,7 +373,9 @@ def rooted_machine(docker_client, build_cli, base_image):
     try:
         machine = RootedMachine(container, port)
         machine.sh(f"printf %s {shlex.quote(SITE_SSHRC)} > /etc/ssh/sshrc")
-        machine.sh(f"mkdir -p ~/.ssh && printf %s {shlex.quote(OWN_RC)} > ~/.ssh/rc", user="rcuser")
+        # rcuser's rc comes from their dotfiles repository, linked in as dotfile managers do
+        machine.sh(f"mkdir -p ~/.ssh ~/dotfiles && printf %s {shlex.quote(OWN_RC)} > ~/dotfiles/ssh-rc && "
+                   "ln -s ../dotfiles/ssh-rc ~/.ssh/rc", user="rcuser")
         assert eventually(lambda: _answers_ssh(port), 30), container.logs().decode()[-2000:]
         yield machine
     finally:
@@ -489,7 +491,8 @@ def test_with_root_or_sudo_the_machines_sshrc_counts_logins_until_the_last_box_i
 @pytest.mark.network
 def test_a_user_with_their_own_ssh_rc_is_counted_through_it(rooted, laptop, rooted_machine):
     """sshd runs ~/.ssh/rc instead of /etc/ssh/sshrc for a user who has one: even with sudo, mlenv's
-    block goes there (next to the user's lines), and /etc/ssh/sshrc is left alone."""
+    block goes there (next to the user's lines; into the file a symlinked rc names), and /etc/ssh/sshrc
+    is left alone."""
     machine = rooted_machine
     boxes = provider(rooted("rcuser"))
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the first `up`: the user's rc is theirs again
@@ -506,8 +509,10 @@ def test_a_user_with_their_own_ssh_rc_is_counted_through_it(rooted, laptop, root
     ssh_login(laptop, machine.port, "rcuser")
     assert machine.mtime("/home/rcuser/own-rc-ran") > before  # their own lines still run
     assert machine.login_counted("/home/rcuser/.mlenv/boxes/o1/watchdog.jsonl", uid, before)
+    assert machine.sh("readlink /home/rcuser/.ssh/rc").strip() == "../dotfiles/ssh-rc"  # still their link
     boxes.down("o1")
     assert machine.read("/home/rcuser/.ssh/rc") == OWN_RC
+    assert machine.sh("readlink /home/rcuser/.ssh/rc").strip() == "../dotfiles/ssh-rc"
     assert machine.read("/etc/ssh/sshrc") == SITE_SSHRC
 
 
