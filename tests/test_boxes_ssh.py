@@ -357,20 +357,22 @@ class RootedMachine:
 
 @pytest.fixture(scope="module")
 def rooted_machine(docker_client, build_cli, base_image):
-    build = subprocess.run([build_cli, "build", "--quiet", "--network", "host", "-t",
-                            f"mlenv-sshroot-machine:{os.getpid()}", "-"],
+    require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
+    image = f"mlenv-sshroot-machine:{os.getpid()}"
+    build = subprocess.run([build_cli, "build", "--quiet", "--network", "host", "-t", image, "-"],
                            input=ROOTED_MACHINE_IMAGE.format(base=base_image), capture_output=True, text=True,
                            env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=600)
     require(build.returncode == 0 or "deb.debian.org" not in build.stderr, "the Debian mirror (sshd and sudo)")
     assert build.returncode == 0, build.stderr
     port = _free_port()
-    container = docker_client.containers.run(
-        f"mlenv-sshroot-machine:{os.getpid()}", name=f"mlenv-sshroot-{os.getpid()}", network_mode="host",
-        detach=True, command=["/usr/sbin/sshd", "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
-                              "-o", "AuthorizedKeysFile=/etc/ssh/authorized_keys", "-o", "UsePAM=no",
-                              "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no",
-                              "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key"])
+    container = None
     try:
+        container = docker_client.containers.run(
+            image, name=f"mlenv-sshroot-{os.getpid()}", network_mode="host", detach=True,
+            command=["/usr/sbin/sshd", "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+                     "-o", "AuthorizedKeysFile=/etc/ssh/authorized_keys", "-o", "UsePAM=no",
+                     "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no",
+                     "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key"])
         machine = RootedMachine(container, port)
         machine.sh(f"printf %s {shlex.quote(SITE_SSHRC)} > /etc/ssh/sshrc")
         # rcuser's rc comes from their dotfiles repository, linked in as dotfile managers do
@@ -379,8 +381,9 @@ def rooted_machine(docker_client, build_cli, base_image):
         assert eventually(lambda: _answers_ssh(port), 30), container.logs().decode()[-2000:]
         yield machine
     finally:
-        container.remove(force=True)
-        docker_client.images.remove(f"mlenv-sshroot-machine:{os.getpid()}", force=True)
+        if container is not None:
+            container.remove(force=True)
+        docker_client.images.remove(image, force=True)
 
 
 def _answers_ssh(port: int) -> bool:
