@@ -106,8 +106,7 @@ def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
     assert any(d["event"] == "warn" for d in decisions)
     assert "stop" in project.mlenv("logs", box).stdout
     container = docker_client.containers.get(f"mlenv-box-{box}")
-    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
-    time.sleep(3)
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")  # so it stays stopped
     assert listed(project)[box]["state"] == "stopped"
 
     # start brings it back (same workspace volume), down removes everything
@@ -229,9 +228,10 @@ def test_ide_like_session_or_tunnel_counts_as_weak_activity_not_forever(box_proj
     login mark either): an open connection, maybe nobody behind it."""
     project = box_project
     up(project, box, "--idle", "8s", "--idle-connected", "20s")
-    # a keep-alive holds the box while the connection opens and ages (a tunnel makes no login, so without
-    # it the idle clock runs from the box's start, and a loaded machine can take the whole 8 s to connect)
-    assert project.mlenv("keepalive", box, "--for", "1h").returncode == 0
+    if kind == "tunnel":
+        # a tunnel makes no login, so the idle clock runs from the box's start, and a loaded machine can take
+        # the whole 8 s to connect: a keep-alive holds the box while the tunnel opens and ages
+        assert project.mlenv("keepalive", box, "--for", "1h").returncode == 0
     if kind == "ide":
         argv = project.ssh(box, "-T") + ["sleep 600"]
     else:
@@ -243,7 +243,8 @@ def test_ide_like_session_or_tunnel_counts_as_weak_activity_not_forever(box_proj
         if kind == "tunnel":  # a real tunnel: the box's own sshd answers through it
             assert ssh_banner_through(local_port).startswith(b"SSH-")
         wait_decision(project, box, lambda d: d["signals"]["connection"]["state"] == "active", 40)
-        assert project.mlenv("keepalive", box, "--release").returncode == 0
+        if kind == "tunnel":
+            assert project.mlenv("keepalive", box, "--release").returncode == 0
         # past the idle time, only the connection holds the box
         held = wait_decision(project, box, lambda d: d["signals"]["keepalive"]["state"] == "idle"
                              and d["idle_for_s"] > 8, 40)
