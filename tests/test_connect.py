@@ -177,6 +177,32 @@ def test_registered_box_works_with_the_users_own_ssh_and_strict_checking(home, s
     assert done.stdout.strip() == "hello-from-box"
 
 
+def test_a_home_with_percent_and_spaces_still_gives_ssh_the_key_and_pins(tmp_path, monkeypatch, sshd):
+    """ssh expands %-tokens in IdentityFile and UserKnownHostsFile (``%d`` is the home folder), splits
+    on spaces and unescapes backslashes, and globs the Include path: a home like ``/home/Ana 100%``
+    must still lead the user's own ssh to the key and pinned known_hosts mlenv wrote there."""
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+
+    home = tmp_path / "Ana's 100%d [x]* a\\b $x"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for variable in ("MLENV_HOME", "XDG_DATA_HOME"):  # the key in its default place, under that home
+        monkeypatch.delenv(variable, raising=False)
+    sshd.authorize_root(local_key().public_line)
+    assert local_key().private_path.is_relative_to(home)
+    connect.register(_box(sshd), assume_yes=False)
+    shown = _ssh(home, "-G", "mlenv-t1")
+    options = dict(line.split(" ", 1) for line in shown.stdout.splitlines() if " " in line)
+    assert options["hostname"] == "127.0.0.1", shown.stderr  # ~/.ssh/config's Include found mlenv's config
+    assert options["userknownhostsfile"] == str(home / ".ssh" / "mlenv" / "known_hosts")
+    done = _ssh(home, "-v", "mlenv-t1", "echo", "hello-from-box")
+    assert f"Server accepts key: {local_key().private_path}" in done.stderr.replace("\\\\", "\\"), done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "hello-from-box"
+    connect.register(_box(sshd, "t2"), assume_yes=True)  # the escaped Include line is recognised: still one
+    assert (home / ".ssh" / "config").read_text().count("Include ") == 1
+
+
 def test_changed_host_key_is_refused_by_ssh_and_by_mlenv(home, sshd):
     from mlenv import connect
     from mlenv.connect import hostkeys, session

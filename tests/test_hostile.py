@@ -697,3 +697,17 @@ def test_a_symlinked_github_folder_does_not_lead_the_workflow_out_of_the_project
     result = run_mlenv("ci", "init", cwd=locked)
     assert_one_clear_message(result, 3, "outside the project folder")
     assert list(outside.iterdir()) == []
+
+
+def test_a_key_path_ssh_would_expand_as_a_variable_is_refused(tmp_path):
+    """``${`` in IdentityFile is an environment variable to ssh, with no way to escape it: an entry
+    holding one would point ssh at another file (or stop it), so it is refused, naming the file."""
+    home = tmp_path / "home"
+    (home / ".ssh" / "mlenv").mkdir(parents=True)
+    (home / ".ssh" / "mlenv" / "boxes.json").write_text(json.dumps({"boxes": [{
+        "name": "b1", "provider": "ssh", "host": "example.com", "port": 22, "user": "alice",
+        "identity": str(tmp_path / "${HOME}" / "key")}]}))
+    result = run_mlenv("ssh-config", cwd=tmp_path, env={"HOME": str(home), "MLENV_HOME": str(tmp_path / "data")})
+    assert_one_clear_message(result, 3, "boxes.json", "'${'")
+    assert not (home / ".ssh" / "mlenv" / "config").exists()
+

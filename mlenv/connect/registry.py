@@ -26,9 +26,11 @@ _UNSAFE_PATH = re.compile(r'[\x00-\x1f\x7f"]')
 
 
 def check_path(value: str, what: str) -> str:
-    """An absolute path that can be written double-quoted into ssh_config (no quote, no control char)."""
-    if not isinstance(value, str) or not value.startswith("/") or _UNSAFE_PATH.search(value):
-        raise SpecError(f"{what} {value!r} must be an absolute path without quotes or control characters")
+    """An absolute path that can be written double-quoted into ssh_config (no quote, no control char,
+    no ``${``: ssh reads that as an environment variable in IdentityFile and has no escape for it)."""
+    if not isinstance(value, str) or not value.startswith("/") or _UNSAFE_PATH.search(value) or "${" in value:
+        raise SpecError(f"{what} {value!r} must be an absolute path without quotes, control characters or "
+                        "'${' (ssh would read it as a variable)")
     return value
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import shlex
 import stat
 import sys
@@ -31,8 +32,16 @@ _ROUTING_OPTIONS = {"proxyjump", "proxycommand", "remotecommand", "requesttty", 
                     "localcommand", "permitlocalcommand", "globalknownhostsfile", "verifyhostkeydns"}
 
 
-def _quoted(path: str) -> str:
-    return f'"{check_path(path, "a path in the ssh config")}"'
+def _argument(text: str) -> str:
+    """``text`` as one double-quoted ssh_config argument: ssh reads two backslashes there as one, so
+    every backslash is doubled (quotes and control characters never get this far: ``check_path``)."""
+    return '"' + text.replace("\\", "\\\\") + '"'
+
+
+def _path_argument(path: str) -> str:
+    """A path for IdentityFile and UserKnownHostsFile, which ssh percent-expands (``%d`` is the home
+    folder): ``%`` is written ``%%``.  ``${`` cannot be escaped; ``check_path`` refuses it."""
+    return _argument(check_path(path, "a path in the ssh config").replace("%", "%%"))
 
 
 def proxy_command(name: str) -> str:
@@ -47,10 +56,10 @@ def _host_lines(host_alias: str, host: str, port: int, user: str, identity: str)
         f"    HostName {host}",
         f"    Port {port}",
         f"    User {user}",
-        f"    IdentityFile {_quoted(identity)}",
+        f"    IdentityFile {_path_argument(identity)}",
         "    IdentitiesOnly yes",
         f"    HostKeyAlias {host_alias}",
-        f"    UserKnownHostsFile {_quoted(str(paths.known_hosts()))}",
+        f"    UserKnownHostsFile {_path_argument(str(paths.known_hosts()))}",
         "    StrictHostKeyChecking yes",
         "    CheckHostIP no",
         "    UpdateHostKeys no",
@@ -85,9 +94,18 @@ def write(records: dict[str, Record]) -> None:
 
 # --- the Include line in ~/.ssh/config ----------------------------------------------------------------
 
+def _include_pattern(path: str) -> str:
+    """The Include argument that matches ``path``: ssh globs it, so glob characters are
+    backslash-escaped; OpenSSH 9.9+ also expands ``%`` and ``${`` there and older versions do not,
+    so those two are matched by ``?`` (any one character but ``/``) whatever the version."""
+    pattern = re.sub(r"([][*?\\])", r"\\\1", check_path(path, "the path of mlenv's ssh config"))
+    return re.sub(r"[%$]", "?", pattern)
+
+
 def include_line() -> str:
     target = str(paths.ssh_config())
-    return f"Include {_quoted(target) if ' ' in target else target}\n"
+    plain = re.fullmatch(r"[\w./+@,:=-]+", target)  # nothing ssh would split, unquote, glob or expand
+    return f"Include {target if plain else _argument(_include_pattern(target))}\n"
 
 
 @dataclass(frozen=True)
@@ -114,9 +132,10 @@ def _words(line: str) -> list[str]:
 def _include_index(lines: list[str]) -> int | None:
     """Index of the line that includes mlenv's config, if any."""
     ours = {str(paths.ssh_config()), "~/.ssh/mlenv/config", "mlenv/config"}
+    ours_escaped = include_line().strip()  # a path ssh would glob or expand, as mlenv writes it
     for index, line in enumerate(lines):
         words = _words(line)
-        if words and words[0].lower() == "include" and ours.intersection(words[1:]):
+        if words and words[0].lower() == "include" and (ours.intersection(words[1:]) or line.strip() == ours_escaped):
             return index
     return None
 
