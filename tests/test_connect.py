@@ -203,6 +203,32 @@ def test_a_home_with_percent_and_spaces_still_gives_ssh_the_key_and_pins(tmp_pat
     assert (home / ".ssh" / "config").read_text().count("Include ") == 1
 
 
+def test_a_damaged_known_hosts_is_one_clear_message_and_its_hint_works(home, sshd):
+    """mlenv's pinned host keys damaged by a copy or an editor (not UTF-8): the commands that read the
+    pins name the file and the way out instead of a traceback, and the way out works."""
+    from mlenv import connect
+    from mlenv.connect.keys import local_key
+    from mlenv.errors import SpecError
+
+    sshd.authorize_root(local_key().public_line)
+    connect.register(_box(sshd), assume_yes=True)
+    known_hosts = home / ".ssh" / "mlenv" / "known_hosts"
+    damaged = known_hosts.read_bytes().replace(b"AAAA", b"AA\xff\xfe", 1)
+    known_hosts.write_bytes(damaged)
+    result = run_mlenv("keys", "pin", "t1", "--yes")
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    assert f"{known_hosts} is corrupt (not UTF-8 text)" in result.stderr and "hint: move it aside" in result.stderr
+    assert known_hosts.read_bytes() == damaged  # left for the user to look at
+    known_hosts.rename(known_hosts.with_name("known_hosts.bad"))  # the hint, followed
+    run_mlenv("keys", "pin", "t1", "--yes", check=True)
+    done = _ssh(home, "mlenv-t1", "echo", "hello-from-box")
+    assert done.returncode == 0 and done.stdout.strip() == "hello-from-box", done.stderr
+    known_hosts.write_bytes(damaged)
+    with pytest.raises(SpecError, match="not UTF-8"):  # `down` once the box is gone: its entry goes all the same
+        connect.forget("t1")
+    assert "mlenv-t1" not in (home / ".ssh" / "mlenv" / "config").read_text()
+
+
 def test_changed_host_key_is_refused_by_ssh_and_by_mlenv(home, sshd):
     from mlenv import connect
     from mlenv.connect import hostkeys, session

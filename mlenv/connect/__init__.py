@@ -225,11 +225,11 @@ def forget(name: str) -> bool:
     """Remove box ``name``'s ssh entry and pinned keys (after ``down``); False when it had none."""
     records = registry.load()
     had = records.pop(name, None) is not None
-    hostkeys.unpin(name)
-    hostkeys.unpin(hostkeys.jump_name(name))
-    if had:
+    if had:  # first: a damaged known_hosts (an error below) must not leave an entry for a deleted box
         registry.save(records)
         sshconfig.write(records)
+    hostkeys.unpin(name)
+    hostkeys.unpin(hostkeys.jump_name(name))
     return had
 
 

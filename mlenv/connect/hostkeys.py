@@ -7,9 +7,11 @@ refused.  ``forget`` (on ``down``) removes the entries, so a new box of the same
 
 from __future__ import annotations
 
+import shlex
+
 from mlenv.connect import paths
 from mlenv.connect.keys import PublicKey, parse_public_key
-from mlenv.errors import MlenvError, ToolMissingError
+from mlenv.errors import MlenvError, SpecError, ToolMissingError
 from mlenv.fsutil import atomic_write
 
 ALIAS_PREFIX = "mlenv-"
@@ -49,10 +51,16 @@ class HostKeyUnknown(ToolMissingError):
 
 
 def _read() -> list[str]:
+    path = paths.known_hosts()
     try:
-        return paths.known_hosts().read_text().splitlines()
+        return path.read_text().splitlines()
     except FileNotFoundError:
         return []
+    except UnicodeDecodeError:  # pins are ASCII: the file was damaged (a copy, an editor), not edited
+        aside = f"mv {shlex.quote(str(path))} {shlex.quote(f'{path}.bad')}"
+        raise SpecError(f"{path} is corrupt (not UTF-8 text); it holds the host keys mlenv pinned for your boxes",
+                        hint=f"move it aside (`{aside}`), then `mlenv keys pin NAME` for each box shows its "
+                             "key to compare with the box's console and pins it again") from None
 
 
 def pinned(name: str) -> list[PublicKey]:
