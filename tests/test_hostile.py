@@ -711,3 +711,17 @@ def test_a_key_path_ssh_would_expand_as_a_variable_is_refused(tmp_path):
     assert_one_clear_message(result, 3, "boxes.json", "'${'")
     assert not (home / ".ssh" / "mlenv" / "config").exists()
 
+
+
+def test_a_latin1_comment_in_the_users_own_known_hosts_is_no_traceback(tmp_path):
+    """The user's own ``~/.ssh/known_hosts`` (ssh reads it as bytes) with a comment from an old
+    Latin-1 editor: `up` of an ssh-provider box plans as without it (the key is then asked for)."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPSIElIHw716sKVJ2qnZsq5djVduZqV6nxHYfJKlPxRX"
+    (home / ".ssh" / "known_hosts").write_bytes(b"# caf\xe9 server\n127.0.0.1 " + key.encode() + b"\n")
+    spec_with(tmp_path, target='\n[devbox]\nprovider = "ssh"\nhost = "127.0.0.1"\n')
+    env = {"HOME": str(home), "MLENV_HOME": str(tmp_path / "data")}
+    result = run_mlenv("up", "b1", "--dry-run", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "host: " in result.stdout and "--yes pins the one it offers" in result.stdout

@@ -712,7 +712,7 @@ def _known_host_keys(host: str, port: int) -> list[str]:
         return []
     try:
         known = paramiko.HostKeys(path)
-    except (OSError, paramiko.SSHException):
+    except (OSError, UnicodeDecodeError, paramiko.SSHException):  # unreadable to paramiko: mlenv asks instead
         return []
     entry = known.lookup(host if port == 22 else f"[{host}]:{port}") or {}
     return [f"{key.get_name()} {key.get_base64()}" for key in entry.values()]
