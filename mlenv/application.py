@@ -154,4 +154,25 @@ def run(command: Callable[[], int], app: Application, *, wants_json: bool = Fals
         fail(exc)
     except KeyboardInterrupt:
         fail(_interruption())
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if not missing or missing == "mlenv":
+            raise  # a module of mlenv itself: a broken install or a bug, shown in full
+        if app.debug:
+            app.err.print_exception()
+        fail(_missing_module(missing))
     sys.exit(code)
+
+
+def _missing_module(module: str) -> MlenvError:
+    """A third-party module this command imports is not installed in mlenv's Python: what is missing where,
+    and the fix (the usual case is a dev image or box built by an mlenv that installed fewer packages)."""
+    from mlenv.errors import ToolMissingError
+
+    argv = sys.argv[1:2]
+    command = f"`mlenv {argv[0]}`" if argv and not argv[0].startswith("-") else "this command"
+    return ToolMissingError(
+        f"this mlenv cannot run {command}: the Python module {module!r} is not installed in {sys.prefix}",
+        hint="a dev box or image made by an older mlenv: make it again with a current one (`mlenv up NAME` "
+             "after `mlenv down NAME`, which deletes the box's workspace: copy out what you need first; "
+             "`mlenv build --stage dev` for an image); elsewhere: reinstall mlenv with its dependencies")

@@ -24,11 +24,15 @@ from mlenv import __version__
 
 FOLDER = ".mlenv"
 WHEEL = f"mlenv-{__version__}-py3-none-any.whl"
-# What `mlenv doctor` (and `lock --check`) need in the image: the CLI shell, the lock format and
-# version parsing (tomli reads mlenv.toml).  Docker, boto3, papermill ... stay out of the tool venv.
-# Pinned to the versions this mlenv runs with, which are known to work with it.  A test checks that
-# doctor and `lock --check` import nothing else.
-TOOL_REQUIREMENTS = ("typer", "rich", "packaging", "tomli", "tomli-w")
+# What mlenv runs in the image and on a dev box: `mlenv doctor` (and `lock --check`): the CLI shell, the
+# lock format and version parsing (tomli reads mlenv.toml); the box side of `mlenv sweep --on`:
+# papermill, nbformat and pyyaml (notebooks, parameters), jinja2 (the report) and ipykernel (a notebook
+# outside a project runs on a kernel of this venv's Python).  Docker, boto3, paramiko, distributed ...
+# stay out of the tool venv.  Pinned to the versions this mlenv runs with, which are known to work
+# with it.  A test checks that doctor and `lock --check` import nothing else and that a sweep runs
+# with only these installed.
+TOOL_REQUIREMENTS = ("typer", "rich", "packaging", "tomli", "tomli-w",
+                     "papermill", "nbformat", "pyyaml", "jinja2", "ipykernel")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same files, same bytes
 
 

@@ -26,11 +26,14 @@ pytest_plugins = ["tests.pkgindex", "tests.docker_services"]
 
 def pytest_collection_modifyitems(items) -> None:
     """`-m "not network"` runs offline: a test that installs mlenv's wheel (built with hatchling from
-    PyPI, into an image whose tools come from PyPI) must carry the network marker."""
-    unmarked = [item.nodeid for item in items
-                if "mlenv_wheel" in getattr(item, "fixturenames", ()) and item.get_closest_marker("network") is None]
+    PyPI, into an image whose tools come from PyPI) or builds a box's dev image (its tool venv's packages
+    come from PyPI) must carry the network marker."""
+    needs_network = {"mlenv_wheel", "box_project", "jupyter_project"}
+    unmarked = [item.nodeid for item in items if needs_network & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("network") is None]
     if unmarked:
-        raise pytest.UsageError("mark these @pytest.mark.network (they build or install mlenv's wheel):\n  "
+        raise pytest.UsageError("mark these @pytest.mark.network (they build or install mlenv's wheel, or a "
+                                "box's dev image):\n  "
                                 + "\n  ".join(unmarked))
 
 
@@ -219,8 +222,12 @@ base = "{base}"
 """
 
 
-def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, build_cli, mlenv_wheel_url):
-    """A locked project in a fresh folder, with its own HOME (ssh config, keys, mlenv's data)."""
+def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, build_cli):
+    """A locked project in a fresh folder, with its own HOME (ssh config, keys, mlenv's data).
+
+    `up` gets no build options, as in the README: the dev image's tool venv is the wheel of this
+    checkout that `mlenv up` writes to .mlenv/ (with what doctor and the box side of `sweep --on` need),
+    its packages from PyPI over the engine's default network."""
     require(bool(shutil.which("ssh")), "an OpenSSH client (apt-get install openssh-client)")
     home = tmp_path_factory.mktemp("home")
     root = tmp_path_factory.mktemp("boxes") / name
@@ -228,8 +235,7 @@ def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, buil
     (root / "mlenv.toml").write_text(spec)
     env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
            "MLENV_DOCKER": build_cli}
-    project = BoxProject(root, env, ["--build-arg", f"MLENV_REQUIREMENT={mlenv_wheel_url}", "--network", "host"],
-                            home)
+    project = BoxProject(root, env, [], home)
     locked = project.mlenv("lock")
     require(locked.returncode == 0 or "pypi.org" not in locked.stderr, "PyPI (the project's dependencies)")
     assert locked.returncode == 0, locked.stderr
@@ -244,13 +250,12 @@ def remove_project_images(docker_client, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
+def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image):
     """A project whose mlenv.toml names the local base image (as a user behind a mirror would).
 
     No dependencies: the lock, and so the dev image's layers, stay the same from run to run, and the
     BuildKit cache makes the module's one image build take seconds after the first run."""
-    yield make_box_project(tmp_path_factory, "boxdemo", BOX_SPEC.format(base=base_image), docker_engine, build_cli,
-                           mlenv_wheel_url)
+    yield make_box_project(tmp_path_factory, "boxdemo", BOX_SPEC.format(base=base_image), docker_engine, build_cli)
     remove_project_images(docker_client, "boxdemo")
 
 

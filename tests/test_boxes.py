@@ -339,7 +339,7 @@ def test_bad_box_names_never_reach_the_engine(tmp_path):
 
 
 @pytest.mark.docker
-@pytest.mark.network  # box_project installs the mlenv wheel it builds (hatchling from PyPI)
+@pytest.mark.network  # box_project's dev image installs its tool venv's packages from PyPI
 def test_dry_run_prints_the_plan_and_creates_nothing(box_project, box, docker_client):
     result = box_project.mlenv("up", box, "--provider", "docker", "--dry-run", "--idle", "45m")
     assert result.returncode == 0, result.stderr
@@ -370,9 +370,9 @@ dev = ["jupyter_server", "ipykernel"]
 
 
 @pytest.fixture(scope="module")
-def jupyter_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image, mlenv_wheel_url):
+def jupyter_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_image):
     yield make_box_project(tmp_path_factory, "boxjupyter", JUPYTER_SPEC.format(base=base_image), docker_engine,
-                           build_cli, mlenv_wheel_url)
+                           build_cli)
     remove_project_images(docker_client, "boxjupyter")
 
 

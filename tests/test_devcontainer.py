@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CPU_TARGET, REPO, parse_jsonc, require, run_mlenv
+from tests.conftest import CPU_TARGET, REPO, make_notebook, parse_jsonc, require, run_mlenv
 
 SCHEMA = Path(__file__).parent / "data" / "devContainer.base.schema.json"
 DEVCONTAINER_CLI_VERSION = "0.89.0"
@@ -61,6 +61,26 @@ print("IMPORTED:", " ".join(sorted({dist for module in imported for dist in owne
 """
 
 
+# sitecustomize for every Python the sweep starts (its workers fork, its kernels inherit the environment):
+# modules of installed distributions outside MLENV_TOOL_VENV_ONLY cannot be imported, as in the tool venv
+_TOOL_VENV_ONLY = """
+import os, re, sys
+from importlib import metadata
+
+_allowed = set(os.environ["MLENV_TOOL_VENV_ONLY"].split())
+_blocked = {module for module, dists in metadata.packages_distributions().items()
+            if not any(re.sub(r"[-_.]+", "-", dist).lower() in _allowed for dist in dists)}
+
+class _ToolVenvOnly:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in _blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _ToolVenvOnly())
+"""
+
+
 def _closure(names) -> set[str]:
     """The distributions ``names`` bring along when installed (their requirements, transitively)."""
     from importlib import metadata
@@ -82,9 +102,10 @@ def _closure(names) -> set[str]:
     return found
 
 
-def test_the_dev_image_tool_venv_holds_everything_doctor_imports(locked_project):
+def test_the_dev_image_tool_venv_holds_everything_doctor_and_a_box_sweep_import(locked_project, tmp_path):
     """The dev image's mlenv venv gets only selfwheel.TOOL_REQUIREMENTS: doctor and `lock --check` must
-    not import anything else (a missing one breaks every devcontainer's postCreateCommand)."""
+    not import anything else (a missing one breaks every devcontainer's postCreateCommand), and a sweep
+    must run with only those installed (the box side of `sweep --on`)."""
     from packaging.utils import canonicalize_name
 
     from mlenv.selfwheel import TOOL_REQUIREMENTS
@@ -97,6 +118,28 @@ def test_the_dev_image_tool_venv_holds_everything_doctor_imports(locked_project)
     imported = {canonicalize_name(name) for name in listed} - {"mlenv"}
     assert "typer" in imported and "packaging" in imported  # the probe ran the real commands
     assert imported <= _closure(TOOL_REQUIREMENTS), imported - _closure(TOOL_REQUIREMENTS)
+
+    # `sweep --on BOX` runs `mlenv sweep` there, with a kernel of that same Python (a notebook outside a
+    # project): run it here in a Python that can import only what the tool venv would hold
+    site = tmp_path / "tool-venv-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_TOOL_VENV_ONLY)
+    notebook = make_notebook(tmp_path / "nb.ipynb", "x = 1", "import mlenv\nmlenv.record('y', x * 2)")
+    allowed = " ".join(sorted(_closure(TOOL_REQUIREMENTS) | {"mlenv"}))
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "MLENV_TOOL_VENV_ONLY": allowed}
+    swept = run_mlenv("sweep", str(notebook), "-p", "x=1,2", "-o", str(tmp_path / "out"), cwd=tmp_path, env=env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["counts"] == {"completed": 2} and {run["metrics"]["y"] for run in data["runs"]} == {2, 4}
+    assert (tmp_path / "out" / "report.html").is_file()
+    # the blocker is live, and a tool venv of doctor's packages only (as mlenv once built) gets one
+    # message that says what is missing and how to fix it, exit 6, no traceback
+    env["MLENV_TOOL_VENV_ONLY"] = " ".join(sorted(_closure(("typer", "rich", "packaging", "tomli", "tomli-w"))
+                                                  | {"mlenv"}))
+    blocked = run_mlenv("sweep", str(notebook), "-p", "x=1", "-o", str(tmp_path / "none"), cwd=tmp_path, env=env)
+    assert blocked.returncode == 6, blocked.stdout + blocked.stderr
+    assert "cannot run `mlenv sweep`: the Python module 'nbformat' is not installed in" in blocked.stderr
+    assert "mlenv up NAME" in blocked.stderr and "Traceback" not in blocked.stderr, blocked.stderr
 
 
 @pytest.fixture(scope="session")

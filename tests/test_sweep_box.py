@@ -1,4 +1,5 @@
-"""`mlenv sweep --on BOX`: a real docker-provider dev box (the boxes tests' project and image)."""
+"""`mlenv sweep --on BOX`: a real docker-provider dev box (the boxes tests' project and image), made as
+the README shows (`mlenv up` with no build options: the box's mlenv is the default tool venv)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def test_sweep_on_a_box_holds_it_streams_progress_and_brings_the_results_back(bo
     runs = {run["parameters"]["x"]: run for run in data["runs"]}
     assert runs[2]["metrics"]["y"] == 4 and all(run["metrics"]["kept_alive"] for run in data["runs"])
     container = next(c for c in docker_client.containers.list(filters={"label": f"mlenv.box={box}"}))
+    # ... by the box's default mlenv: the wheel `mlenv up` wrote, without the host-side packages
+    heavy = container.exec_run(["/opt/mlenv/bin/python", "-c", "import importlib.util as u; print(sorted(m for m in "
+                                "('docker', 'boto3', 'paramiko', 'distributed', 'papermill') if u.find_spec(m)))"])
+    assert heavy.output.decode().strip() == "['papermill']", heavy.output
     assert {run["metrics"]["host"] for run in data["runs"]} == {container.attrs["Config"]["Hostname"]}
     for run in data["runs"]:
         assert json.loads((out / run["output"]).read_text())["metadata"]["mlenv"]["status"] == "completed"
