@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items) -> None:
     """`-m "not network"` runs offline: a test that installs mlenv's wheel (built with hatchling from
     PyPI, into an image whose tools come from PyPI) or builds a box's dev image (its tool venv's packages
     come from PyPI) must carry the network marker."""
-    needs_network = {"mlenv_wheel", "box_project", "jupyter_project"}
+    needs_network = {"mlenv_wheel", "box_project", "jupyter_project", "container_box"}
     unmarked = [item.nodeid for item in items if needs_network & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("network") is None]
     if unmarked:
@@ -235,7 +235,7 @@ def make_box_project(tmp_path_factory, name: str, spec: str, docker_engine, buil
     (root / "mlenv.toml").write_text(spec)
     env = {"HOME": str(home), "MLENV_HOME": str(home / "mlenv-data"), "DOCKER_HOST": docker_engine,
            "MLENV_DOCKER": build_cli}
-    project = BoxProject(root, env, [], home)
+    project = BoxProject(root, env, home)
     locked = project.mlenv("lock")
     require(locked.returncode == 0 or "pypi.org" not in locked.stderr, "PyPI (the project's dependencies)")
     assert locked.returncode == 0, locked.stderr
@@ -260,10 +260,10 @@ def box_project(tmp_path_factory, docker_engine, docker_client, build_cli, base_
 
 
 class BoxProject:
-    """A box test's project: its folder, its own HOME and environment, and the build options of `up`."""
+    """A box test's project: its folder, its own HOME and environment."""
 
-    def __init__(self, root: Path, env: dict, build: list[str], home: Path) -> None:
-        self.root, self.env, self.build, self.home = root, env, build, home
+    def __init__(self, root: Path, env: dict, home: Path) -> None:
+        self.root, self.env, self.home = root, env, home
 
     def mlenv(self, *args: str, timeout: float = 600):
         return run_mlenv(*args, cwd=self.root, env=self.env, timeout=timeout)
@@ -291,8 +291,8 @@ def fresh_box(docker_client):
 
 
 def up(project, name, *args):
-    """`mlenv up NAME --provider docker --yes` with this machine's build options; must succeed."""
-    result = project.mlenv("up", name, "--provider", "docker", "--yes", *args, *project.build)
+    """`mlenv up NAME --provider docker --yes`, no build options (as the README shows); must succeed."""
+    result = project.mlenv("up", name, "--provider", "docker", "--yes", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 

@@ -301,7 +301,7 @@ def test_max_lifetime_stops_the_box_regardless(box_project, box, docker_client):
 def test_interrupted_up_leaves_nothing_unlabelled(box_project, box, docker_client):
     project = box_project
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlenv", "up", box, "--provider", "docker", "--yes", *project.build],
+        [sys.executable, "-m", "mlenv", "up", box, "--provider", "docker", "--yes"],
         cwd=project.root, env={**os.environ, **project.env}, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if "creating container" in line:

@@ -528,13 +528,12 @@ DEVBOX = '\n[devbox]\nprovider = "ssh"\nhost = "{host}"\nport = {port}\nuser = "
 
 
 @pytest.fixture(scope="module")
-def container_box(tmp_path_factory, lab_machine, docker_engine, docker_client, build_cli, base_image,
-                  mlenv_wheel_url):
+def container_box(tmp_path_factory, lab_machine, docker_engine, docker_client, build_cli, base_image):
     """`mlenv up NAME --yes` on the machine, as the README shows; removed (container, volume, image)
     at the end whatever the tests did."""
     project = make_box_project(tmp_path_factory, "boxdemo", BOX_SPEC.format(base=base_image) + DEVBOX.format(
         host=lab_machine["host"], port=lab_machine["port"], user=lab_machine["docker_user"]), docker_engine,
-        build_cli, mlenv_wheel_url)
+        build_cli)
     from mlenv.connect.keys import local_key
 
     with pytest.MonkeyPatch.context() as patch:  # mlenv's key of this laptop home, authorized on the machine
@@ -542,7 +541,7 @@ def container_box(tmp_path_factory, lab_machine, docker_engine, docker_client, b
         patch.setenv("MLENV_HOME", project.env["MLENV_HOME"])
         lab_machine["authorized_keys"].write_text(local_key().public_line + "\n")
     name = f"sd{os.getpid() % 100000}"
-    up = project.mlenv("up", name, "--yes", *project.build)
+    up = project.mlenv("up", name, "--yes")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         yield project, name, up
