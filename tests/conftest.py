@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -22,6 +23,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["tests.pkgindex", "tests.docker_services"]
+
+
+def pytest_configure(config) -> None:
+    # A run started in the background by a script (`pytest &`) ignores SIGINT, and every mlenv the tests
+    # start inherits that: the tests that press Ctrl-C on mlenv need it delivered as in a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items) -> None:
