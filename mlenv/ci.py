@@ -234,9 +234,16 @@ def _target_jobs(spec: Spec, lock: Lock, settings: CiSettings) -> list[TargetJob
             gpu=gpu,
             test_runs_on=settings.gpu_runs_on if gpu else (settings.runs_on,),
             build_timeout=120 if gpu else 60,
-            inputs_hash=expression(f"hashFiles('{dockerfile}', '{locked.pylock_path}')"),
+            inputs_hash=expression(f"hashFiles('{dockerfile}', '{locked.pylock_path}', '{_wheel_glob()}')"),
         ))
     return jobs
+
+
+def _wheel_glob() -> str:
+    """The committed wheel of mlenv (``mlenv.selfwheel``), as a path pattern of the checkout."""
+    from mlenv import selfwheel
+
+    return f"{selfwheel.FOLDER}/{selfwheel.WHEEL_PATTERN}"
 
 
 def _notebook_runs(settings: CiSettings) -> list[NotebookRun]:
@@ -265,6 +272,7 @@ def render_github(spec: Spec, lock: Lock, settings: CiSettings | None = None) ->
         notebook_gpu=bool(settings.notebook_target and lock.targets[settings.notebook_target].cuda),
         python=spec.python_minor,
         stage=IMAGE_STAGE,
+        mlenv_wheel=_wheel_glob(),
         sweep_output=SWEEP_OUTPUT,
         kernel_setup=shell_word(KERNEL_SETUP),
         actions=ACTIONS,
@@ -340,3 +348,15 @@ def init(spec: Spec, lock: Lock, *, provider: str = "github", force: bool = Fals
         return [WorkflowFile(path, "stale", text)]
     atomic_write(path, text)
     return [WorkflowFile(path, "written", text)]
+
+
+def write_wheel(spec: Spec, warn: Callable[[str], None] | None = None) -> WorkflowFile:
+    """The wheel of this mlenv in ``.mlenv/``, which the workflow installs (``mlenv gen`` writes it
+    too; ``mlenv gen --check`` in the lock job holds it to this mlenv)."""
+    from mlenv import selfwheel
+    from mlenv.gen import wheel_ignored_note
+
+    wheel, changed = selfwheel.write_wheel(spec.root)
+    if warn is not None and selfwheel.ignored_by_git(spec.root, wheel):
+        warn(wheel_ignored_note(spec.root, wheel))
+    return WorkflowFile(wheel, "written" if changed else "unchanged")

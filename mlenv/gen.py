@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mlenv import validate
+from mlenv import selfwheel, validate
 from mlenv.errors import UsageError
 from mlenv.fsutil import atomic_write
 from mlenv.image.plan import ImagePlan, image_targets, plan_image, record_base_image
@@ -23,7 +23,6 @@ from mlenv.render import (
     render_dockerfile,
     render_dockerignore,
 )
-from mlenv.selfwheel import write_wheel
 from mlenv.spec import Spec
 
 
@@ -49,6 +48,13 @@ def refuse_foreign(paths: list[Path], root: Path) -> None:
         names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in foreign)
         raise UsageError(f"{names} exists and was not written by mlenv; not replacing it",
                          hint="move it aside, or pass --force to replace it with the generated file")
+
+
+def wheel_ignored_note(root: Path, wheel: Path) -> str:
+    """Advice when git ignores the wheel: fresh clones and CI checkouts would have no mlenv to install."""
+    shown = wheel.relative_to(root).as_posix()
+    return (f"git ignores {shown}, so clones and CI checkouts will not have the mlenv the dev image and CI install; "
+            f"un-ignore it (`git check-ignore -v {shown}` names the rule) and commit it")
 
 
 def _emit(path: Path, text: str, result: GenerateResult, check: bool) -> None:
@@ -115,10 +121,15 @@ def generate(
             result.files.append(Generated(ignore, "kept"))
         else:
             _emit(ignore, ignore_text, result, check)
-    if not check:
-        # the dev stage installs this very mlenv from .mlenv/ (git-ignored, rewritten when it changed)
-        wheel, changed = write_wheel(root)
+    # the dev stage (and CI) installs this very mlenv from .mlenv/, committed with the project
+    if check:
+        result.files.append(Generated(root / selfwheel.FOLDER / selfwheel.WHEEL,
+                                      "unchanged" if selfwheel.wheel_is_current(root) else "stale"))
+    else:
+        wheel, changed = selfwheel.write_wheel(root)
         result.files.append(Generated(wheel, "written" if changed else "unchanged"))
+        if selfwheel.ignored_by_git(root, wheel):
+            result.notes.append(wheel_ignored_note(root, wheel))
         for plan in result.plans.values():
             lock = record_base_image(spec, lock, plan)
     return result

@@ -3,8 +3,10 @@
 The dev image carries the very mlenv that generated its Dockerfile (``mlenv doctor`` inside a
 devcontainer or a dev box must read the lock the way this mlenv wrote it), whether this mlenv is a
 release, an editable checkout or a fork, and without assuming any release on a package index.
-``mlenv gen`` and ``mlenv build`` write the wheel to ``.mlenv/`` in the build context (with a
-``.gitignore`` of its own); the Dockerfile installs it unless ``MLENV_REQUIREMENT`` names another.
+``mlenv gen``, ``mlenv ci init`` and ``mlenv build`` write the wheel to ``.mlenv/`` in the build
+context, and the project commits it (as gradle-wrapper.jar or yarn's ``.yarn/releases``): a fresh
+clone or a CI checkout builds the dev image, and CI installs mlenv, from the committed wheel.  The
+Dockerfile installs it unless ``MLENV_REQUIREMENT`` names another (forks, mirrors).
 
 The wheel is assembled here from the files of the running package rather than by a build backend:
 an editable install or a checkout has no backend available offline, and the archive must be
@@ -34,6 +36,9 @@ WHEEL = f"mlenv-{__version__}-py3-none-any.whl"
 TOOL_REQUIREMENTS = ("typer", "rich", "packaging", "tomli", "tomli-w",
                      "papermill", "nbformat", "pyyaml", "jinja2", "ipykernel")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same files, same bytes
+WHEEL_PATTERN = "mlenv-*.whl"  # any version: the Dockerfile, the workflow and .dockerignore name it so
+# how the .gitignore older mlenv wrote into .mlenv/ began (it ignored the wheel, which is committed now)
+_OLD_IGNORE_HEADER = "# written by mlenv: the wheel the dev image installs"
 
 
 def _package_files() -> list[tuple[str, Path]]:
@@ -93,16 +98,42 @@ def write_wheel(project_root: Path) -> tuple[Path, bool]:
 
     folder = project_root / FOLDER
     folder.mkdir(exist_ok=True)
-    ignore = folder / ".gitignore"
-    if not ignore.is_file():
-        atomic_write(ignore, "# written by mlenv: the wheel the dev image installs; "
-                             "rebuilt by `mlenv gen`/`mlenv build`\n*\n")
+    _drop_old_ignore(folder)
     target = folder / WHEEL
     data = wheel_bytes()
     changed = not target.is_file() or target.read_bytes() != data
     if changed:
         atomic_write(target, data)
-    for other in folder.glob("mlenv-*.whl"):
+    for other in folder.glob(WHEEL_PATTERN):
         if other != target:
             other.unlink()
     return target, changed
+
+
+def wheel_is_current(project_root: Path) -> bool:
+    """Whether ``.mlenv/`` holds exactly the wheel this mlenv would write (``gen --check``)."""
+    target = project_root / FOLDER / WHEEL
+    return (target.is_file() and target.read_bytes() == wheel_bytes()
+            and [path.name for path in (project_root / FOLDER).glob(WHEEL_PATTERN)] == [WHEEL])
+
+
+def _drop_old_ignore(folder: Path) -> None:
+    """Older mlenv wrote ``.mlenv/.gitignore`` ignoring everything, the wheel included; the wheel is
+    committed now.  Only that file of mlenv's is removed; one the user wrote is theirs (see
+    ``ignored_by_git``)."""
+    ignore = folder / ".gitignore"
+    if ignore.is_file() and ignore.read_text(encoding="utf-8", errors="replace").startswith(_OLD_IGNORE_HEADER):
+        ignore.unlink()
+
+
+def ignored_by_git(project_root: Path, path: Path) -> bool:
+    """Whether git would leave ``path`` out of a commit (False outside a git work tree or without git)."""
+    import shutil
+    import subprocess
+
+    git = shutil.which("git")
+    if git is None:
+        return False
+    result = subprocess.run([git, "check-ignore", "-q", "--", str(path.relative_to(project_root))],
+                            cwd=project_root, check=False, capture_output=True)
+    return result.returncode == 0  # 1: not ignored, 128: not a git work tree

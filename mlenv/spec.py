@@ -21,7 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from mlenv import __version__, validate
+from mlenv import validate
 from mlenv.errors import SpecError, did_you_mean
 from mlenv.hardware import catalog
 from mlenv.hardware.platforms import PLATFORM_ALIASES, PLATFORMS
@@ -404,7 +404,7 @@ class CiSettings(Section):
     notebook_parameters: tuple[tuple[str, str], ...] = setting(_notebook_parameters, (), parse=_sweep_arguments)
     notebook_target: str | None = setting(validate.name)  # None: a CPU target of the CI targets
     branches: tuple[str, ...] = setting(validate.each(_branch, "a list of branch names"), ("main",))
-    mlenv_requirement: str = setting(_mlenv_requirement, f"mlenv=={__version__}")
+    mlenv_requirement: str | None = setting(_mlenv_requirement)  # None: the wheel committed in .mlenv/
 
     def conflict(self) -> Conflict | None:
         if self.registry == "ecr":

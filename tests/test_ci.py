@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlenv import ci
+from mlenv import ci, selfwheel
 from tests.conftest import REPO, make_project, require, run_mlenv
 
 WORKFLOW = Path(".github/workflows/mlenv.yml")
@@ -148,7 +148,10 @@ def test_workflow_jobs_permissions_and_pins(project):
     assert build["push"]["with"]["target"] == "dev" and build["push"]["with"]["file"] == "Dockerfile.cpu"
     assert "${GITHUB_REPOSITORY_OWNER,,}" in build["image"]["run"]  # GHCR names are lower case
     assert "buildcache-$MLENV_TARGET" in build["image"]["run"]  # one cache per target
-    assert build["image"]["env"]["INPUTS_HASH"] == "${{ hashFiles('Dockerfile.cpu', 'pylock.cpu.toml') }}"
+    assert (build["image"]["env"]["INPUTS_HASH"]
+            == "${{ hashFiles('Dockerfile.cpu', 'pylock.cpu.toml', '.mlenv/mlenv-*.whl') }}")
+    # no [ci] mlenv-requirement: CI installs the committed wheel and builds pass no build argument
+    assert "MLENV_REQUIREMENT" not in workflow["env"] and "build-args" not in build["push"]["with"]
     assert "imagetools inspect" in build["existing"]["run"]
 
     notebook_runs = [s["run"] for s in jobs["notebooks"]["steps"] if "run" in s and "sweep" in s["run"]]
@@ -301,12 +304,13 @@ class Job:
             if (found := re.fullmatch(r"env\.(\w+)", expr)):
                 return self.env({})[found.group(1)]
             if (found := re.fullmatch(r"hashFiles\((.*)\)", expr)):
-                files = re.findall(r"'([^']+)'", found.group(1))
+                patterns = re.findall(r"'([^']+)'", found.group(1))
                 import hashlib
 
                 digest = hashlib.sha256()
-                for name in files:
-                    digest.update(hashlib.sha256((self.root / name).read_bytes()).digest())
+                for pattern in patterns:  # globs, as GitHub's hashFiles takes them
+                    for path in sorted(self.root.glob(pattern)):
+                        digest.update(hashlib.sha256(path.read_bytes()).digest())
                 return digest.hexdigest()
             raise AssertionError(f"the test runner does not know the expression {expr!r}")
 
@@ -355,11 +359,12 @@ NOTEBOOK = {
 
 
 @pytest.fixture
-def ci_project(tmp_path, local_index, mlenv_wheel_url):
+def ci_project(tmp_path, local_index):
     """One CPU target on the local base image: tinydep from the loopback index, ipykernel (for the
     notebook) from PyPI, unittest tests and a notebook that import the locked package.
 
-    ``mlenv-requirement`` points at this checkout's wheel: nothing here can install mlenv from PyPI.
+    Set up as the README says, with no ``mlenv-requirement``: CI installs the wheel in ``.mlenv/``
+    that ``mlenv gen`` wrote and the project commits.
     """
     root = tmp_path / "demo"
     root.mkdir()
@@ -371,8 +376,7 @@ def ci_project(tmp_path, local_index, mlenv_wheel_url):
         '[targets.cpu]\nplatform = "linux/x86_64"\n\n'
         '[image]\nbase = "localhost/python:3.11-slim-bookworm"\n\n'
         '[ci]\ntest-command = "python -m unittest discover -s tests -v"\n'
-        'notebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01] }\n'
-        f"mlenv-requirement = {json.dumps(mlenv_wheel_url)}\n")
+        'notebooks = ["notebooks/train.ipynb"]\nnotebook-parameters = { lr = [0.1, 0.01] }\n')
     (root / "tests").mkdir()
     (root / "tests" / "test_demo.py").write_text(
         "import unittest\n\nimport tinydep\n\n\nclass Locked(unittest.TestCase):\n"
@@ -399,15 +403,18 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env |= {"DOCKER_HOST": docker_engine, "GITHUB_REPOSITORY_OWNER": "Demo-Org", "GITHUB_EVENT_NAME": "pull_request"}
 
-    # lock job: actions/setup-python gives a fresh Python; a venv stands in for it here
+    # lock job: actions/setup-python gives a fresh Python; a venv (nothing of this machine's in it) stands
+    # in for it here, so "Install mlenv" must bring every dependency the lock job's commands import
     venv = tmp_path / "setup-python"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     lock = Job(workflow, "lock", ci_project, env={**env, "PATH": f"{venv}/bin:{env['PATH']}"}, events=pull_request)
     assert lock.with_("actions/setup-python")["python-version"] == "3.11"
-    lock.run("Install mlenv")
-    assert (venv / "bin" / "mlenv").exists()
+    lock.run("Install mlenv", timeout=300)
+    installed = subprocess.run([venv / "bin" / "python", "-c", "import mlenv; print(mlenv.__file__)"], env=env,
+                               cwd=ci_project, check=True, capture_output=True, text=True).stdout
+    assert installed.startswith(str(venv)), installed  # the committed wheel, not this checkout
     assert "up to date" in lock.run("mlenv.lock matches mlenv.toml").stderr.lower()
-    lock.run("Dockerfiles and this workflow follow the lock")
+    lock.run("Dockerfiles, the mlenv wheel and this workflow follow the lock")
 
     # image job
     image = Job(workflow, "image-cpu", ci_project, env=env, events=pull_request)
@@ -421,8 +428,9 @@ def test_run_steps_for_real_pull_request(ci_project, docker_engine, build_cli, b
     assert image.step("local")["if"].endswith("env.PUSH_IMAGE != 'true'") and "push" not in build
     # docker/build-push-action's inputs, given to the BuildKit CLI of this machine; --network host and
     # the CA secret are this machine's needs (a loopback index, a TLS-intercepting proxy), not the workflow's
+    assert "build-args" not in build  # the Dockerfile installs the committed wheel
     argv = [build_cli, "build", "-f", build["file"], "--target", build["target"], "-t", build["tags"],
-            "--build-arg", build["build-args"], "--network", "host"]
+            "--network", "host"]
     if Path("/etc/ssl/certs/ca-certificates.crt").is_file():
         argv += ["--secret", "id=cacert,src=/etc/ssl/certs/ca-certificates.crt"]
     built = subprocess.run([*argv, build["context"]], cwd=ci_project, env={**env, "DOCKER_BUILDKIT": "1"},
@@ -492,7 +500,8 @@ def test_readme_ci_example(project):
 
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=project, check=False, capture_output=True,
                             text=True).stdout.split()
-    assert {".github/workflows/mlenv.yml", "Dockerfile.cpu", "Dockerfile.gpu", ".dockerignore"} <= set(staged)
+    assert {".github/workflows/mlenv.yml", "Dockerfile.cpu", "Dockerfile.gpu", ".dockerignore",
+            f".mlenv/{selfwheel.WHEEL}"} <= set(staged)
     workflow = assert_valid_workflow(project / WORKFLOW, ("gpu",))
     jobs = workflow["jobs"]
     assert jobs["test-cpu"]["env"]["TEST_COMMAND"] == "pytest -q"
@@ -538,7 +547,64 @@ def test_image_tag_follows_the_lock_only(project, registry):
     (project / "pylock.gpu.toml").write_text((project / "pylock.gpu.toml").read_text() + "\n")
     assert tag("push")["ref"] == first["ref"]
     (project / "pylock.cpu.toml").write_text((project / "pylock.cpu.toml").read_text() + "\n")
-    assert tag("push")["ref"] != first["ref"]
+    second = tag("push")["ref"]
+    assert second != first["ref"]
+    # another mlenv (the committed wheel) is another dev image
+    wheel = next((project / ".mlenv").glob("mlenv-*.whl"))
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    assert tag("push")["ref"] != second
+
+
+def test_committed_wheel_is_written_and_checked(project):
+    """The wheel CI and the dev image install is committed: `ci init` and `gen` write it, an old
+    `.mlenv/.gitignore` of mlenv's that hid it goes, git ignoring it is reported, and `gen --check`
+    (the lock job) fails when it is not the wheel this mlenv writes."""
+    from mlenv import selfwheel
+
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    folder = project / ".mlenv"
+    folder.mkdir(exist_ok=True)
+    (folder / ".gitignore").write_text("# written by mlenv: the wheel the dev image installs; "
+                                       "rebuilt by `mlenv gen`/`mlenv build`\n*\n")
+    result = init(project)
+    assert result.returncode == 0 and "git ignores" not in result.stderr, result.stderr
+    wheel = folder / selfwheel.WHEEL
+    assert wheel.is_file() and f"written  .mlenv/{selfwheel.WHEEL}" in result.stdout
+    assert not (folder / ".gitignore").exists()
+    staged = subprocess.run(["git", "add", "--dry-run", "--all"], cwd=project, check=True, capture_output=True,
+                            text=True).stdout
+    assert f".mlenv/{selfwheel.WHEEL}" in staged
+
+    def gen(*args: str):
+        return run_mlenv("gen", "dockerfile", "--no-resolve-digest", *args, cwd=project)
+
+    assert gen().returncode == 0 and gen("--check").returncode == 0
+    assert f"unchanged  .mlenv/{selfwheel.WHEEL}" in gen().stdout  # idempotent
+    wheel.write_bytes(wheel.read_bytes() + b"\0")  # committed by another mlenv
+    stale = gen("--check")
+    assert stale.returncode == 1 and f"stale  .mlenv/{selfwheel.WHEEL}" in stale.stdout, stale.stdout + stale.stderr
+    wheel.unlink()
+    assert gen("--check").returncode == 1
+    (project / ".gitignore").write_text(".mlenv/\n")
+    ignored = gen()
+    assert ignored.returncode == 0 and wheel.is_file() and gen("--check").returncode == 0
+    assert "git ignores .mlenv/" in ignored.stderr and "commit it" in ignored.stderr
+
+
+def test_mlenv_requirement_overrides_the_committed_wheel(project):
+    """Forks and mirrors: [ci] mlenv-requirement is what the lock job installs and the image build's
+    MLENV_REQUIREMENT, and it is part of the image tag."""
+    requirement = "mlenv @ https://files.example.com/mlenv-0.1.0-py3-none-any.whl"
+    set_ci(project, f"mlenv-requirement = {json.dumps(requirement)}\n")
+    assert init(project).returncode == 0
+    workflow = assert_valid_workflow(project / WORKFLOW, ("gpu",))  # set_ci dropped [ci] gpu-runs-on
+    assert workflow["env"]["MLENV_REQUIREMENT"] == requirement
+    install = steps(workflow["jobs"]["lock"])["Install mlenv"]["run"]
+    assert install == 'python -m pip install "$MLENV_REQUIREMENT"'
+    build = steps(workflow["jobs"]["image-cpu"])
+    for key in ("push", "local"):
+        assert build[key]["with"]["build-args"] == "MLENV_REQUIREMENT=${{ env.MLENV_REQUIREMENT }}"
+    assert '"$INPUTS_HASH" "$MLENV_REQUIREMENT"' in build["image"]["run"]
 
 
 def test_advice_when_test_tools_are_not_locked(project):

@@ -176,15 +176,12 @@ if holder:
             sys.exit(0)
 begin, end = "# >>> mlenv: SSH logins are dev-box activity >>>", "# <<< mlenv <<<"
 chain = "[ ! -r /etc/ssh/sshrc ] || . /etc/ssh/sshrc"
-target = os.path.realpath(path)  # a symlinked rc (a dotfiles repository's) stays a link: its file is edited
 try:
-    with open(target) as handle:
+    with open(path) as handle:
         lines = handle.read().splitlines()
-    mode = os.stat(target).st_mode & 0o7777
+    mode = os.stat(path).st_mode & 0o7777
 except FileNotFoundError:
     lines, mode = None, 0o644
-if action == "remove" and begin not in (lines or []):
-    sys.exit(0)
 kept, ours, inside = [], [], False
 for line in lines or []:
     if line == begin:
@@ -204,15 +201,15 @@ if action == "add":
     kept += [begin] + block + [end]
 if not any(line.strip() for line in kept):
     if lines is not None:
-        os.remove(target)
+        os.remove(path)
     sys.exit(0)
-folder = os.path.dirname(target)
+folder = os.path.dirname(path)
 os.makedirs(folder, mode=0o700, exist_ok=True)
 handle, temporary = tempfile.mkstemp(dir=folder, prefix=".mlenv.")
 with os.fdopen(handle, "w") as out:
     out.write("\n".join(kept) + "\n")
 os.chmod(temporary, mode)
-os.replace(temporary, target)
+os.replace(temporary, path)
 """
 
 

@@ -27,6 +27,8 @@ def ci_init(
     mlenv = application(ctx)
     spec = mlenv.spec
     files = ci.init(spec, mlenv.lock, provider=provider, force=force, check=check or dry_run, warn=mlenv.warn)
+    if not (check or dry_run):  # the workflow installs the committed wheel (`gen --check` holds it to this mlenv)
+        files.append(ci.write_wheel(spec, warn=mlenv.warn))
     for workflow in files:
         if dry_run:
             sys.stdout.write(workflow.text)
