@@ -354,9 +354,8 @@ def write_wheel(spec: Spec, warn: Callable[[str], None] | None = None) -> Workfl
     """The wheel of this mlenv in ``.mlenv/``, which the workflow installs (``mlenv gen`` writes it
     too; ``mlenv gen --check`` in the lock job holds it to this mlenv)."""
     from mlenv import selfwheel
-    from mlenv.gen import wheel_ignored_note
 
     wheel, changed = selfwheel.write_wheel(spec.root)
-    if warn is not None and selfwheel.ignored_by_git(spec.root, wheel):
-        warn(wheel_ignored_note(spec.root, wheel))
+    if warn is not None and (note := selfwheel.ignored_note(spec.root, wheel)) is not None:
+        warn(note)
     return WorkflowFile(wheel, "written" if changed else "unchanged")

@@ -50,13 +50,6 @@ def refuse_foreign(paths: list[Path], root: Path) -> None:
                          hint="move it aside, or pass --force to replace it with the generated file")
 
 
-def wheel_ignored_note(root: Path, wheel: Path) -> str:
-    """Advice when git ignores the wheel: fresh clones and CI checkouts would have no mlenv to install."""
-    shown = wheel.relative_to(root).as_posix()
-    return (f"git ignores {shown}, so clones and CI checkouts will not have the mlenv the dev image and CI install; "
-            f"un-ignore it (`git check-ignore -v {shown}` names the rule) and commit it")
-
-
 def _emit(path: Path, text: str, result: GenerateResult, check: bool) -> None:
     current = path.read_text(encoding="utf-8") if path.is_file() else None
     if current == text:
@@ -128,8 +121,9 @@ def generate(
     else:
         wheel, changed = selfwheel.write_wheel(root)
         result.files.append(Generated(wheel, "written" if changed else "unchanged"))
-        if selfwheel.ignored_by_git(root, wheel):
-            result.notes.append(wheel_ignored_note(root, wheel))
+        note = selfwheel.ignored_note(root, wheel)
+        if note is not None:
+            result.notes.append(note)
         for plan in result.plans.values():
             lock = record_base_image(spec, lock, plan)
     return result

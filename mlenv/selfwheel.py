@@ -120,20 +120,25 @@ def wheel_is_current(project_root: Path) -> bool:
 def _drop_old_ignore(folder: Path) -> None:
     """Older mlenv wrote ``.mlenv/.gitignore`` ignoring everything, the wheel included; the wheel is
     committed now.  Only that file of mlenv's is removed; one the user wrote is theirs (see
-    ``ignored_by_git``)."""
+    ``ignored_note``)."""
     ignore = folder / ".gitignore"
     if ignore.is_file() and ignore.read_text(encoding="utf-8", errors="replace").startswith(_OLD_IGNORE_HEADER):
         ignore.unlink()
 
 
-def ignored_by_git(project_root: Path, path: Path) -> bool:
-    """Whether git would leave ``path`` out of a commit (False outside a git work tree or without git)."""
+def ignored_note(project_root: Path, wheel: Path) -> str | None:
+    """Advice when git ignores the wheel (fresh clones and CI checkouts would have no mlenv to install);
+    None when git keeps it, outside a git work tree, or without git."""
     import shutil
     import subprocess
 
     git = shutil.which("git")
     if git is None:
-        return False
-    result = subprocess.run([git, "check-ignore", "-q", "--", str(path.relative_to(project_root))],
-                            cwd=project_root, check=False, capture_output=True)
-    return result.returncode == 0  # 1: not ignored, 128: not a git work tree
+        return None
+    shown = wheel.relative_to(project_root).as_posix()
+    result = subprocess.run([git, "check-ignore", "-q", "--", shown], cwd=project_root, check=False,
+                            capture_output=True)
+    if result.returncode != 0:  # 1: not ignored, 128: not a git work tree
+        return None
+    return (f"git ignores {shown}, so clones and CI checkouts will not have the mlenv the dev image and CI install; "
+            f"un-ignore it (`git check-ignore -v {shown}` names the rule) and commit it")
