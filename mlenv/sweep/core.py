@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Callable
@@ -157,13 +159,14 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
     def finished(outcome: RunOutcome) -> None:
         publishing = time.perf_counter()
         record = records[outcome.run_id]
-        record.status, record.attempts, record.error = outcome.status, outcome.attempts, outcome.error
-        record.duration = outcome.duration
-        if outcome.notebook is not None:
-            name = f"{outcome.run_id}.ipynb"
-            plan.store.write_text(name, outcome.notebook)
-            record.output = name  # relative to the results folder, which may be moved or be s3://
-            record.metrics = extract_metrics(json.loads(outcome.notebook))
+        with sigterm.held():  # a run is recorded whole: never "completed" without its output notebook
+            record.status, record.attempts, record.error = outcome.status, outcome.attempts, outcome.error
+            record.duration = outcome.duration
+            if outcome.notebook is not None:
+                name = f"{outcome.run_id}.ipynb"
+                plan.store.write_text(name, outcome.notebook)
+                record.output = name  # relative to the results folder, which may be moved or be s3://
+                record.metrics = extract_metrics(json.loads(outcome.notebook))
         result.timings[outcome.run_id] = {**outcome.timings, "publish": time.perf_counter() - publishing}
 
     progress = SweepProgress(console, total=len(tasks), skipped=len(plan.runs) - len(tasks), live=live)
@@ -220,6 +223,18 @@ class SigtermAsInterrupt:
         first = not self.fired
         self.fired = True
         if self.armed and first:
+            raise Terminated()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """SIGTERM waits for the block (it would land between two halves of one record), then stops the
+        sweep as it would have."""
+        armed, fired, self.armed = self.armed, self.fired, False
+        try:
+            yield
+        finally:
+            self.armed = armed
+        if armed and self.fired and not fired:
             raise Terminated()
 
     def __enter__(self) -> SigtermAsInterrupt:
