@@ -13,8 +13,9 @@ Strong signals (any of them resets the idle clock):
              folder, looked up each poll; GET /api/kernels with no_track_activity=1 so asking does not
              count as activity; files of servers that are gone, or whose pid was reused, are skipped)
   gpu        utilization.gpu >= --gpu-percent on any GPU (nvidia-smi, with a timeout)
-  cpu        busy CPU time >= --cpu-cores cores over the poll window (the container's cgroup when
-             in one, /proc/stat deltas otherwise: load average counts processes waiting on disk)
+  cpu        busy CPU time >= --cpu-cores cores over the last --poll seconds or more (the container's
+             cgroup when in one, /proc/stat deltas otherwise: load average counts processes waiting on
+             disk); unknown until the first window has passed
   terminal   input on a terminal: the newest access time of /dev/pts/N (reads move it; the
              kernel updates it about every 8 s; output moves only the modification time)
   login      the newest file in --activity-dir: an SSH login touches one (/etc/ssh/sshrc), so a
@@ -331,16 +332,17 @@ CGROUP_FILES = ("/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/cpuacct/cpuacct.usage
 
 
 class CpuMeter(object):
-    """Busy cores averaged over the time between two readings."""
+    """Busy cores averaged over at least ``window`` seconds (the poll interval): over a few
+    milliseconds one clock tick reads as cores of work (the first poll at boot logged 11.46)."""
 
-    def __init__(self, source="auto", proc_stat="/proc/stat", cgroup_stat=None, threshold=0.5):
+    def __init__(self, source="auto", proc_stat="/proc/stat", cgroup_stat=None, threshold=0.5, window=1.0):
         candidates = [cgroup_stat] if cgroup_stat else list(CGROUP_FILES)
         cgroup = next((path for path in candidates if os.path.exists(path)), candidates[0])
         if source == "auto":
             source = "cgroup" if in_container() and os.path.exists(cgroup) else "proc"
-        self.source, self.threshold = source, threshold
+        self.source, self.threshold, self.window = source, threshold, window
         self.path = cgroup if source == "cgroup" else proc_stat
-        self.previous = None
+        self.readings = []  # (time, busy seconds), oldest first
 
     def busy_seconds(self):
         with open(self.path) as handle:
@@ -356,10 +358,14 @@ class CpuMeter(object):
             busy = self.busy_seconds()
         except (OSError, ValueError) as exc:
             return Reading(UNKNOWN, "cannot read %s: %s" % (self.path, _short(exc)))
-        previous, self.previous = self.previous, (now, busy)
-        if previous is None or now <= previous[0]:
-            return Reading(UNKNOWN, "first reading")
-        cores = (busy - previous[1]) / (now - previous[0])
+        self.readings = [r for r in self.readings if r[0] < now] + [(now, busy)]
+        old = [r for r in self.readings if now - r[0] >= self.window]
+        if not old:
+            # only in the first window after start: unknown keeps the box up that long, no longer
+            return Reading(UNKNOWN, "measuring (first %gs)" % self.window)
+        self.readings = self.readings[len(old) - 1:]  # the newest one old enough is the next baseline
+        since, before = old[-1]
+        cores = (busy - before) / (now - since)
         return Reading(ACTIVE if cores >= self.threshold else IDLE, "%.2f busy cores (%s)" % (cores, self.source))
 
 
@@ -495,8 +501,8 @@ class Watchdog(object):
         self.stopped = False
         self.act = act or self.stop_box
         if probes is None:
-            cpu = CpuMeter(args.cpu_source, threshold=args.cpu_cores)
-            cpu.probe(self.started)  # the first reading: the first poll then has a window to average
+            cpu = CpuMeter(args.cpu_source, threshold=args.cpu_cores, window=args.poll)
+            cpu.probe(self.started)
             connections = ConnectionTracker(args.ports, args.weak_min_age)
             probes = {
                 "keepalive": lambda now: probe_keepalive(args.keepalive_dir, now),

@@ -57,6 +57,9 @@ cpu  26819 0 9710 64356 1112 0 246 164 0 0
 cpu0 11478 0 4265 35124 199 0 70 85 0 0
 cpu1 15340 0 5444 29232 912 0 176 79 0 0
 """
+# the first poll at boot, 20 ms after the watchdog's start reading: 23 ticks of work (boot's, the
+# watchdog's own start-up) in those 20 ms would read as 11.50 busy cores
+PROC_STAT_BOOT = PROC_STAT_1.replace("cpu  25818 ", "cpu  25841 ")
 CGROUP_CPU_STAT = "usage_usec 8123456\nuser_usec 6000000\nsystem_usec 2123456\nnr_periods 0\n"
 
 # GET /api/kernels?no_track_activity=1 of jupyter_server 2.x: one kernel running a cell, one idle
@@ -112,6 +115,25 @@ def test_cpu_from_proc_stat_deltas(tmp_path):
     stat.write_text(PROC_STAT_3)
     idle_reading = meter.probe(120.0)
     assert idle_reading.state == wd.IDLE and idle_reading.detail.startswith("0.00 busy cores")
+
+
+def test_cpu_is_measured_over_at_least_a_poll_interval(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(PROC_STAT_1)
+    meter = wd.CpuMeter("proc", proc_stat=str(stat), threshold=0.5, window=10)
+    meter.probe(100.0)  # the watchdog's start
+    stat.write_text(PROC_STAT_BOOT)
+    first = meter.probe(100.02)  # its first poll: too short a window to say anything
+    assert first.state == wd.UNKNOWN and first.detail == "measuring (first 10s)", first
+    stat.write_text(PROC_STAT_2)
+    assert meter.probe(110.0).detail.startswith("1.50 busy cores")  # since the start, 10 s back
+    # a poll 2 s after the last (woken early for a warning) averages over the whole window before it:
+    # 14.77 s of CPU since the boot reading 11.98 s ago, not 0 s in the last 2
+    soon = meter.probe(112.0)
+    assert soon.state == wd.ACTIVE and soon.detail.startswith("1.23 busy cores"), soon
+    stat.write_text(PROC_STAT_3)
+    later = meter.probe(122.0)  # from the newest reading at least 10 s old (112)
+    assert later.state == wd.IDLE and later.detail.startswith("0.00 busy cores"), later
 
 
 def test_cpu_from_cgroup_usage(tmp_path):
@@ -520,6 +542,10 @@ def test_script_exits_on_its_own_when_idle(tmp_path):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     events = [record["event"] for record in records]
     assert events[0] == "start" and "warn" in events and events[-1] == "stop"
+    # CPU is measured over a poll interval or more: unknown on the first poll only (boot once read 11.46 cores)
+    cpu = [record["signals"]["cpu"] for record in records[1:]]
+    assert cpu[0] == {"state": "unknown", "detail": "measuring (first 1s)"}, cpu
+    assert all("busy cores" in reading["detail"] for reading in cpu[1:]), cpu
     # idle for the whole --idle, by the script's own clock (a loaded machine may poll it late)
     assert records[-1]["reason"] == "idle" and records[-1]["idle_for_s"] >= 2
     expected = 0o1777 if os.geteuid() == 0 else 0o777 & ~_umask()
