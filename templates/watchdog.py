@@ -28,7 +28,7 @@ Rule: stop when nothing strong happened for --idle seconds and no connection is 
 --idle-connected seconds when one is (an IDE left open over lunch survives, overnight it does not).
 Logged-in terminals get a warning --warn-ahead seconds before (default 5 min, scaled down for short
 settings), also when a poll comes late (the stop then waits that long); activity in between cancels
-the stop.  --max-lifetime stops the box regardless.
+the stop.  --max-lifetime stops the box at that age regardless (a late warning is a shorter one).
 Every poll is one JSON line in --log; --state holds the latest numbers for `mlenv ls`.
 """
 
@@ -49,6 +49,7 @@ ACTIVE, IDLE, UNKNOWN = "active", "idle", "unknown"
 TCP_ESTABLISHED = "01"
 LOG_MAX_BYTES = 1 << 20
 DEFAULT_WARN_AHEAD = 300.0
+WARNING_DELIVERY_S = 5.0
 
 
 class Reading(object):
@@ -497,7 +498,7 @@ class Watchdog(object):
         self.last_strong = self.started
         self.last_strong_reason = "start"
         self.warned_for = None  # the reason a stop was announced for (None: no stop announced)
-        self.announced_stop = None  # when the announced stop happens (epoch seconds)
+        self.warned_at = None  # when it was announced (epoch seconds)
         self.stopped = False
         self.act = act or self.stop_box
         if probes is None:
@@ -549,15 +550,18 @@ class Watchdog(object):
         event = "poll"
         if due > ahead:
             if self.warned_for is not None:
-                event, self.warned_for, self.announced_stop = "cancel", None, None
+                event, self.warned_for, self.warned_at = "cancel", None, None
         else:
             if self.warned_for != reason:
-                # Every stop is announced `ahead` seconds before it happens, also when this poll came
-                # after the stop was due (a probe that took its whole timeout, a disk that stalled the
-                # log, a loaded or suspended machine): otherwise the box stops unannounced, or the
-                # warning is still in the terminal's buffer when sshd is killed with the box.
-                event, self.warned_for, self.announced_stop = "warn", reason, now + ahead
-            due = max(due, self.announced_stop - now)
+                event, self.warned_for, self.warned_at = "warn", reason, now
+            # Every stop is announced `ahead` seconds before it happens, also when this poll came
+            # after the stop was due (a probe that took its whole timeout, a disk that stalled the
+            # log, a loaded or suspended machine): otherwise the box stops unannounced, or the
+            # warning is still in the terminal's buffer when sshd is killed with the box.  Max
+            # lifetime is a hard stop: a late warning only shortens, and one given after it gets
+            # just the moment it needs to reach the terminals.
+            due = min(max(due, self.warned_at + ahead - now),
+                      max(life_left, self.warned_at + min(ahead, WARNING_DELIVERY_S) - now))
             if due <= 0:
                 event = "stop"
         record = {

@@ -522,6 +522,34 @@ def test_max_lifetime_stops_regardless(tmp_path):
     assert any("max lifetime" in w for w in warnings)
 
 
+@pytest.mark.parametrize(("released", "poll_at", "stop_at"), [
+    (False, 10_380, 10_400),  # late for the warning (due at 10_300): a shorter warning, the stop on time
+    (False, 10_450, 10_455),  # after the stop itself: warned, then stopped once the warning has reached the terminals
+    (True, 10_390, 10_400),  # an idle stop announced late is not pushed past the max lifetime either
+])
+def test_max_lifetime_is_a_hard_stop_also_when_a_poll_comes_late(tmp_path, released, poll_at, stop_at):
+    """`up --max-lifetime 12h` stops the box at 12 h, not 12 h and the warning time."""
+    dog, clock, signals, stops, warnings = make_watchdog(tmp_path, max_lifetime=400)  # warned 100 s ahead
+    signals["keepalive"] = wd.Reading(wd.ACTIVE, "cli for 9999s")
+    run_until(dog, clock, 250)
+    if released:
+        signals["keepalive"] = wd.Reading(wd.IDLE)
+    clock.now = poll_at
+    late_poll = dog.step()
+    assert late_poll["event"] == "warn" and late_poll["stop_due_s"] == stop_at - poll_at and not stops, late_poll
+    assert f"this box stops in {stop_at - poll_at}s" in warnings[0]
+    run_until(dog, clock, 100)
+    assert stops and clock.now == stop_at and len(warnings) == 1
+
+
+def test_a_max_lifetime_shorter_than_the_warning_time_is_warned_a_quarter_of_it_ahead(tmp_path):
+    dog, clock, signals, stops, warnings = make_watchdog(tmp_path, max_lifetime=60)  # the warning is 300 s
+    signals["keepalive"] = wd.Reading(wd.ACTIVE, "cli for 9999s")
+    records = [dog.step()] + run_until(dog, clock, 100)  # the first poll comes at the start
+    assert [(r["t"], r["event"]) for r in records if r["event"] != "poll"] == [(10_045, "warn"), (10_060, "stop")]
+    assert records[0]["stop_due_s"] == 60 and stops == ["max-lifetime"] and "stops in 15s" in warnings[0]
+
+
 # --- the script itself, as the box runs it -----------------------------------------------------------
 
 
