@@ -88,7 +88,9 @@ def main() -> None:
             if "--json" in sys.argv:
                 print('{\n  "changes": [],\n  "fresh": true\n}')
             else:
-                print(f"✓ mlenv.lock is up to date ({targets} targets)", file=sys.stderr)
+                from mlenv.wording import counted
+
+                print(f"✓ mlenv.lock is up to date ({counted(targets, 'target')})", file=sys.stderr)
             sys.exit(0)
     from mlenv.cli import main as cli_main
 

@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 
 from mlenv.errors import MlenvError, ToolMissingError, UsageError
 from mlenv.lock.model import Lock, LockedTarget
+from mlenv.wording import counted
 
 if TYPE_CHECKING:
     from mlenv.execute import Executor
@@ -285,7 +286,8 @@ def check_gpu(target: LockedTarget, probe=None) -> list[Finding]:
                         f"no NVIDIA GPU found ({reason})")]
     if target.gpu_count and len(probe.gpus) < target.gpu_count:
         findings.append(Finding("warning", "gpu", "gpu-count", str(target.gpu_count), str(len(probe.gpus)),
-                                f"{len(probe.gpus)} GPU(s) found, target {target.name!r} expects {target.gpu_count}"))
+                                f"{counted(len(probe.gpus), 'GPU')} found, "
+                                f"target {target.name!r} expects {target.gpu_count}"))
     if target.gpu and not any(gpu.model == target.gpu for gpu in probe.gpus):
         found = ", ".join(sorted({gpu.name for gpu in probe.gpus}))
         findings.append(Finding("warning", "gpu", "model", target.gpu, found,

@@ -49,6 +49,7 @@ from mlenv.errors import SpecError
 from mlenv.fsutil import read_text
 from mlenv.spec import parse_requirement
 from mlenv.validate import CREDENTIAL_HINT, redact_text, redact_url
+from mlenv.wording import counted
 
 PYPI_URLS = {"https://pypi.org/simple", "https://pypi.python.org/simple", "https://pypi.org/simple/"}
 PYTORCH_HOST = "download.pytorch.org"
@@ -344,7 +345,7 @@ class RequirementsReader:
         parsed = _Parsed()
         self._read_file(path.resolve(), group, parsed, stack=(), constraint=False)
         if parsed.hashes:
-            self.imported.note(self.rel(path), "hash", f"{parsed.hashes} --hash option(s) dropped: "
+            self.imported.note(self.rel(path), "hash", f"{counted(parsed.hashes, '--hash option')} dropped: "
                                "mlenv.lock records the hashes of what it resolves")
         return parsed
 
@@ -561,7 +562,7 @@ def _merge_constraints(imported: Imported, constraints: list[Req], rel: str) -> 
             imported.note(origin, "constraint", f"constraint {constraint} not imported: not a direct dependency; "
                           "mlenv.lock pins every version, add it to dependencies if it matters")
     if merged:
-        imported.summary.append((rel, f"{merged} constraint(s) merged into direct dependencies"))
+        imported.summary.append((rel, f"{counted(merged, 'constraint')} merged into direct dependencies"))
 
 
 def _add_requirements(imported: Imported, group: str, requirements: list[Req]) -> int:
@@ -662,7 +663,7 @@ def read_pyproject(path: Path, imported: Imported, root: Path, running_python: s
                       "add them to mlenv.toml")
     if "dependencies" in project:
         added = _add_requirements(imported, MAIN, requirement_list(project["dependencies"], "project.dependencies"))
-        counts.append(f"{added} dependencies")
+        counts.append(counted(added, "dependency", "dependencies"))
 
     extras = project.get("optional-dependencies", {})
     if not isinstance(extras, dict):
@@ -997,7 +998,7 @@ def read_environment_yml(path: Path, imported: Imported, root: Path, reader: Req
         for item in conda_requirements:
             if canonicalize_name(item.requirement.name) in TORCH_FAMILY:
                 imported.add_cuda_package(item.requirement.name)
-    parts = [f"{conda_count} conda package(s)", f"{pip_count} pip package(s)"]
+    parts = [counted(conda_count, "conda package"), counted(pip_count, "pip package")]
     if renamed:
         parts.append("renamed " + ", ".join(renamed))
     if unmapped:
@@ -1110,7 +1111,7 @@ def _import_project(root: Path, running_python: str) -> Imported:
         rel = reader.rel(path)
         imported.files.append(rel)
         added = _add_requirements(imported, group, parsed.requirements)
-        what = f"{added} requirement(s) -> {'dependencies' if group == MAIN else f'group {group!r}'}"
+        what = f"{counted(added, 'requirement')} -> {'dependencies' if group == MAIN else f'group {group!r}'}"
         if len(parsed.requirements) > added:
             what += f" ({len(parsed.requirements) - added} already listed)"
         imported.summary.append((rel, what))

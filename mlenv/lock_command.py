@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlenv.application import Application
+from mlenv.wording import counted
 
 if TYPE_CHECKING:
     from mlenv.lock import Pin
@@ -39,7 +40,7 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
             targets = sorted({c.target for c in changes})
             details = "\n".join(f"  {c}" for c in changes)
             raise DriftError(f"mlenv.lock is stale for {', '.join(targets)}:\n{details}", hint="run `mlenv lock`")
-        mlenv.success(f"mlenv.lock is up to date ({len(spec.targets)} targets)")
+        mlenv.success(f"mlenv.lock is up to date ({counted(len(spec.targets), 'target')})")
         return 0
 
     def trace(text: str) -> None:  # uv's full output, with --debug

@@ -219,3 +219,11 @@ def test_spec_option_is_common_to_the_commands(tmp_path):
             result = run_mlenv(*args, "--spec", str(spec), cwd=elsewhere)
             assert result.returncode == 4 and "run `mlenv lock` first" in result.stderr, (args, result.stderr)
     assert "--spec" not in run_mlenv("init", "--help").stdout
+
+
+def test_lock_check_counts_in_words(locked_project):
+    """"(1 target)", not "(1 targets)": on the standard-library fast path and in the full CLI."""
+    root = locked_project()
+    for args in (("lock", "--check"), ("lock", "--check", "--spec", str(root))):
+        result = run_mlenv(*args, cwd=root)
+        assert result.returncode == 0 and "mlenv.lock is up to date (1 target)\n" in result.stderr, (args, result)

@@ -121,7 +121,7 @@ def test_requirements_with_every_pip_syntax(tmp_path):
     assert spec.targets["cpu"].sources == {}
     out = result.stdout
     for reported in ("requirements.txt:5", "--find-links", "requirements.txt:17", "-e ./libs/featurizer",
-                     "2 --hash option(s) dropped", "constraints.txt:3", "urllib3<2.3", "--trusted-host",
+                     "2 --hash options dropped", "constraints.txt:3", "urllib3<2.3", "--trusted-host",
                      "requirements.txt:9 (torch==2.5.1+cu124)"):
         assert reported in out, reported
     text = (folder / "mlenv.toml").read_text()

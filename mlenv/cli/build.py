@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mlenv.cli import app, application
+from mlenv.wording import counted
 
 
 @app.command("build", json=True)
@@ -69,7 +70,7 @@ def build_command(
         mlenv.success(f"{outcome.tag} {outcome.skipped}; build skipped (--force rebuilds)")
     else:
         mlenv.success(f"built {outcome.tag} in {report.elapsed:.1f}s "
-                        f"({len(report.ran())} steps run, {len(report.cached())} cached)")
+                        f"({counted(len(report.ran()), 'step')} run, {len(report.cached())} cached)")
     if outcome.pushed_digest:
         mlenv.success(f"pushed {outcome.tag}@{outcome.pushed_digest}")
     mlenv.out.print(outcome.tag, markup=False)

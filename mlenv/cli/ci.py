@@ -7,6 +7,7 @@ import sys
 import typer
 
 from mlenv.cli import Typer, app, application
+from mlenv.wording import counted
 
 ci_app = Typer(help="CI workflows that test in the locked environment.", no_args_is_help=True)
 app.add_typer(ci_app, name="ci")
@@ -40,6 +41,6 @@ def ci_init(
     if check:
         stale = [f for f in files if f.status == "stale"]
         if stale:
-            raise DriftError(f"{len(stale)} workflow(s) out of date with mlenv.toml and mlenv.lock",
+            raise DriftError(f"{counted(len(stale), 'workflow')} out of date with mlenv.toml and mlenv.lock",
                              hint="run `mlenv ci init` and commit the result")
         mlenv.success("workflows are up to date")

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from mlenv.cli import Typer, app, application
+from mlenv.wording import counted
 
 keys_app = Typer(help="This machine's SSH keys and the boxes they open.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -164,7 +165,7 @@ def keys_revoke(
                           "cloud": result.cloud})
     else:
         for box, count in sorted(result.removed.items()):
-            mlenv.success(f"{box}: removed {count} key(s) named {key_name}")
+            mlenv.success(f"{box}: removed {counted(count, 'key')} named {key_name}")
         for line in result.cloud:
             mlenv.success(line)
     if result.unreachable:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from mlenv.cli import app, application
+from mlenv.wording import counted
 
 
 @app.command("doctor", json=True)
@@ -73,5 +74,5 @@ def doctor_command(
                 fix = "fix with `mlenv sync` (or rebuild the image)"
             else:
                 fix = local_drift_fix(spec.root, python)
-            mlenv.err.print(Text.assemble(("drift:", "red"), f" {problems} finding(s); {fix}"))
+            mlenv.err.print(Text.assemble(("drift:", "red"), f" {counted(problems, 'finding')}; {fix}"))
         raise typer.Exit(DriftError.exit_code)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mlenv.cli import Typer, app, application
+from mlenv.wording import counted
 
 gen_app = Typer(
     help="Generate a Dockerfile, .devcontainer/devcontainer.json and .dockerignore from mlenv.lock.",
@@ -52,7 +53,8 @@ def _generate(ctx: typer.Context, what: str, target, base_image, ca_bundle, chec
         mlenv.status(f"{plan.target}: base {plan.base_ref}{pin}")
     if check:
         if result.stale():
-            raise DriftError(f"{len(result.stale())} generated file(s) out of date", hint=f"run `mlenv gen {what}`")
+            raise DriftError(f"{counted(len(result.stale()), 'generated file')} out of date",
+                             hint=f"run `mlenv gen {what}`")
         mlenv.success("generated files are up to date")
 
 

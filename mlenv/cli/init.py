@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from mlenv.cli import app, application
+from mlenv.wording import counted
 
 
 @app.command("init", spec=False)
@@ -115,5 +116,5 @@ def _refresh(mlenv, path: Path, dry_run: bool) -> None:
         mlenv.out.print(plan.text, markup=False, highlight=False, end="")
         return
     write_refresh(plan)
-    what = f"{len(plan.changes)} dependency change(s)" if plan.changes else "dependencies unchanged"
+    what = counted(len(plan.changes), "dependency change") if plan.changes else "dependencies unchanged"
     mlenv.success(f"refreshed {plan.path} ({what}); targets and sections kept; next: `mlenv lock`")

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from mlenv.cli import app, application
+from mlenv.wording import counted
 
 
 @app.command("sweep", json=True, no_args_is_help=False)
@@ -104,8 +105,8 @@ def sweep(
         print_summary(result.summary, mlenv.out)
     failed = result.summary.failed
     if failed:
-        mlenv.err.print(f"[red]{len(failed)} of {len(result.summary.records)} runs failed[/]; "
+        mlenv.err.print(f"[red]{len(failed)} of {counted(len(result.summary.records), 'run')} failed[/]; "
                           f"outputs and results in {result.summary.output}")
         raise typer.Exit(1)
     count = len(result.summary.records)
-    mlenv.success(f"{count} run{'s' if count != 1 else ''}; results in {result.summary.output}")
+    mlenv.success(f"{counted(count, 'run')}; results in {result.summary.output}")

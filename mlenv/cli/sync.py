@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mlenv.cli import app, application
+from mlenv.wording import counted
 
 
 @app.command("sync")
@@ -43,7 +44,8 @@ def sync_command(
         raise LockError(f"{folder} now matches target {locked.name}, but two distributions in it provide one module:\n"
                         + "\n".join(f"  {message}" for message in clashes),
                         hint="which module wins depends on the install order; fix the lock before using the venv")
-    mlenv.success(f"{folder} matches target {locked.name} ({len(lock.packages_for(locked.name, groups))} packages)")
+    packages = counted(len(lock.packages_for(locked.name, groups)), "package")
+    mlenv.success(f"{folder} matches target {locked.name} ({packages})")
     for finding in report.findings:
         if finding.severity != "info":
             mlenv.warn(finding.message)

@@ -21,6 +21,7 @@ from mlenv.sweep.metrics import extract_metrics
 from mlenv.sweep.notebook import NotebookInfo, coerce, load_notebook
 from mlenv.sweep.results import RunRecord, Summary, parse_sort
 from mlenv.sweep.space import Run, expand
+from mlenv.wording import counted
 
 if TYPE_CHECKING:
     from mlenv.sweep.environment import LockedKernel, Project
@@ -198,7 +199,8 @@ def run_sweep(options: SweepOptions, *, console=None, live: bool | None = None, 
         result.interrupted = "SIGTERM"
     if result.interrupted:
         done = sum(1 for record in result.summary.records if record.status != NOT_RUN)
-        error = Interrupted(f"sweep stopped by {result.interrupted}: {done} of {len(plan.runs)} runs finished, "
+        error = Interrupted(f"sweep stopped by {result.interrupted}: "
+                            f"{done} of {counted(len(plan.runs), 'run')} finished, "
                             f"the rest are marked not-run in {result.summary.location('results.json')}",
                             hint="run the same command with --resume to finish it")
         if result.interrupted == "SIGTERM":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mlenv.errors import DriftError, SpecError, SweepError
+from mlenv.wording import counted
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -176,7 +177,7 @@ def check_locked_kernel(folder: Path, kernel: str, language: str, *, allow_drift
     record = lock_record(spec, lock, lock_bytes, target, facts)
     record["kernel"] = chosen
     if findings:
-        record["drift"] = f"{len(findings)} finding{'s' if len(findings) != 1 else ''}: " + "; ".join(findings[:5])
+        record["drift"] = f"{counted(len(findings), 'finding')}: " + "; ".join(findings[:5])
         warn(f"running although the kernel does not match mlenv.lock target {target.name!r} (--allow-drift): "
              f"{findings[0]}" + (f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""))
     return LockedKernel(chosen, record, jupyter_path, findings), project
@@ -227,6 +228,6 @@ def check_workers(client: Client, project: Project, kernel: str, *, allow_drift:
                               "install --prefix DIR --name KERNEL` and JUPYTER_PATH=DIR/share/jupyter for "
                               "`dask worker`; or pass --allow-drift")
     if drifted:
-        record["drift"] = f"{len(drifted)} of {len(outputs)} workers drifted"
+        record["drift"] = f"{len(drifted)} of {counted(len(outputs), 'worker')} drifted"
         warn(f"running on Dask workers that do not match mlenv.lock (--allow-drift): {record['drift']}")
     return record

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from mlenv.wording import counted
+
 if TYPE_CHECKING:
     from jupyter_client.manager import KernelManager
 
@@ -293,7 +295,7 @@ def execute_run(task: RunTask, on_start: Callable[[str, int], None] | None = Non
             add_banner(nb, stopped_in, _BANNERS[status])
         return _finish(task, nb, status, attempts, error, began, timings)
     error = {"ename": "KernelStartError",
-             "evalue": f"the kernel did not start after {attempts} attempt{'s' if attempts > 1 else ''}: "
+             "evalue": f"the kernel did not start after {counted(attempts, 'attempt')}: "
                        f"{last_start_error}"}
     return RunOutcome(task.run_id, START_FAILED, attempts=attempts, error=error,
                       timings={**timings, "total": time.perf_counter() - began})
@@ -368,7 +370,7 @@ def _check_cells(nb) -> tuple[str, dict | None]:
         return COMPLETED, None
     last = max((index for index in range(pending[0]) if cells[index].cell_type == "code"), default=0)
     position = _cell_position(nb, last)
-    later = f"{len(pending)} later cell{'s' if len(pending) != 1 else ''}"
+    later = counted(len(pending), "later cell")
     error = {"ename": "SystemExit",
              "evalue": f"the notebook called sys.exit() in cell {position['cell']}; {later} did not run",
              **position}

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlenv.sweep.results import Summary, _cell
+from mlenv.wording import counted
 
 STATUS_STYLE = {"completed": "green", "not-run": "dim"}
 ID_HASH = 9  # "-" and the 8 hex digits that make a run id unique
@@ -87,7 +88,7 @@ def print_summary(summary: Summary, console) -> None:
     count = len(summary.records)
     columns, hidden = fit_columns(summary, console.width)
     best = summary.best()
-    table = Table(title=f"{summary.notebook}: {count} run{'s' if count != 1 else ''}", title_justify="left")
+    table = Table(title=f"{summary.notebook}: {counted(count, 'run')}", title_justify="left")
     for column in columns:
         table.add_column(escape(column.header), justify=column.justify, style=column.style, no_wrap=True,
                          min_width=column.width)
@@ -97,7 +98,7 @@ def print_summary(summary: Summary, console) -> None:
         table.add_row(*cells, style="bold" if best is not None and record is best else None)
     console.print(table)
     if hidden:
-        console.print(f"{len(hidden)} column{'s' if len(hidden) != 1 else ''} not shown at this width "
+        console.print(f"{counted(len(hidden), 'column')} not shown at this width "
                       f"({escape(', '.join(hidden))}): see {escape(summary.location('results.csv'))}",
                       highlight=False)
     if best is not None and summary.sort is not None:  # a best run exists only with --sort
