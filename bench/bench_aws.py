@@ -56,7 +56,7 @@ def main() -> list[Row]:
                     time.sleep(0.2)
             env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "MLENV_CALLER_IP": "198.51.100.7",
-                   "MLENV_BOOT_TIMEOUT": "0", "HOME": str(folder / "home"), "MLENV_HOME": str(folder / "mlenv")}
+                   "HOME": str(folder / "home"), "MLENV_HOME": str(folder / "mlenv")}
             env.pop("AWS_PROFILE", None)
             (folder / "home").mkdir()
             project = folder / "project"
@@ -69,10 +69,10 @@ def main() -> list[Row]:
             for _ in range(repeat):
                 samples["up --dry-run"].append(run_timed([*mlenv, "up", "b1", "--provider", "aws", "--dry-run"],
                                                          cwd=project, env=env))
-                samples["up (create)"].append(run_timed([*mlenv, "up", "b1", "--provider", "aws", "--yes"],
+                samples["up (create)"].append(run_timed([*mlenv, "up", "b1", "--provider", "aws", "--yes", "--no-wait"],
                                                         cwd=project, env=env))
                 samples["up again (found by tags)"].append(
-                    run_timed([*mlenv, "up", "b1", "--provider", "aws", "--yes"], cwd=project, env=env))
+                    run_timed([*mlenv, "up", "b1", "--provider", "aws", "--yes", "--no-wait"], cwd=project, env=env))
                 samples["ls --json"].append(
                     run_timed([*mlenv, "ls", "--json", "--provider", "aws"], cwd=project, env=env))
                 samples["stop"].append(run_timed([*mlenv, "stop", "b1", "--provider", "aws"], cwd=project, env=env))

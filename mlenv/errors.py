@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 6  # a required tool or service is missing or unreachable: mlenv could not look
     BUILD = 7  # an image build failed
     SWEEP = 8  # a notebook sweep could not run
+    BOX_SETUP = 9  # a dev box's first-boot setup failed or did not finish in time
     INTERRUPTED = 130  # Ctrl-C (SIGINT)
     TERMINATED = 143  # SIGTERM
 
@@ -105,6 +106,18 @@ class BuildError(MlenvError):
 
 class SweepError(MlenvError):
     exit_code = ExitCode.SWEEP
+
+
+class BoxSetupError(MlenvError):
+    """A dev box's first-boot setup failed or did not finish in time.  ``box_kept``: the box stays
+    (complete and tagged; the hint says how to look at it, wait again or delete it) rather than being
+    rolled back by the ``up`` that made it."""
+
+    exit_code = ExitCode.BOX_SETUP
+
+    def __init__(self, message: str, *, hint: str | None = None, box_kept: bool) -> None:
+        super().__init__(message, hint=hint)
+        self.box_kept = box_kept
 
 
 class Interrupted(MlenvError):

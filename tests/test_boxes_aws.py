@@ -223,7 +223,6 @@ def aws(moto_server, tmp_path, monkeypatch):
         "MLENV_HOME": str(tmp_path / "mlenv-home"),
         "HOME": str(tmp_path / "home"),
         "MLENV_CALLER_IP": CALLER_IP,
-        "MLENV_BOOT_TIMEOUT": "0",
     }
     (tmp_path / "home").mkdir()
     for key in ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
@@ -261,9 +260,10 @@ def provider(project: Path):
 
 
 def request(name: str = "dev1", **fields):
+    """What `up --no-wait` asks for: moto's instances never boot, so nothing waits for their setup."""
     from mlenv.boxes.model import UpRequest
 
-    return UpRequest(name=name, **fields)
+    return UpRequest(name=name, **{"wait": False, **fields})
 
 
 def tagged_resources() -> dict[str, list]:
@@ -386,6 +386,56 @@ def test_a_killed_up_leaves_only_tagged_resources_that_gc_removes(aws, project, 
     # the half-made instance is a box `ls` shows and `down` removes; its key pair and group go with it
     assert [b.name for b in provider(project).list()] == ["dev1"]
     provider(project).down("dev1")
+    assert tagged_resources() == {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
+
+
+def test_no_wait_returns_once_launched_and_up_again_waits_for_the_box_keeping_it(aws, project):
+    """`up --no-wait` launches and returns; a later `up` waits for the host keys. moto's instances never
+    print any, so that `up` gives up after MLENV_BOOT_TIMEOUT with exit 9 and keeps the box for the next
+    `up` (a slow boot is no reason to delete it)."""
+    launched = run_mlenv("up", "w1", "--provider", "aws", "--yes", "--no-wait", cwd=project)
+    assert launched.returncode == 0, launched.stderr
+    assert "`mlenv up w1` waits for its setup" in launched.stderr and "host keys" not in launched.stderr
+    made = tagged_resources()
+    assert len(made["instances"]) == 1 and len(made["alarms"]) == 1  # the backstop is there from the start
+    waited = run_mlenv("up", "w1", "--provider", "aws", "--yes", cwd=project, env={"MLENV_BOOT_TIMEOUT": "0"})
+    assert waited.returncode == 9, waited.stderr
+    assert "printed no host keys on its console within 0s" in waited.stderr and "box is kept" in waited.stderr
+    assert "`mlenv up w1` waits again; `mlenv down w1 --yes` deletes it" in waited.stderr
+    assert "Traceback" not in waited.stderr
+    kept = tagged_resources()
+    assert [inst["InstanceId"] for inst in kept["instances"]] == [inst["InstanceId"] for inst in made["instances"]]
+    assert len(kept["alarms"]) == 1 and len(kept["key_pairs"]) == 1 and len(kept["groups"]) == 1
+    assert "mlenv:setup" not in {tag["Key"] for tag in kept["instances"][0]["Tags"]}
+    bad = run_mlenv("up", "w1", "--provider", "aws", "--yes", cwd=project, env={"MLENV_BOOT_TIMEOUT": "soon"})
+    assert bad.returncode == 2 and "MLENV_BOOT_TIMEOUT='soon' is not a number of seconds" in bad.stderr
+
+
+def failed_console() -> str:
+    """A console where the first-boot script failed before printing the host keys (apt could not
+    install sshd): the recorded boot up to the keys, then the script's last words."""
+    from mlenv.boxes.cloudinit import FAILED_MARKER
+
+    boot = recorded_console().split("-----BEGIN SSH HOST KEY FINGERPRINTS-----")[0].rsplit("\n", 1)[0]
+    return (boot + "\n[   10.401200] cloud-init[753]: E: Unable to locate package openssh-server\n"
+            f"[   10.401873] cloud-init[753]: {FAILED_MARKER} line 27\n")
+
+
+def test_a_setup_failure_before_the_host_keys_rolls_up_back_with_exit_9(aws, project, monkeypatch):
+    """moto's console is a fixed text: the console the instance shows is the recorded failure."""
+    from mlenv.boxes.aws import AWSProvider
+    from mlenv.errors import BoxSetupError, ExitCode
+
+    monkeypatch.setattr(AWSProvider, "_console", lambda self, instance_id: failed_console())
+    lines: list[str] = []
+    with pytest.raises(BoxSetupError) as failure:
+        provider(project).up(request("f1", wait=True), lines.append)
+    assert failure.value.exit_code == ExitCode.BOX_SETUP == 9 and not failure.value.box_kept
+    message = failure.value.message
+    assert "failed before it printed its host keys" in message
+    assert "E: Unable to locate package openssh-server" in message and "SETUP FAILED----- line 27" in message
+    assert "the box was deleted" in failure.value.hint
+    assert "up failed: deleting what it created" in lines
     assert tagged_resources() == {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
 
 
@@ -633,8 +683,9 @@ def test_user_data_logs_in_to_ecr_pulls_the_image_by_digest_and_runs_it(aws, mot
         # the ECR token was used and thrown away: nowhere on the box's disk
         password = moto_ecr_password(moto_server)
         stored = base64.b64encode(f"AWS:{password}".encode()).decode()
+        assert f"mlenv: image pulled: {image_ref}" in boot_host.sh(f"cat {cloudinit.SETUP_LOG}", user="ubuntu")
         left = boot_host.container.exec_run(["grep", "-rlF", "-e", password, "-e", stored, "/root", "/tmp", "/etc",
-                                             "/var/lib/mlenv", "/home"])
+                                             "/var/lib/mlenv", "/var/log", "/home"])
         assert left.exit_code == 1, left.output.decode()
     finally:
         for container in docker_client.containers.list(all=True, filters={"name": container_name(box)}):
@@ -643,6 +694,49 @@ def test_user_data_logs_in_to_ecr_pulls_the_image_by_digest_and_runs_it(aws, mot
             docker_client.images.remove(image.id, force=True)
         for path in made_on_host:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.docker
+@pytest.mark.network  # sshd comes from the Debian mirror when the machine has none yet
+def test_a_setup_failure_after_the_keys_is_told_from_the_setup_log_on_the_box(boot_host, docker_client):
+    """The first-boot script for real, failing after the host keys (its image cannot be pulled): its
+    whole output is also in the setup log, which the login user can read, and `up`'s reading of that
+    log (here through the engine instead of SSH) reports the failure with the failing command's stderr."""
+    import docker
+
+    from mlenv.boxes import cloudinit
+    from mlenv.boxes.aws import AWSProvider
+    from mlenv.boxes.model import Box
+    from mlenv.errors import BoxSetupError, ExitCode
+    from mlenv.execute import ContainerExecutor
+
+    image_ref = "127.0.0.1:9/unreachable/demo@sha256:" + "0" * 64
+    (boot_host.scripts / "failing-box").write_text(cloudinit.render(user_data(box="bad1", image_ref=image_ref)))
+    boot_host.sh("id -u ubuntu >/dev/null 2>&1 || useradd -m -s /bin/bash ubuntu")
+    code, output = boot_host.container.exec_run(["bash", "/var/lib/cloud/scripts/failing-box"],
+                                                environment=boot_host.environment)
+    console = output.decode()
+    assert code != 0 and cloudinit.parse_host_keys(console) and cloudinit.FAILED_MARKER in console, console[-3000:]
+    assert console.index(cloudinit.KEYS_BEGIN) < console.index("mlenv: watchdog running")
+    log = boot_host.sh(f"cat {cloudinit.SETUP_LOG}", user="ubuntu")
+    assert boot_host.sh(f"stat -c %a {cloudinit.SETUP_LOG}").strip() == "644"
+    # stdout and stderr both, in the log as on the console (two streams: lines may interleave differently)
+    assert sorted(log.splitlines()) == sorted(console.splitlines())
+    lines: list[str] = []
+    box = Box(name="bad1", provider="aws", state="running", extra={"instance_id": "i-0123456789abcdef0"})
+    with pytest.raises(BoxSetupError) as failure:
+        AWSProvider()._follow_setup_log(ContainerExecutor(boot_host.container.name), box, time.monotonic() + 60,
+                                        lines.append)
+    assert lines == ["watchdog running"]  # the script's progress, as `up` prints it
+    error = failure.value
+    assert error.exit_code == ExitCode.BOX_SETUP and error.box_kept
+    quoted = error.message.split(f"The end of {cloudinit.SETUP_LOG}:")[1].splitlines()[1:]
+    assert 1 < len(quoted) <= 15 and quoted[-1].strip().startswith(f"{cloudinit.FAILED_MARKER} line ")
+    assert any("127.0.0.1:9" in line for line in quoted[:-1])  # docker pull's own error
+    assert error.message.startswith("the first-boot setup of box bad1 failed; the box is kept.")
+    assert "`mlenv ssh bad1` to look, `mlenv down bad1 --yes` to delete it" in error.hint
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get("mlenv-box-bad1")  # nothing ran after the failure
 
 
 def test_the_cli_as_the_readme_shows(aws, project):
@@ -656,8 +750,8 @@ def test_the_cli_as_the_readme_shows(aws, project):
     empty = {"instances": [], "key_pairs": [], "groups": [], "volumes": [], "alarms": []}
     plan = mlenv("up", "gpu1", "--provider", "aws", "--dry-run").stdout
     assert "t3.medium" in plan and f"from {CALLER_IP}/32 only" in plan and tagged_resources() == empty
-    mlenv("up", "gpu1", "--provider", "aws", "--yes", "--idle", "20m")
-    mlenv("up", "gpu1", "--provider", "aws", "--yes")  # idempotent: finds it by its tags
+    mlenv("up", "gpu1", "--provider", "aws", "--yes", "--idle", "20m", "--no-wait")
+    mlenv("up", "gpu1", "--provider", "aws", "--yes", "--no-wait")  # idempotent: finds it by its tags
     listed = json.loads(mlenv("ls", "--json", "--provider", "aws").stdout)
     assert [(b["name"], b["provider"], b["state"], b["instance_type"]) for b in listed] == \
         [("gpu1", "aws", "running", "t3.medium")]

@@ -11,8 +11,11 @@ the moment it exists (so ``ls``/``gc`` see it even if ``up`` dies half-way):
   (the watchdog's poweroff stops the box, never terminates it), user-data from
   ``templates/cloud-init.sh.j2``;
 - a CloudWatch alarm that stops the instance when its CPU stays low, should the watchdog die.
-A failure or Ctrl-C during ``up`` deletes what it made; a killed process leaves only tagged
-resources, which ``mlenv gc`` lists (with their cost) and deletes.
+Then ``up`` reads the host keys from the console and pins them, logs in over SSH and follows the
+first-boot log (``cloudinit.SETUP_LOG``) to its READY marker, and tags the instance ``mlenv:setup=ready``.
+A failure or Ctrl-C before the host keys deletes what ``up`` made; after them the box is complete and
+kept (a setup failure is exit 9 with the log's end).  A killed process leaves only tagged resources,
+which ``mlenv gc`` lists (with their cost) and deletes.
 """
 
 from __future__ import annotations
@@ -39,11 +42,11 @@ from mlenv.boxes.model import (
     current_owner,
     validate_box_name,
 )
-from mlenv.errors import ExitCode, MlenvError, ToolMissingError, UsageError
+from mlenv.errors import BoxSetupError, ExitCode, Interrupted, MlenvError, ToolMissingError, UsageError
 from mlenv.spec import DevboxSettings, Spec, Target
 
 if TYPE_CHECKING:
-    from mlenv.execute import Completed, Executor
+    from mlenv.execute import Completed, Executor, SSHExecutor
     from mlenv.lock.model import Lock, LockedTarget
 
 # What AWS APIs answer (instances, key pairs, groups, alarms, ...): boto3 ships no types, so a
@@ -71,6 +74,9 @@ ALARM_PERIOD_S = 300
 ALARM_CPU_PERCENT = 2.0
 ALARM_DESCRIPTION = "mlenv backstop"
 BOOT_TIMEOUT_S = 900  # MLENV_BOOT_TIMEOUT: how long `up` waits for the host keys on the console
+SETUP_TIMEOUT_S = 1800  # MLENV_SETUP_TIMEOUT: how long `up` then waits for SSH and the first-boot setup
+# on the instance once `up` saw its first-boot setup finish: a later `up` then only reports the box
+TAG_SETUP, SETUP_READY = "mlenv:setup", "ready"
 CALLER_IP_URL = "https://checkip.amazonaws.com"
 _AMI_ID = re.compile(r"ami-[0-9a-f]{8,17}")
 _SSM_NAME = re.compile(r"/[A-Za-z0-9_.\-/]{1,1000}")
@@ -128,6 +134,7 @@ class AWSProvider:
         self._session = session
         self._clients: dict[str, Any] = {}  # boto3 clients, by service name
         self._region: str | None = None
+        self._live_console = True  # GetConsoleOutput Latest=True, until the instance type refuses it
 
     # --- AWS plumbing ---------------------------------------------------------------------------
 
@@ -260,8 +267,9 @@ class AWSProvider:
             ssh_user=tags.get(TAG_USER),
             host_keys=[host_key] if host_key else [],
             extra={
-                # running, but its keys not read yet: `mlenv up` then defers the ssh entry
-                "host_keys_pending": state == "running" and not host_key,
+                # launched, but its keys not read yet: `mlenv up` then defers the ssh entry
+                "host_keys_pending": state in ("pending", "running") and not host_key,
+                "setup_ready": tags.get(TAG_SETUP) == SETUP_READY,
                 "instance_id": inst["InstanceId"],
                 "ami": inst.get("ImageId"),
                 "spot": tags.get(TAG_SPOT) == "true",
@@ -281,11 +289,7 @@ class AWSProvider:
         inst = self._instance(validate_box_name(name))
         if inst is None:
             return None
-        # booted since `up` gave up waiting: one look at the console (no wait)
-        if (inst["State"]["Name"] == "running" and TAG_HOST_KEY not in _tags(inst)
-                and self._learn_host_keys(inst, _quiet, timeout=0)):
-            inst = self._describe(inst["InstanceId"])
-        return self._box(inst)
+        return self._box(self._look_for_host_keys(inst))
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -458,24 +462,37 @@ class AWSProvider:
     # --- creating -------------------------------------------------------------------------------
 
     def up(self, req: UpRequest, progress: Progress) -> Box:
+        """Launch the box (or start it again), then, unless ``req.wait`` is False, wait for its host
+        keys on the console and for its first-boot setup over SSH (``_wait_for_setup``)."""
         existing = self._instance(req.name)
         if existing is not None:
             progress(f"box {req.name} exists ({existing['InstanceId']}, {existing['State']['Name']})")
-            return self._resume(existing, progress)
+            inst = self._resume(existing, progress, wait=req.wait)
+            if req.wait and _tags(inst).get(TAG_SETUP) != SETUP_READY:
+                inst = self._wait_for_setup(self._wait_for_host_keys(inst, progress, just_made=False), progress)
+            return self._box(inst)
         plan = self.plan_up(req, progress=progress)
         made: list[tuple[str, str]] = []  # (kind, id), undone in reverse on failure
         try:
-            return self._create(req, plan, made, progress)
-        except BaseException:
-            progress("up failed: deleting what it created")
-            self._undo(made)
+            inst = self._create(req, plan, made, progress)
+            if not req.wait:
+                progress(f"{inst['InstanceId']} launched; `mlenv up {req.name}` waits for its setup")
+                return self._box(inst)
+            inst = self._wait_for_host_keys(inst, progress, just_made=True)
+        except BaseException as exc:
+            if not (isinstance(exc, BoxSetupError) and exc.box_kept):
+                progress("up failed: deleting what it created")
+                self._undo(made)
             raise
+        # from here the box is complete (tagged, alarm set, keys pinned): whatever happens, it is kept
+        return self._box(self._wait_for_setup(inst, progress))
 
     def _tag_spec(self, kind: str, tags: dict[str, str], name: str) -> AwsRecord:
         return {"ResourceType": kind,
                 "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": v} for k, v in tags.items()]}
 
-    def _create(self, req: UpRequest, plan: Plan, made: builtins.list[tuple[str, str]], progress: Progress) -> Box:
+    def _create(self, req: UpRequest, plan: Plan, made: builtins.list[tuple[str, str]],
+                progress: Progress) -> AwsRecord:
         from mlenv.connect.keys import local_key
 
         name = self.resource_name(plan.tags[TAG_PROJECT], req.name)
@@ -524,12 +541,11 @@ class AWSProvider:
         instance = self.call("launching the instance", "ec2", "run_instances", **launch)["Instances"][0]
         instance_id = instance["InstanceId"]
         made.append(("instance", instance_id))
-        self._wait(instance_id, "running", progress)
+        if req.wait:
+            self._wait(instance_id, "running", progress)
         self._put_alarm(name, instance_id, plan.alarm_window_s, plan.tags)
         made.append(("alarm", f"{name}-idle"))
-        inst = self._describe(instance_id)
-        self._learn_host_keys(inst, progress)
-        return self._box(self._describe(instance_id))
+        return self._describe(instance_id)
 
     def _put_alarm(self, name: str, instance_id: str, window_s: int, tags: dict[str, str]) -> None:
         periods = min(max(1, math.ceil(window_s / ALARM_PERIOD_S)), 86400 // ALARM_PERIOD_S)
@@ -567,42 +583,161 @@ class AWSProvider:
             time.sleep(delay)
             delay = min(delay * 2, 5)
 
-    def _learn_host_keys(self, inst: AwsRecord, progress: Progress,
-                         timeout: float | None = None) -> builtins.list[str]:
-        """Read the host keys the first-boot script prints on the console, and keep the ed25519 one
-        in a tag (so another machine of the owner can pin it too)."""
-        from mlenv.boxes import cloudinit
-
-        instance_id = inst["InstanceId"]
-        if timeout is None:
-            timeout = float(os.environ.get("MLENV_BOOT_TIMEOUT", BOOT_TIMEOUT_S))
-        deadline = time.monotonic() + timeout
-        progress(f"waiting for the host keys on {instance_id}'s console")
-        latest = True  # the live console (Nitro); other types only post it at state changes
+    def _console(self, instance_id: str) -> str:
+        """The instance's console output: the live one (Nitro), else what EC2 posted at the last state
+        change (older types have no live console)."""
         while True:
             try:
                 output = self.call("reading the console", "ec2", "get_console_output", InstanceId=instance_id,
-                                   Latest=latest).get("Output") or ""
+                                   Latest=self._live_console).get("Output") or ""
             except AwsError as exc:
-                if not latest or exc.code not in ("UnsupportedOperation", "InvalidParameterCombination"):
+                if not self._live_console or exc.code not in ("UnsupportedOperation", "InvalidParameterCombination"):
                     raise
-                latest = False
+                self._live_console = False
                 continue
-            text = _console_text(output)
-            keys = cloudinit.parse_host_keys(text)
+            return _console_text(output)
+
+    def _read_host_keys(self, inst: AwsRecord, progress: Progress,
+                        timeout: float) -> tuple[builtins.list[str], str]:
+        """(host keys, console) once the first-boot script printed its keys on the console, its setup
+        failed, or ``timeout`` passed.  Keys found are kept in a tag (the ed25519 one), so another
+        machine of the owner can pin them too."""
+        from mlenv.boxes import cloudinit
+
+        instance_id = inst["InstanceId"]
+        deadline = time.monotonic() + timeout
+        if timeout > 0:
+            progress(f"waiting for the host keys on {instance_id}'s console")
+        while True:
+            console = self._console(instance_id)
+            keys = cloudinit.parse_host_keys(console)
             if keys:
                 ed25519 = next((k for k in keys if k.startswith("ssh-ed25519 ")), keys[0])
                 self.call("tagging the host key", "ec2", "create_tags", Resources=[instance_id],
                           Tags=[{"Key": TAG_HOST_KEY, "Value": ed25519}])
                 progress("host keys read from the console")
-                return keys
-            if cloudinit.setup_state(text) == "failed" or time.monotonic() >= deadline:
-                progress("host keys not on the console yet (still booting?): "
-                         f"`mlenv ssh {_tags(inst).get(TAG_BOX, '')}` pins them once they are")
-                return []
+                return keys, console
+            if cloudinit.setup_state(console) == "failed" or time.monotonic() >= deadline:
+                return [], console
             time.sleep(5)
 
-    def _resume(self, inst: AwsRecord, progress: Progress) -> Box:
+    def _look_for_host_keys(self, inst: AwsRecord) -> AwsRecord:
+        """A running box whose keys are not known yet (launched with ``--no-wait``, or booted since):
+        one look at the console, no wait."""
+        if inst["State"]["Name"] != "running" or TAG_HOST_KEY in _tags(inst):
+            return inst
+        keys, _console = self._read_host_keys(inst, _quiet, timeout=0)
+        return self._describe(inst["InstanceId"]) if keys else inst
+
+    def _wait_for_host_keys(self, inst: AwsRecord, progress: Progress, *, just_made: bool) -> AwsRecord:
+        """The instance once its host keys are read from the console (MLENV_BOOT_TIMEOUT).  A setup
+        that failed before printing them deletes a box this ``up`` just made (``just_made``); not
+        seeing them in time keeps the box, as its boot may just be slow."""
+        from mlenv.boxes import cloudinit
+
+        if TAG_HOST_KEY in _tags(inst):
+            return inst
+        name = _tags(inst).get(TAG_BOX, "?")
+        timeout = _seconds_from_env("MLENV_BOOT_TIMEOUT", BOOT_TIMEOUT_S)
+        keys, console = self._read_host_keys(inst, progress, timeout)
+        if keys:
+            return self._describe(inst["InstanceId"])
+        if cloudinit.setup_state(console) == "failed":
+            raise BoxSetupError(
+                f"the first-boot setup of box {name} failed before it printed its host keys; the end of its "
+                f"console:{_indented(cloudinit.last_lines(console))}",
+                hint=(f"the box was deleted; fix what the console shows, then `mlenv up {name}` again" if just_made
+                      else f"`mlenv down {name} --yes` deletes the box"),
+                box_kept=not just_made)
+        raise BoxSetupError(
+            f"box {name} printed no host keys on its console within {timeout:.0f}s (MLENV_BOOT_TIMEOUT); "
+            f"the box is kept (tagged, its idle alarm set){_indented(cloudinit.last_lines(console, 5))}",
+            hint=f"`mlenv up {name}` waits again; `mlenv down {name} --yes` deletes it", box_kept=True)
+
+    def _wait_for_setup(self, inst: AwsRecord, progress: Progress) -> AwsRecord:
+        """Log in over SSH with the host keys from the console, follow the first-boot log to its READY
+        marker (printing the script's progress) and tag the instance ready (MLENV_SETUP_TIMEOUT).  The
+        box is complete by now: a setup failure, a timeout or Ctrl-C keeps it."""
+        from mlenv import connect
+        from mlenv.execute import SSHExecutor
+
+        box = self._box(inst)
+        deadline = time.monotonic() + _seconds_from_env("MLENV_SETUP_TIMEOUT", SETUP_TIMEOUT_S)
+        # the console is a trusted channel: its keys are pinned (and the ssh entry written) before
+        # the first connection, so `mlenv ssh NAME` works on a box kept after a failure too
+        connect.register(box, warn=progress)
+        ssh = SSHExecutor(box)
+        try:
+            self._wait_for_login(ssh, box, deadline, progress)
+            self._follow_setup_log(ssh, box, deadline, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted while waiting for the setup of box {box.name}; the box is kept",
+                              hint=f"`mlenv up {box.name}` waits again; `mlenv down {box.name} --yes` deletes it"
+                              ) from None
+        finally:
+            ssh.close()
+        self.call("tagging the box set up", "ec2", "create_tags", Resources=[inst["InstanceId"]],
+                  Tags=[{"Key": TAG_SETUP, "Value": SETUP_READY}])
+        progress(f"box {box.name} is ready")
+        return self._describe(inst["InstanceId"])
+
+    def _wait_for_login(self, ssh: SSHExecutor, box: Box, deadline: float, progress: Progress) -> None:
+        """Until a real login with the pinned keys works (sshd answers before the first boot is over)."""
+        from mlenv import connect
+
+        progress(f"waiting for SSH on {box.ssh_host}")
+        while True:
+            try:
+                connect.wait_for_ssh(box, timeout=max(1.0, deadline - time.monotonic()))
+                ssh.run(["true"], timeout=60).check(f"logging in to box {box.name}")
+                progress(f"SSH ready on {box.ssh_host}")
+                return
+            except connect.HostKeyChanged:
+                raise  # never retried: someone else may be answering
+            except MlenvError as exc:
+                if time.monotonic() >= deadline:
+                    raise BoxSetupError(
+                        f"box {box.name} did not let mlenv log in over SSH within MLENV_SETUP_TIMEOUT "
+                        f"({exc.message}); the box is kept",
+                        hint=f"`mlenv up {box.name}` tries again; `mlenv down {box.name} --yes` deletes it",
+                        box_kept=True) from None
+                time.sleep(3)
+
+    def _follow_setup_log(self, ssh: SSHExecutor, box: Box, deadline: float, progress: Progress) -> None:
+        """Print the first-boot script's progress lines from its log on the box until its READY marker;
+        its FAILED marker or the deadline is a ``BoxSetupError`` quoting the log's last lines."""
+        from mlenv.boxes import cloudinit
+
+        log, read = "", 0  # the log so far, and its length in bytes (whole lines only)
+        delay = 1.0
+        while True:
+            result = ssh.run(["tail", "-c", f"+{read + 1}", cloudinit.SETUP_LOG], timeout=60)
+            if result.returncode == 0:
+                # a line being written is read again once it is whole
+                whole = result.stdout[: result.stdout.rfind(b"\n") + 1]
+                read += len(whole)
+                new = whole.decode("utf-8", "replace")
+                log += new
+                for line in cloudinit.said(new):
+                    progress(line)
+            else:  # a box made by an mlenv from before the log: the same markers are on its console
+                log = self._console(box.extra["instance_id"])
+            state = cloudinit.setup_state(log)
+            if state == "ready":
+                return
+            if state == "failed" or time.monotonic() >= deadline:
+                what = "failed" if state == "failed" else "did not finish within MLENV_SETUP_TIMEOUT"
+                raise BoxSetupError(
+                    f"the first-boot setup of box {box.name} {what}; the box is kept. The end of "
+                    f"{cloudinit.SETUP_LOG}:{_indented(cloudinit.last_lines(log))}",
+                    hint=(f"`mlenv ssh {box.name}` to look, `mlenv down {box.name} --yes` to delete it"
+                          + ("" if state == "failed" else f", `mlenv up {box.name}` to wait again")),
+                    box_kept=True)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+
+    def _resume(self, inst: AwsRecord, progress: Progress, *, wait: bool = True) -> AwsRecord:
+        """The box started again when it is stopped (and running, unless ``wait`` is False)."""
         state = inst["State"]["Name"]
         instance_id = inst["InstanceId"]
         if state == "stopping":
@@ -611,13 +746,9 @@ class AWSProvider:
         if state == "stopped":
             progress(f"starting {instance_id}")
             self.call("starting the instance", "ec2", "start_instances", InstanceIds=[instance_id])
-        if state in ("stopped", "pending"):
+        if wait and state in ("stopped", "pending"):
             self._wait(instance_id, "running", progress)
-        inst = self._describe(instance_id)
-        if TAG_HOST_KEY not in _tags(inst):
-            self._learn_host_keys(inst, progress)
-            inst = self._describe(instance_id)
-        return self._box(inst)
+        return self._describe(instance_id)
 
     # --- stop / start / down --------------------------------------------------------------------
 
@@ -635,7 +766,7 @@ class AWSProvider:
         self._wait(inst["InstanceId"], "stopped", _quiet)
 
     def start(self, name: str, progress: Progress) -> Box:
-        return self._resume(self._need(name), progress)
+        return self._box(self._look_for_host_keys(self._resume(self._need(name), progress)))
 
     def down(self, name: str) -> None:
         validate_box_name(name)
@@ -829,6 +960,25 @@ def _quiet(_line: str) -> None:
 
 def _tags(resource: AwsRecord | None) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in (resource or {}).get("Tags", [])}
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A time limit in seconds from the environment (MLENV_BOOT_TIMEOUT, ...), else ``default``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UsageError(f"{name}={text!r} is not a number of seconds", hint=f"e.g. {name}={default:.0f}")
+    return seconds
+
+
+def _indented(lines: list[str]) -> str:
+    """Quoted output lines for a message, one per line."""
+    return "".join(f"\n    {line}" for line in lines)
 
 
 def _float(value: str | None) -> float | None:

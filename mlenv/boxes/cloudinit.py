@@ -22,6 +22,9 @@ KEYS_BEGIN = "-----BEGIN MLENV HOST KEYS-----"
 KEYS_END = "-----END MLENV HOST KEYS-----"
 READY_MARKER = "-----MLENV BOX READY-----"
 FAILED_MARKER = "-----MLENV BOX SETUP FAILED-----"
+# The first-boot script's whole output, also kept on the box (0644): `mlenv up` follows it over SSH
+SETUP_LOG = "/var/log/mlenv-setup.log"
+SAY_PREFIX = "mlenv: "  # the script's `say` lines: its progress, as `up` prints it
 # cloud-init's own block (cc_keys_to_console), printed on every Ubuntu/Debian/Amazon Linux boot
 CLOUD_INIT_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 CLOUD_INIT_END = "-----END SSH HOST KEY KEYS-----"
@@ -138,6 +141,7 @@ def render(data: UserData) -> str:
         keys_end=KEYS_END,
         ready_marker=READY_MARKER,
         failed_marker=FAILED_MARKER,
+        setup_log=SETUP_LOG,
     )
 
 
@@ -226,6 +230,18 @@ def setup_state(console: str) -> str | None:
     if READY_MARKER in console:
         return "ready"
     return None
+
+
+def said(output: str) -> list[str]:
+    """The progress the first-boot script reported in ``output`` (its ``say`` lines, without the prefix)."""
+    return [line[len(SAY_PREFIX):].strip() for line in output.replace("\r", "").splitlines()
+            if line.startswith(SAY_PREFIX)]
+
+
+def last_lines(output: str, count: int = 15) -> list[str]:
+    """The last non-blank lines of a console or setup log: what a failure message quotes (the failing
+    command's stderr comes right before the failure marker)."""
+    return [line.rstrip() for line in output.replace("\r", "").splitlines() if line.strip()][-count:]
 
 
 def watchdog_source() -> bytes:

@@ -174,6 +174,9 @@ class UpRequest:
     region: str | None = None
     disk_gb: int | None = None
     poll_s: int | None = None  # watchdog poll interval; None = the provider's default
+    # False: return once the box is launched, before it is set up (aws: no host keys, no SSH, no
+    # first-boot wait; a later `up` waits).  docker and ssh boxes are set up within `up` either way.
+    wait: bool = True
     # options for the image build `up` runs when the image is missing (as `mlenv build` takes them):
     # base_image, network, build_args, ca_bundle_path
     build_options: dict[str, Any] = field(default_factory=dict)

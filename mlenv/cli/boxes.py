@@ -86,8 +86,8 @@ def _register(box, yes: bool = False) -> None:
 
     if not box.host_keys and box.extra.get("host_keys_pending"):
         # a cloud box still booting: its keys come from its console, never from trust on first use
-        console.warn(f"box {box.name} has not printed its host keys yet; `mlenv ssh {box.name}` pins them "
-                     "once it has booted")
+        console.warn(f"box {box.name} has not printed its host keys yet; `mlenv up {box.name}` waits for them "
+                     f"(`mlenv ssh {box.name}` pins them once it has booted)")
         return
     connect.register(box, assume_yes=yes, confirm=confirm, warn=console.warn)
 
@@ -122,6 +122,10 @@ def up_command(
                                                      "(default: the cheapest that fits the target)."),
     spot: bool = typer.Option(False, "--spot", help="Use a spot instance (aws)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and create nothing."),
+    no_wait: bool = typer.Option(False, "--no-wait",
+                                 help="aws: return once the instance is launched, without waiting for its host "
+                                      "keys and first-boot setup (`mlenv up NAME` waits later). Changes nothing "
+                                      "for docker and ssh boxes: they are set up within `up`."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before creating paid resources."),
     base_image: Optional[str] = typer.Option(None, "--base-image",
                                              help="Image build: base image instead of the official one."),
@@ -155,6 +159,7 @@ def up_command(
         instance_type=instance_type or settings.instance_type,
         spot=spot or settings.spot,
         dry_run=dry_run,
+        wait=not no_wait,
         assume_yes=yes,
         region=settings.region,
         disk_gb=settings.disk_gb,
@@ -171,6 +176,9 @@ def up_command(
             console.err.print(f"  {_escape(line)}", highlight=False)
         _confirm(f"create box {name} on {chosen.name}?", yes)
     box = chosen.up(request, _progress)
+    if box.extra.get("host_keys_pending"):  # launched with --no-wait
+        console.success(f"box {box.name} is launched ({box.provider}): `mlenv up {box.name}` waits for its setup")
+        return
     _register(box, yes)
     console.success(f"box {box.name} is {box.state} ({box.provider}): `ssh {connect.alias(box.name)}` "
                     f"or `mlenv ssh {box.name}`")
