@@ -43,7 +43,7 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
         (project / junk).parent.mkdir(parents=True, exist_ok=True)
         (project / junk).write_text("junk")
     first = built(build(project, env=docker_env))
-    assert first["skipped"] is None
+    assert first["skipped"] is False and first["skip_reason"] is None  # booleans for JSON consumers, never null
     assert first["tag"].startswith("demo:cpu-") and first["moving_tag"] == "demo:cpu"
     assert any("uv pip sync" in step for step in first["steps_run"] + first["steps_cached"])
 
@@ -66,13 +66,13 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
 
     # same inputs: skipped by tag
     again = built(build(project, env=docker_env))
-    assert again["skipped"] == "exists locally" and again["tag"] == first["tag"]
+    assert again["skipped"] is True and again["skip_reason"] == "exists locally" and again["tag"] == first["tag"]
 
     # a one-line code change: a new content tag, and only the source layer runs again
     (project / "app.py").write_text('print("hello again")\n')
     changed_run = build(project, env=docker_env)
     changed = built(changed_run)
-    assert changed["skipped"] is None and changed["tag"] != first["tag"]
+    assert changed["skipped"] is False and changed["tag"] != first["tag"]
     # not a terminal: progress arrives as plain lines, one per finished step, with cache hits marked
     assert re.search(r"^\s+cached\s+\[deps 2/2\] RUN", changed_run.stderr, re.M), changed_run.stderr
     assert re.search(r"^\s+\d+\.\ds\s+\[runtime 3/3\] COPY --from=source /src /app",
@@ -86,7 +86,7 @@ def test_build_run_doctor_and_code_change(project, docker_env, docker_client):
 
     # --force rebuilds even when the tag exists (cached layers still count as a build)
     forced = built(build(project, "--force", env=docker_env))
-    assert forced["skipped"] is None and forced["tag"] == changed["tag"]
+    assert forced["skipped"] is False and forced["tag"] == changed["tag"]
 
 
 @pytest.mark.network  # the tools stage installs uv from PyPI
@@ -140,7 +140,7 @@ def test_push_to_registry_and_pull_by_digest(locked_project, docker_env, docker_
 
     # the content tag is in the registry now: a build is skipped without rebuilding
     again = built(build(root, env=docker_env))
-    assert again["skipped"] == "exists in the registry"
+    assert again["skipped"] is True and again["skip_reason"] == "exists in the registry"
 
 
 @pytest.mark.network  # the tools stage installs uv from PyPI
@@ -203,7 +203,7 @@ def test_dev_stage_runs_doctor_inside(project, docker_env, docker_client, mlenv_
 @pytest.mark.network  # the tools stage installs uv from PyPI
 @pytest.mark.docker
 def test_stale_lock_is_refused(project, docker_env):
-    assert built(build(project, env=docker_env))["skipped"] is None
+    assert built(build(project, env=docker_env))["skipped"] is False
     spec = project / "mlenv.toml"
     spec.write_text(spec.read_text().replace('dependencies = ["tinylib"]', 'dependencies = ["tinylib", "tinydep<1.1"]'))
     result = build(project, env=docker_env)

@@ -59,7 +59,8 @@ def build_command(
     if mlenv.json:
         mlenv.print_json({
             "target": target, "stage": outcome.stage, "tag": outcome.tag, "moving_tag": outcome.moving_tag,
-            "image_id": outcome.image_id, "skipped": outcome.skipped, "pushed_digest": outcome.pushed_digest,
+            "image_id": outcome.image_id, "pushed_digest": outcome.pushed_digest,
+            "skipped": outcome.skipped is not None, "skip_reason": outcome.skipped,
             "elapsed_s": round(report.elapsed, 2) if report else 0.0,
             "steps_run": report.ran() if report else [], "steps_cached": report.cached() if report else [],
         })
