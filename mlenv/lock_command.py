@@ -13,7 +13,7 @@ from mlenv.application import Application
 from mlenv.wording import counted
 
 if TYPE_CHECKING:
-    from mlenv.lock import Pin
+    from mlenv.lock import Lock, Pin
 
 
 def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
@@ -49,6 +49,8 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
 
     result = lock_project(spec, upgrade=upgrade, upgrade_packages=upgrade_packages, warn=mlenv.warn, trace=trace,
                           while_resolving=_load_report)
+    for message in _nothing_to_upgrade(upgrade_packages, result.lock):
+        mlenv.warn(message)
     if mlenv.json:
         mlenv.print_json({
             "resolved": result.resolved,
@@ -79,6 +81,24 @@ def run_lock(mlenv: Application, *, check: bool = False, upgrade: bool = False,
     else:
         mlenv.success("mlenv.lock is up to date; nothing to resolve")
     return 0
+
+
+def _nothing_to_upgrade(upgrade_packages: tuple[str, ...], lock: Lock) -> list[str]:
+    """A warning for each --upgrade-package no target locks (uv passes a typo by in silence)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = {package.name for package in lock.packages}
+    messages = []
+    for wanted in upgrade_packages:
+        try:
+            name = canonicalize_name(Requirement(wanted).name)  # uv also takes NAME<VERSION
+        except InvalidRequirement:
+            continue  # uv said what is wrong with it
+        if name not in locked:
+            messages.append(f"--upgrade-package {wanted}: no target locks {name}, so nothing was upgraded "
+                            "(check the spelling)")
+    return messages
 
 
 def _update_json(target: str, package: str, old: Pin | None, new: Pin | None) -> dict[str, Any]:

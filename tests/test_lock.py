@@ -101,8 +101,11 @@ def test_pins_survive_relocks_until_upgraded(tmp_path, local_index):
     assert versions(tmp_path, "cpu")["tinydep"] == "1.1", "a re-lock must not move existing pins"
     assert versions(tmp_path, "cpu")["tinyextra"] == "0.1"
 
-    result = lock(tmp_path, "--upgrade-package", "tinydep", "--json")
+    result = lock(tmp_path, "--upgrade-package", "tinydep", "-P", "tiny-dep2", "--json")
     assert {"target": "cpu", "package": "tinydep", "old": "1.1", "new": "1.2"} in json.loads(result.stdout)["updates"]
+    # a typo is said, not passed by in silence (uv upgrades nothing for it)
+    assert result.stderr.count("--upgrade-package") == 1, result.stderr
+    assert "warning: --upgrade-package tiny-dep2: no target locks tiny-dep2, so nothing was upgraded" in result.stderr
     assert versions(tmp_path, "cpu")["devtool"] == "0.5"
 
     lock(tmp_path, "--upgrade")
