@@ -277,7 +277,9 @@ def run_python(executor: Executor, code: str, *, python: str | None = None, time
                 hint="check that the environment has a working Python")
         return result.text
     if python:
-        raise ToolMissingError(f"cannot run Python interpreter {python}: not found on {executor.where}",
+        # a local interpreter's place is named after it ("python /x/bin/python"): say it once
+        place = "" if python in executor.where else f" on {executor.where}"
+        raise ToolMissingError(f"cannot run Python interpreter {python}: not found{place}",
                                hint="pass the path of a working python executable")
     raise ToolMissingError(f"no python or python3 on {executor.where}", hint="pass the interpreter to use explicitly")
 

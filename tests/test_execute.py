@@ -42,7 +42,13 @@ def test_run_python_falls_back_and_reports_failures_as_tool_errors(tmp_path, mon
     assert run_python(local, "print(6 * 7)", python="python3").strip() == "42"
     with pytest.raises(ToolMissingError) as error:
         run_python(local, "print(1)", python=str(tmp_path / "no-python"))
-    assert "cannot run Python interpreter" in error.value.message and error.value.exit_code == 6
+    assert error.value.message == f"cannot run Python interpreter {tmp_path / 'no-python'}: not found on this machine"
+    assert error.value.exit_code == 6
+    # `doctor --python PATH` names its place after the interpreter: said once, not "not found on python PATH"
+    missing = str(tmp_path / "no-python")
+    with pytest.raises(ToolMissingError) as error:
+        run_python(LocalExecutor(where=f"python {missing}"), "print(1)", python=missing)
+    assert error.value.message == f"cannot run Python interpreter {missing}: not found"
     with pytest.raises(ToolMissingError) as error:
         run_python(local, "import sys; sys.exit('probe failed')", python="python3")
     assert "probe failed" in error.value.message
