@@ -512,18 +512,11 @@ class BootHost:
 
 @pytest.fixture(scope="module")
 def boot_host(docker_client, base_image, tmp_path_factory):
-    from tests.docker_services import BUILD_DOCKER, DOCKER_SOCKET
+    from tests.fake_ec2 import first_boot_mounts
 
-    require(os.path.exists(BUILD_DOCKER), f"{BUILD_DOCKER} (Debian's docker.io client)")
     scripts = tmp_path_factory.mktemp("user-data")
-    volumes = {str(scripts): {"bind": "/var/lib/cloud/scripts", "mode": "ro"},
-               BUILD_DOCKER: {"bind": "/usr/bin/docker", "mode": "ro"},
-               str(DOCKER_SOCKET): {"bind": "/var/run/docker.sock", "mode": "rw"}}
-    ca = Path("/etc/ssl/certs/ca-certificates.crt")
-    environment = {}
-    if ca.is_file():  # a TLS-intercepting proxy's CA (this machine's): the test host's, not the script's
-        volumes[str(ca)] = {"bind": "/etc/ssl/host-ca.crt", "mode": "ro"}
-        environment = {"SSL_CERT_FILE": "/etc/ssl/host-ca.crt", "PIP_CERT": "/etc/ssl/host-ca.crt"}
+    volumes, environment = first_boot_mounts()
+    volumes[str(scripts)] = {"bind": "/var/lib/cloud/scripts", "mode": "ro"}
     container = docker_client.containers.run(base_image, ["sleep", "infinity"], name=f"mlenv-test-boot-{os.getpid()}",
                                               detach=True, network_mode="host", volumes=volumes,
                                               environment=environment)

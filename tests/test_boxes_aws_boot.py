@@ -1,0 +1,124 @@
+"""`mlenv up --provider aws` followed to a box one can `mlenv ssh` into, through the `mlenv` CLI as the
+README shows.
+
+The AWS side is moto as an HTTP server behind the fake EC2 of tests/fake_ec2.py: each instance boots in
+a container of a fake AMI and runs the real user-data mlenv sent, its console is what that script
+printed, and its public IP is a loopback address where its sshd answers.  Nothing in mlenv knows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import fake_ec2 as fake
+from tests import test_boxes_aws as plain
+from tests.conftest import require, run_mlenv
+
+# the fixtures of the fake EC2 and of the plain-moto tests (moto server, locked project), used here by name
+booting_aws, fake_ec2 = fake.booting_aws, fake.fake_ec2
+aws, moto_server, project, template = plain.aws, plain.moto_server, plain.project, plain.template
+
+
+def mlenv(folder: Path, *args: str, expect: int = 0):
+    result = run_mlenv(*args, cwd=folder, timeout=500)
+    assert result.returncode == expect, f"mlenv {' '.join(args)}: {result.returncode}\n{result.stdout}{result.stderr}"
+    return result
+
+
+def aws_by_default(folder: Path) -> None:
+    """`[devbox] provider = "aws"`, as a team on AWS sets it: `mlenv ssh NAME` and `mlenv doctor --box NAME`
+    then look for NAME there (the README's commands as they are; doctor has no --provider)."""
+    spec = folder / "mlenv.toml"
+    spec.write_text(spec.read_text().replace("[devbox]\n", '[devbox]\nprovider = "aws"\n', 1))
+
+
+def progress(stderr: str) -> list[str]:
+    return [line[2:] for line in stderr.splitlines() if line.startswith("• ")]
+
+
+def pinned_keys(home: Path, name: str) -> list[str]:
+    """The host keys mlenv pinned for box ``name`` (its known_hosts lines, by HostKeyAlias)."""
+    known_hosts = home / ".ssh" / "mlenv" / "known_hosts"
+    return [" ".join(line.split()[1:3]) for line in known_hosts.read_text().splitlines()
+            if line.split()[:1] == [f"mlenv-{name}"]]
+
+
+def instance_tags(instance_id: str) -> dict[str, str]:
+    described = plain.boto("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {tag["Key"]: tag["Value"] for tag in described["Tags"]}
+
+
+@pytest.mark.docker
+@pytest.mark.network  # the first-boot script installs uv from PyPI
+def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(booting_aws, project, fake_ec2):
+    require(shutil.which("ssh") is not None, "an OpenSSH client (apt-get install openssh-client)")
+    aws_by_default(project)
+    up = mlenv(project, "up", "box1", "--provider", "aws", "--yes")
+    (instance,) = fake_ec2.instances.values()
+
+    # up returned once the box was set up: SSH logged in with the pinned key, then the first-boot
+    # log followed to its end, its steps shown as they happened
+    steps = progress(up.stderr)
+    after_keys = steps[steps.index("host keys read from the console"):]
+    assert after_keys == ["host keys read from the console", f"waiting for SSH on {instance.address}",
+                          f"SSH ready on {instance.address}", "watchdog running",
+                          "environment synced into /opt/mlenv/venv", "box box1 is ready"], up.stderr
+    assert instance_tags(instance.instance_id)["mlenv:setup"] == "ready"
+    # the key pinned is the box's own, read from its console before the first connection
+    own_key = instance.container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode()
+    assert [key for key in pinned_keys(Path(booting_aws["HOME"]), "box1") if key.startswith("ssh-ed25519 ")] \
+        == [" ".join(own_key.split()[:2])]
+    listed = json.loads(mlenv(project, "ls", "--json", "--provider", "aws").stdout)
+    assert [(b["name"], b["provider"], b["state"], b["ssh_host"]) for b in listed] == \
+        [("box1", "aws", "running", instance.address)]
+
+    # a command over SSH runs in the lock synced on the box; its output and exit code come back
+    ran = mlenv(project, "ssh", "box1", "--", "python", "-c",
+                "'import sys, tinylib, tinydep; print(sys.prefix, tinydep.__version__); sys.exit(3)'", expect=3)
+    assert ran.stdout.split() == ["/opt/mlenv/venv", "1.1"]
+    mlenv(project, "doctor", "--box", "box1")  # exit 0: the box's environment is the lock's
+
+    mlenv(project, "down", "box1", "--yes")
+    import docker
+
+    with pytest.raises(docker.errors.NotFound):
+        instance.container.reload()
+    assert json.loads(mlenv(project, "ls", "--json", "--provider", "aws").stdout) == []
+
+
+@pytest.mark.docker
+@pytest.mark.network
+def test_a_first_boot_setup_that_fails_after_the_keys_is_exit_9_with_its_output_and_the_box_is_kept(
+        booting_aws, fake_ec2, tmp_path, index_server):
+    """The lock names a wheel its index no longer serves (deleted from the mirror after locking): the box
+    boots, prints its keys and lets mlenv in, then `uv pip sync` fails on it."""
+    from tests.conftest import make_project
+    from tests.pkgindex import add_tiny_packages
+
+    index = add_tiny_packages(index_server("shrinking"))
+    wheel = index.add("gonepkg", "1.0")
+    folder = make_project(tmp_path / "proj", index.url, dependencies=("tinylib", "gonepkg"),
+                          extra=f'[devbox]\nprovider = "aws"\nami-parameter = "{plain.AMI_PARAMETER}"\n')
+    wheel.unlink()
+
+    failed = mlenv(folder, "up", "box2", "--yes", expect=9)
+    assert "SSH ready on " in failed.stderr and "box box2 is ready" not in failed.stderr
+    message = failed.stderr[failed.stderr.index("error:"):]
+    assert "gonepkg" in message and "MLENV BOX SETUP FAILED" in message  # the failing command's own words
+    assert "mlenv down box2 --yes" in message and "mlenv ssh box2" in message
+    # kept: the box is there to look at, then `down` removes it and its machine
+    (instance,) = fake_ec2.instances.values()
+    assert [(b["name"], b["state"]) for b in json.loads(mlenv(folder, "ls", "--json", "--provider", "aws").stdout)] \
+        == [("box2", "running")]
+    assert "mlenv:setup" not in instance_tags(instance.instance_id)
+    mlenv(folder, "down", "box2", "--yes")
+    assert json.loads(mlenv(folder, "ls", "--json", "--provider", "aws").stdout) == []
+    assert instance.instance_id not in fake_ec2.instances
+    import docker
+
+    with pytest.raises(docker.errors.NotFound):
+        instance.container.reload()
