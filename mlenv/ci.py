@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlenv.errors import SpecError, UsageError
+from mlenv.errors import LockError, SpecError, UsageError
 from mlenv.fsutil import atomic_write
 from mlenv.spec import CiSettings, ci_job_target, plain_relative_path, spec_error
 from mlenv.validate import inside, shell_word, yaml_string
@@ -223,7 +223,7 @@ def _target_jobs(spec: Spec, lock: Lock, settings: CiSettings) -> list[TargetJob
                 raise UsageError(f"mlenv.lock names an unusable file {path!r} for target {name}",
                                  hint="re-create the lock with `mlenv lock`")
             if not (spec.root / path).is_file() and path != dockerfile:
-                raise UsageError(f"{path} is missing", hint="run `mlenv lock`")
+                raise LockError(f"{path} is missing", hint="run `mlenv lock`")
         gpu = bool(locked.cuda)
         jobs.append(TargetJobs(
             name=name,

@@ -279,6 +279,19 @@ def test_docker_required_but_not_answering_is_one_clear_error(laptop, project, l
     assert not (lab_machine["home"] / ".mlenv" / "boxes" / "lab3").exists()
 
 
+def test_a_missing_lock_or_pylock_is_exit_4_and_makes_nothing(laptop, project, lab_machine):
+    from mlenv.errors import LockError
+
+    (project / "pylock.cpu.toml").unlink()
+    with pytest.raises(LockError, match="pylock.cpu.toml is missing") as info:
+        provider(project).up(request("lab4", assume_yes=True), lambda line: None)
+    (project / "mlenv.lock").unlink()
+    with pytest.raises(LockError, match="no mlenv.lock in") as no_lock:
+        provider(project).up(request("lab4", assume_yes=True), lambda line: None)
+    assert info.value.exit_code == no_lock.value.exit_code == 4 and no_lock.value.hint == "run `mlenv lock` first"
+    assert not (lab_machine["home"] / ".mlenv" / "boxes" / "lab4").exists()
+
+
 def test_the_cli_as_the_readme_shows(laptop, project, lab_machine):
     """`[devbox] provider = "ssh"`, mlenv's key authorized on the machine, then `mlenv up --yes`,
     `ls`, `ssh -- CMD`, `doctor --box`, `stop`, `start`, `down` as a user types them."""

@@ -269,6 +269,13 @@ def test_dry_run_prints_and_writes_nothing(project):
     assert not (project / WORKFLOW).exists() and files() == before
 
 
+def test_a_missing_pylock_is_exit_4_like_every_lock_problem(project):
+    next(project.glob("pylock.*.toml")).unlink()
+    result = init(project)
+    assert result.returncode == 4 and "is missing" in result.stderr and "run `mlenv lock`" in result.stderr, result
+    assert not (project / WORKFLOW).exists()
+
+
 # --- the run: steps, executed for real ------------------------------------------------------------------
 
 _EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")

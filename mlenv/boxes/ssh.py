@@ -47,7 +47,7 @@ from mlenv.boxes.model import (
     sshrc,
     validate_box_name,
 )
-from mlenv.errors import MlenvError, UsageError
+from mlenv.errors import LockError, MlenvError, UsageError
 from mlenv.spec import DevboxSettings
 
 if TYPE_CHECKING:
@@ -455,17 +455,15 @@ class SSHProvider:
         return self._up_venv(req, target, progress)
 
     def _up_venv(self, req: UpRequest, target: Target, progress: Progress) -> Box:
-        from mlenv.lock.model import lock_path, read_lock
+        from mlenv.lock.model import read_lock
 
         assert self.spec is not None  # _target checked it
         host = self._endpoint()[0]
-        if not lock_path(self.spec.root).is_file():
-            raise UsageError("mlenv.lock is missing", hint="run `mlenv lock`")
-        lock = read_lock(self.spec.root)
+        lock = read_lock(self.spec.root)  # a missing lock is exit 4, with the fix
         locked = lock.target(target.name)
         pylock = self.spec.root / locked.pylock_path
         if not pylock.is_file():
-            raise UsageError(f"{locked.pylock_path} is missing", hint="run `mlenv lock`")
+            raise LockError(f"{locked.pylock_path} is missing", hint="run `mlenv lock`")
         folder = self._folder(req.name)
         record: dict[str, Any] = {
             "name": req.name, "project": self.spec.name, "owner": current_owner(), "target": target.name,
