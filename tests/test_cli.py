@@ -221,9 +221,18 @@ def test_spec_option_is_common_to_the_commands(tmp_path):
     assert "--spec" not in run_mlenv("init", "--help").stdout
 
 
-def test_lock_check_counts_in_words(locked_project):
+def test_lock_check_counts_in_words(locked_project, tmp_path):
     """"(1 target)", not "(1 targets)": on the standard-library fast path and in the full CLI."""
     root = locked_project()
     for args in (("lock", "--check"), ("lock", "--check", "--spec", str(root))):
         result = run_mlenv(*args, cwd=root)
         assert result.returncode == 0 and "mlenv.lock is up to date (1 target)\n" in result.stderr, (args, result)
+    home = {"HOME": str(tmp_path / "home"), "MLENV_HOME": str(tmp_path / "mlenv-home")}
+    assert run_mlenv("ssh-config", cwd=tmp_path, env=home).stderr.endswith("config: 0 boxes\n")  # not "box(es)"
+
+
+def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path):
+    """`jupyter --port 70000` was a traceback from bind(), after the server had been started on the box."""
+    home = {"HOME": str(tmp_path / "home"), "MLENV_HOME": str(tmp_path / "mlenv-home")}
+    result = run_mlenv("jupyter", "gpu1", "--port", "70000", cwd=tmp_path, env=home)
+    assert result.returncode == 2 and "Invalid value for '--port'" in result.stderr, result.stderr

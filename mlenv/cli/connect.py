@@ -64,7 +64,7 @@ def code_command(
 def jupyter_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
-    port: int = typer.Option(0, "--port", help="Local port to forward (default: a free one)."),
+    port: int = typer.Option(0, "--port", min=0, max=65535, help="Local port to forward (default: a free one)."),
     python: str | None = typer.Option(None, "--python", help="Interpreter on the box that has Jupyter "
                                          "(default: `jupyter` on the box's PATH)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Print the URL only."),
@@ -171,7 +171,8 @@ def keys_revoke(
     if result.unreachable:
         for box, why in sorted(result.unreachable.items()):
             mlenv.warn(f"{box}: not revoked ({why})")
-        raise DriftError(f"{len(result.unreachable)} box(es) could not be reached: {key_name} may still open them",
+        raise DriftError(f"{counted(len(result.unreachable), 'box', 'boxes')} could not be reached: "
+                         f"{key_name} may still open them",
                          hint=f"start them and run `mlenv keys revoke {key_name}` again")
 
 
@@ -222,4 +223,4 @@ def ssh_config_command(
     for box in sorted(records):
         for message in sshconfig.overrides(box):
             mlenv.warn(message)
-    mlenv.success(f"{paths.ssh_config()}: {len(records)} box(es)")
+    mlenv.success(f"{paths.ssh_config()}: {counted(len(records), 'box', 'boxes')}")
