@@ -68,6 +68,8 @@ def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(bo
                           f"SSH ready on {instance.address}", "watchdog running",
                           "environment synced into /opt/mlenv/venv", "box box1 is ready"], up.stderr
     assert instance_tags(instance.instance_id)["mlenv:setup"] == "ready"
+    again = mlenv(project, "up", "box1", "--provider", "aws", "--yes")  # set up already: reported, no SSH wait
+    assert "waiting for SSH" not in again.stderr and "box box1 exists" in again.stderr
     # the key pinned is the box's own, read from its console before the first connection
     own_key = instance.container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode()
     assert [key for key in pinned_keys(Path(booting_aws["HOME"]), "box1") if key.startswith("ssh-ed25519 ")] \
@@ -110,7 +112,10 @@ def test_a_first_boot_setup_that_fails_after_the_keys_is_exit_9_with_its_output_
     message = failed.stderr[failed.stderr.index("error:"):]
     assert "gonepkg" in message and "MLENV BOX SETUP FAILED" in message  # the failing command's own words
     assert "mlenv down box2 --yes" in message and "mlenv ssh box2" in message
-    # kept: the box is there to look at, then `down` removes it and its machine
+    # kept: the box is there to look at; `up` again waits for its setup again (no new instance), then
+    # `down` removes it and its machine
+    again = mlenv(folder, "up", "box2", "--yes", expect=9)
+    assert "SSH ready on " in again.stderr and "gonepkg" in again.stderr
     (instance,) = fake_ec2.instances.values()
     assert [(b["name"], b["state"]) for b in json.loads(mlenv(folder, "ls", "--json", "--provider", "aws").stdout)] \
         == [("box2", "running")]
