@@ -335,7 +335,7 @@ class DockerProvider:
 
         seen: set[str] = set()
         outcome = build_target(spec, lock, target, stage="dev", on_update=on_update, **build)
-        if outcome.skipped is None:
+        if outcome.skip_reason is None:
             progress(f"built {outcome.tag}")
         return outcome.tag
 

@@ -60,15 +60,15 @@ def build_command(
         mlenv.print_json({
             "target": target, "stage": outcome.stage, "tag": outcome.tag, "moving_tag": outcome.moving_tag,
             "image_id": outcome.image_id, "pushed_digest": outcome.pushed_digest,
-            "skipped": outcome.skipped is not None, "skip_reason": outcome.skipped,
+            "skipped": outcome.skip_reason is not None, "skip_reason": outcome.skip_reason,
             "elapsed_s": round(report.elapsed, 2) if report else 0.0,
             "steps_run": report.ran() if report else [], "steps_cached": report.cached() if report else [],
         })
         return
     if outcome.dockerfile_updated:
         mlenv.status("Dockerfile regenerated from mlenv.lock")
-    if outcome.skipped or report is None:
-        mlenv.success(f"{outcome.tag} {outcome.skipped}; build skipped (--force rebuilds)")
+    if outcome.skip_reason or report is None:
+        mlenv.success(f"{outcome.tag} {outcome.skip_reason}; build skipped (--force rebuilds)")
     else:
         mlenv.success(f"built {outcome.tag} in {report.elapsed:.1f}s "
                         f"({counted(len(report.ran()), 'step')} run, {len(report.cached())} cached)")

@@ -44,7 +44,7 @@ class BuildOutcome:
     tag: str
     moving_tag: str
     stage: str
-    skipped: str | None = None  # why no build ran ("exists locally", "exists in the registry")
+    skip_reason: str | None = None  # why no build ran ("exists locally", "exists in the registry")
     report: BuildReport | None = None
     image_id: str | None = None
     pushed_digest: str | None = None
@@ -112,10 +112,10 @@ def build_target(
         existing = local_image(content_tag)
         if existing is not None:
             existing.tag(*split_ref(moving_tag)[:2])
-            outcome.skipped, outcome.image_id = "exists locally", existing.id
+            outcome.skip_reason, outcome.image_id = "exists locally", existing.id
         elif plan.registry and remote_exists(content_tag):
-            outcome.skipped = "exists in the registry"
-    if outcome.skipped is None:
+            outcome.skip_reason = "exists in the registry"
+    if outcome.skip_reason is None:
         request = BuildRequest(
             context=root,
             dockerfile=dockerfile,
@@ -139,7 +139,7 @@ def build_target(
             raise UsageError("nothing to push to: the image name has no registry",
                              hint="set [image] registry in mlenv.toml "
                                   "(e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com)")
-        if outcome.skipped != "exists in the registry":
+        if outcome.skip_reason != "exists in the registry":
             outcome.pushed_digest = push(content_tag)
             push(moving_tag)
     return outcome
