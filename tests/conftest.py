@@ -22,7 +22,7 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.pkgindex", "tests.docker_services"]
+pytest_plugins = ["tests.pkgindex", "tests.docker_services", "tests.fake_ec2"]
 
 
 def pytest_configure(config) -> None:

@@ -18,6 +18,10 @@ cannot exist here, from real pieces:
 - ``StopInstances`` / ``StartInstances``: only forwarded; the container keeps running (a stopped
   fake instance is only stopped in moto's records).
 Security groups are not enforced (the box's sshd is reached from loopback, not the caller's IP).
+
+The moto server itself and the environment of a user pointed at it (``moto_server``, ``aws``) are here
+too, for tests/test_boxes_aws.py (plain moto, instances that never boot) and
+tests/test_boxes_aws_boot.py (the fake EC2); conftest.py registers this module's fixtures.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import io
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import tarfile
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +48,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import require
+from tests.docker_services import _free_port
 
+CALLER_IP = "198.51.100.23"  # MLENV_CALLER_IP: this machine's public address cannot be learned here
+# moto serves Amazon Linux's public parameters only; real users get Ubuntu / the DLAMI by default
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 LABEL = "mlenv.test.fake-ec2"  # on every container a FakeEC2 starts: its proxy's id
 CONSOLE_LIMIT = 64 * 1024  # GetConsoleOutput returns the most recent 64 KB
 USER_DATA_PATH = "/var/lib/cloud/instance/scripts/part-001"  # where cloud-init keeps a shell user-data
@@ -325,7 +335,58 @@ def _tar(name: str, data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-# --- fixtures: import them into a test module (with moto_server and aws from test_boxes_aws) -----------
+# --- fixtures (conftest.py registers them) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    """moto as a real HTTP server on a loopback port (one per test module); its URL."""
+    binary = shutil.which("moto_server")
+    require(binary is not None, "moto_server (pip install 'moto[server]')")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "log"
+    with open(log, "wb") as output:  # the server keeps its own copy of the descriptor
+        process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}", pytrace=False)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture
+def aws(moto_server, tmp_path, monkeypatch):
+    """Environment of a user whose AWS config points at moto; fresh moto state for each test."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    env = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "eu-west-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "MLENV_HOME": str(tmp_path / "mlenv-home"),
+        "HOME": str(tmp_path / "home"),
+        "MLENV_CALLER_IP": CALLER_IP,
+    }
+    (tmp_path / "home").mkdir()
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -338,12 +399,11 @@ def fake_ec2(moto_server, docker_client, base_image, build_cli):
 
 @pytest.fixture
 def booting_aws(aws, fake_ec2, monkeypatch):
-    """The environment of a user whose AWS configuration points at the fake EC2 (fresh moto state, test
-    credentials, HOME and MLENV_HOME of the test's own, MLENV_CALLER_IP): instances boot for real, so
-    ``mlenv up`` waits for them as it would on AWS (no MLENV_BOOT_TIMEOUT).  Their containers go when
-    the test ends."""
+    """``aws``, pointed at the fake EC2: instances boot for real, so ``mlenv up`` waits for them as it
+    would on AWS (MLENV_BOOT_TIMEOUT and MLENV_SETUP_TIMEOUT at their defaults).  Their containers go
+    when the test ends."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", fake_ec2.url)
-    monkeypatch.delenv("MLENV_BOOT_TIMEOUT", raising=False)
-    env = {key: value for key, value in aws.items() if key != "MLENV_BOOT_TIMEOUT"}
-    yield {**env, "AWS_ENDPOINT_URL": fake_ec2.url}
+    for key in ("MLENV_BOOT_TIMEOUT", "MLENV_SETUP_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    yield {**aws, "AWS_ENDPOINT_URL": fake_ec2.url}
     fake_ec2.remove_all()

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,12 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import locked_template, require, run_mlenv
+from tests.conftest import locked_template, run_mlenv
+from tests.fake_ec2 import AMI_PARAMETER, CALLER_IP
 
 DATA = Path(__file__).parent / "data" / "aws"
-CALLER_IP = "198.51.100.23"
-# moto serves Amazon Linux's public parameters only; real users get Ubuntu / the DLAMI by default
-AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 
 # --- the instance catalog ---------------------------------------------------------------------------
@@ -173,63 +170,7 @@ def test_the_box_logs_in_to_ecr_only_for_an_ecr_registry():
     assert ecr_region(None) is None
 
 
-# --- moto as a real HTTP server ---------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory):
-    binary = shutil.which("moto_server")
-    require(binary is not None, "moto_server (pip install 'moto[server]')")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "log"
-    with open(log, "wb") as output:  # the server keeps its own copy of the descriptor
-        process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}", pytrace=False)
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
-
-
-@pytest.fixture
-def aws(moto_server, tmp_path, monkeypatch):
-    """Environment of a user whose AWS config points at moto; fresh moto state for each test."""
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
-    env = {
-        "AWS_ENDPOINT_URL": moto_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "eu-west-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-        "MLENV_HOME": str(tmp_path / "mlenv-home"),
-        "HOME": str(tmp_path / "home"),
-        "MLENV_CALLER_IP": CALLER_IP,
-    }
-    (tmp_path / "home").mkdir()
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+# --- moto as a real HTTP server (tests/fake_ec2.py: the moto_server and aws fixtures) ----------------
 
 
 @pytest.fixture(scope="module")

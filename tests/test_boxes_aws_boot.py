@@ -14,26 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from tests import fake_ec2 as fake
-from tests import test_boxes_aws as plain
-from tests.conftest import require, run_mlenv
+from tests.conftest import locked_template, require, run_mlenv
+from tests.fake_ec2 import AMI_PARAMETER
 
-# the fixtures of the fake EC2 and of the plain-moto tests (moto server, locked project), used here by name
-booting_aws, fake_ec2 = fake.booting_aws, fake.fake_ec2
-aws, moto_server, project, template = plain.aws, plain.moto_server, plain.project, plain.template
+# a team on AWS: `mlenv ssh NAME` and `mlenv doctor --box NAME` look for NAME there (doctor has no --provider)
+DEVBOX = f'[devbox]\nprovider = "aws"\nami-parameter = "{AMI_PARAMETER}"\n'
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    index, folder = locked_template(tmp_path_factory, DEVBOX)
+    yield folder
+    index.close()
+
+
+@pytest.fixture
+def project(tmp_path, template):
+    return Path(shutil.copytree(template, tmp_path / "proj"))
 
 
 def mlenv(folder: Path, *args: str, expect: int = 0):
     result = run_mlenv(*args, cwd=folder, timeout=500)
     assert result.returncode == expect, f"mlenv {' '.join(args)}: {result.returncode}\n{result.stdout}{result.stderr}"
     return result
-
-
-def aws_by_default(folder: Path) -> None:
-    """`[devbox] provider = "aws"`, as a team on AWS sets it: `mlenv ssh NAME` and `mlenv doctor --box NAME`
-    then look for NAME there (the README's commands as they are; doctor has no --provider)."""
-    spec = folder / "mlenv.toml"
-    spec.write_text(spec.read_text().replace("[devbox]\n", '[devbox]\nprovider = "aws"\n', 1))
 
 
 def progress(stderr: str) -> list[str]:
@@ -48,7 +51,10 @@ def pinned_keys(home: Path, name: str) -> list[str]:
 
 
 def instance_tags(instance_id: str) -> dict[str, str]:
-    described = plain.boto("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="eu-west-1")
+    described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     return {tag["Key"]: tag["Value"] for tag in described["Tags"]}
 
 
@@ -56,7 +62,6 @@ def instance_tags(instance_id: str) -> dict[str, str]:
 @pytest.mark.network  # the first-boot script installs uv from PyPI
 def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(booting_aws, project, fake_ec2):
     require(shutil.which("ssh") is not None, "an OpenSSH client (apt-get install openssh-client)")
-    aws_by_default(project)
     up = mlenv(project, "up", "box1", "--provider", "aws", "--yes")
     (instance,) = fake_ec2.instances.values()
 
@@ -104,7 +109,7 @@ def test_a_first_boot_setup_that_fails_after_the_keys_is_exit_9_with_its_output_
     index = add_tiny_packages(index_server("shrinking"))
     wheel = index.add("gonepkg", "1.0")
     folder = make_project(tmp_path / "proj", index.url, dependencies=("tinylib", "gonepkg"),
-                          extra=f'[devbox]\nprovider = "aws"\nami-parameter = "{plain.AMI_PARAMETER}"\n')
+                          extra=DEVBOX)
     wheel.unlink()
 
     failed = mlenv(folder, "up", "box2", "--yes", expect=9)
