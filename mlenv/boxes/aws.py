@@ -706,13 +706,20 @@ class AWSProvider:
     def _follow_setup_log(self, ssh: SSHExecutor, box: Box, deadline: float, progress: Progress) -> None:
         """Print the first-boot script's progress lines from its log on the box until its READY marker;
         its FAILED marker or the deadline is a ``BoxSetupError`` quoting the log's last lines."""
+        from mlenv import connect
         from mlenv.boxes import cloudinit
 
         log, read = "", 0  # the log so far, and its length in bytes (whole lines only)
+        source = cloudinit.SETUP_LOG
         delay = 1.0
         while True:
-            result = ssh.run(["tail", "-c", f"+{read + 1}", cloudinit.SETUP_LOG], timeout=60)
-            if result.returncode == 0:
+            try:
+                result = ssh.run(["tail", "-c", f"+{read + 1}", cloudinit.SETUP_LOG], timeout=60)
+            except connect.HostKeyChanged:
+                raise
+            except ToolMissingError:  # the connection dropped: the next poll opens another
+                result = None
+            if result is not None and result.returncode == 0:
                 # a line being written is read again once it is whole
                 whole = result.stdout[: result.stdout.rfind(b"\n") + 1]
                 read += len(whole)
@@ -720,8 +727,8 @@ class AWSProvider:
                 log += new
                 for line in cloudinit.said(new):
                     progress(line)
-            else:  # a box made by an mlenv from before the log: the same markers are on its console
-                log = self._console(box.extra["instance_id"])
+            elif result is not None:  # no log: a box made by an older mlenv; its console has the markers
+                log, source = self._console(box.extra["instance_id"]), "its console"
             state = cloudinit.setup_state(log)
             if state == "ready":
                 return
@@ -729,7 +736,7 @@ class AWSProvider:
                 what = "failed" if state == "failed" else "did not finish within MLENV_SETUP_TIMEOUT"
                 raise BoxSetupError(
                     f"the first-boot setup of box {box.name} {what}; the box is kept. The end of "
-                    f"{cloudinit.SETUP_LOG}:{_indented(cloudinit.last_lines(log))}",
+                    f"{source}:{_indented(cloudinit.last_lines(log))}",
                     hint=(f"`mlenv ssh {box.name}` to look, `mlenv down {box.name} --yes` to delete it"
                           + ("" if state == "failed" else f", `mlenv up {box.name}` to wait again")),
                     box_kept=True)
