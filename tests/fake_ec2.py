@@ -53,7 +53,8 @@ from tests.docker_services import _free_port
 CALLER_IP = "198.51.100.23"  # MLENV_CALLER_IP: this machine's public address cannot be learned here
 # moto serves Amazon Linux's public parameters only; real users get Ubuntu / the DLAMI by default
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-LABEL = "mlenv.test.fake-ec2"  # on every container a FakeEC2 starts: its proxy's id
+LABEL = "mlenv.test.fake-ec2"  # on every container a FakeEC2 starts: its proxy's id, "PID-..."
+FAKE_AMI_REPOSITORY = "localhost/mlenv-test-fake-ami"
 CONSOLE_LIMIT = 64 * 1024  # GetConsoleOutput returns the most recent 64 KB
 USER_DATA_PATH = "/var/lib/cloud/instance/scripts/part-001"  # where cloud-init keeps a shell user-data
 # The fake AMI: what a cloud image has before cloud-init runs (sshd and sudo installed, no keys yet).
@@ -109,14 +110,39 @@ def fake_ami_image(docker_client, base_image: str, build_cli: str) -> str:
     reused across runs (a ~20 MB layer over the base image) and rebuilt only when either changes."""
     dockerfile = FAKE_AMI_DOCKERFILE.format(base=base_image)
     digest = hashlib.sha256((dockerfile + docker_client.images.get(base_image).id).encode()).hexdigest()[:16]
-    tag = f"localhost/mlenv-test-fake-ami:{digest}"
+    tag = f"{FAKE_AMI_REPOSITORY}:{digest}"
     if not docker_client.images.list(name=tag):
         build = subprocess.run([build_cli, "build", "--quiet", "--network", "host", "-t", tag, "-"],
                                input=dockerfile, capture_output=True, text=True,
                                env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=600)
         require(build.returncode == 0 or "deb.debian.org" not in build.stderr, "the Debian mirror (sshd and sudo)")
         assert build.returncode == 0, build.stderr
+        _remove_stale_images(docker_client, keep=tag)
     return tag
+
+
+def _remove_stale_images(docker_client, keep: str) -> None:
+    """Fake AMIs of an older Dockerfile or base image: the engine's data root outlives the run."""
+    import docker
+
+    for image in docker_client.images.list(name=FAKE_AMI_REPOSITORY):
+        for tag in image.tags:
+            if tag != keep:
+                try:
+                    docker_client.images.remove(tag)
+                except docker.errors.APIError:  # a container of another session still runs from it
+                    pass
+
+
+def _remove_orphaned_containers(docker_client) -> None:
+    """Containers of fake instances whose test process is gone (killed by a timeout or Ctrl-C before its
+    teardown); those of other live sessions on this machine stay."""
+    for container in docker_client.containers.list(all=True, filters={"label": LABEL}):
+        pid = int(container.labels[LABEL].split("-")[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            container.remove(force=True)
 
 
 @dataclass
@@ -149,6 +175,7 @@ class FakeEC2:
         self.instances: dict[str, Instance] = {}
         self._lock = threading.Lock()
         self.volumes, self.environment = first_boot_mounts()
+        _remove_orphaned_containers(docker_client)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):

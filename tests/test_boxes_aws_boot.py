@@ -58,6 +58,24 @@ def instance_tags(instance_id: str) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in described["Tags"]}
 
 
+def on(instance, command: str) -> str:
+    """``command``'s output on the fake instance's machine, as root (through the engine, not SSH)."""
+    result = instance.container.exec_run(["sh", "-c", command])
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode()
+
+
+def console_keys(instance_id: str) -> list[str]:
+    """The host keys on the instance's console, read as a user reads it with boto3 (EC2 sends it base64,
+    botocore decodes it)."""
+    import boto3
+
+    from mlenv.boxes.cloudinit import parse_host_keys
+
+    output = boto3.client("ec2", region_name="eu-west-1").get_console_output(InstanceId=instance_id, Latest=True)
+    return parse_host_keys(output["Output"])
+
+
 @pytest.mark.docker
 @pytest.mark.network  # the first-boot script installs uv from PyPI
 def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(booting_aws, project, fake_ec2):
@@ -75,10 +93,14 @@ def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(bo
     assert instance_tags(instance.instance_id)["mlenv:setup"] == "ready"
     again = mlenv(project, "up", "box1", "--provider", "aws", "--yes")  # set up already: reported, no SSH wait
     assert "waiting for SSH" not in again.stderr and "box box1 exists" in again.stderr
-    # the key pinned is the box's own, read from its console before the first connection
-    own_key = instance.container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode()
+    # the keys on the console are the box's own, and the one pinned before the first connection is its
+    # ed25519 key
+    on_box = sorted(" ".join(line.split()[:2]) for line in on(instance, "cat /etc/ssh/ssh_host_*_key.pub").splitlines())
+    assert sorted(console_keys(instance.instance_id)) == on_box
     assert [key for key in pinned_keys(Path(booting_aws["HOME"]), "box1") if key.startswith("ssh-ed25519 ")] \
-        == [" ".join(own_key.split()[:2])]
+        == [key for key in on_box if key.startswith("ssh-ed25519 ")]
+    # the sshd configuration the script wrote is valid and what sshd now runs with (dead clients dropped)
+    assert "clientaliveinterval 30" in on(instance, "sshd -T -C user=ec2-user,host=laptop,addr=127.0.0.1").splitlines()
     listed = json.loads(mlenv(project, "ls", "--json", "--provider", "aws").stdout)
     assert [(b["name"], b["provider"], b["state"], b["ssh_host"]) for b in listed] == \
         [("box1", "aws", "running", instance.address)]
@@ -87,6 +109,10 @@ def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(bo
     ran = mlenv(project, "ssh", "box1", "--", "python", "-c",
                 "'import sys, tinylib, tinydep; print(sys.prefix, tinydep.__version__); sys.exit(3)'", expect=3)
     assert ran.stdout.split() == ["/opt/mlenv/venv", "1.1"]
+    # that login ran /etc/ssh/sshrc, which marks it as activity for the idle watchdog
+    from mlenv.boxes.model import ACTIVITY_DIR
+
+    on(instance, f"test -e {ACTIVITY_DIR}/ssh-$(id -u ec2-user)")
     mlenv(project, "doctor", "--box", "box1")  # exit 0: the box's environment is the lock's
 
     mlenv(project, "down", "box1", "--yes")
