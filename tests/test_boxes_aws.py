@@ -352,6 +352,33 @@ def test_no_wait_returns_once_launched_and_up_again_waits_for_the_box_keeping_it
     assert bad.returncode == 2 and "MLENV_BOOT_TIMEOUT='soon' is not a number of seconds" in bad.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.network  # the first-boot script installs uv from PyPI
+def test_ctrl_c_while_up_waits_for_the_setup_keeps_the_box(booting_aws, project, fake_ec2):
+    """An instance that boots for real (tests/fake_ec2.py): Ctrl-C once SSH is ready, while the first-boot
+    script still syncs the lock, leaves the box complete (keys pinned, alarm set), not yet tagged set up."""
+    import signal
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "mlenv", "up", "c1", "--provider", "aws", "--yes"],
+                               cwd=project, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("• SSH ready on "):
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "interrupted while waiting for the setup of box c1; the box is kept" in rest
+    assert "`mlenv up c1` waits again" in rest and "deleting what it created" not in rest
+    (kept,) = tagged_resources()["instances"]
+    tags = {tag["Key"]: tag["Value"] for tag in kept["Tags"]}
+    assert "mlenv:host-key" in tags and "mlenv:setup" not in tags and len(tagged_resources()["alarms"]) == 1
+    assert kept["InstanceId"] in fake_ec2.instances  # the machine itself is still there
+
+
 def failed_console() -> str:
     """A console where the first-boot script failed before printing the host keys (apt could not
     install sshd): the recorded boot up to the keys, then the script's last words."""
