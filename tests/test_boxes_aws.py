@@ -377,6 +377,27 @@ def test_ctrl_c_while_up_waits_for_the_setup_keeps_the_box(booting_aws, project,
     tags = {tag["Key"]: tag["Value"] for tag in kept["Tags"]}
     assert "mlenv:host-key" in tags and "mlenv:setup" not in tags and len(tagged_resources()["alarms"]) == 1
     assert kept["InstanceId"] in fake_ec2.instances  # the machine itself is still there
+    # as the message says: `up` again waits for the setup, to its end this time
+    again = run_mlenv("up", "c1", "--provider", "aws", "--yes", cwd=project, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "• SSH ready on " in again.stderr and "• box c1 is ready" in again.stderr
+    (ready,) = tagged_resources()["instances"]
+    assert ready["InstanceId"] == kept["InstanceId"]
+    assert {tag["Key"]: tag["Value"] for tag in ready["Tags"]}["mlenv:setup"] == "ready"
+
+
+@pytest.mark.docker
+def test_a_setup_not_finished_within_mlenv_setup_timeout_is_exit_9_and_keeps_the_box(booting_aws, project,
+                                                                                     fake_ec2):
+    """MLENV_SETUP_TIMEOUT=0: SSH answers (the AMI's sshd runs before the first-boot script), but the
+    setup has only begun when the time is up."""
+    waited = run_mlenv("up", "t1", "--provider", "aws", "--yes", cwd=project, env={"MLENV_SETUP_TIMEOUT": "0"})
+    assert waited.returncode == 9, waited.stderr
+    assert "the first-boot setup of box t1 did not finish within MLENV_SETUP_TIMEOUT; the box is kept" in waited.stderr
+    assert "MLENV HOST KEYS" in waited.stderr  # the end of the setup log so far
+    assert "`mlenv up t1` to wait again" in waited.stderr and "`mlenv down t1 --yes` to delete it" in waited.stderr
+    (kept,) = tagged_resources()["instances"]
+    assert kept["InstanceId"] in fake_ec2.instances and "mlenv:setup" not in {tag["Key"] for tag in kept["Tags"]}
 
 
 def failed_console() -> str:
