@@ -476,7 +476,7 @@ class AWSProvider:
         try:
             inst = self._create(req, plan, made, progress)
             if not req.wait:
-                progress(f"{inst['InstanceId']} launched; `mlenv up {req.name}` waits for its setup")
+                progress(f"{inst['InstanceId']} launched (--no-wait: its setup is not awaited)")
                 return self._box(inst)
             inst = self._wait_for_host_keys(inst, progress, just_made=True)
         except BaseException as exc:
