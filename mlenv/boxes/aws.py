@@ -734,9 +734,11 @@ class AWSProvider:
                 return
             if state == "failed" or time.monotonic() >= deadline:
                 what = "failed" if state == "failed" else "did not finish within MLENV_SETUP_TIMEOUT"
+                # the host keys block is no news by now: the lines after it, when there are any
+                since_keys = cloudinit.last_lines(log.rpartition(cloudinit.KEYS_END)[2])
                 raise BoxSetupError(
                     f"the first-boot setup of box {box.name} {what}; the box is kept. The end of "
-                    f"{source}:{_indented(cloudinit.last_lines(log))}",
+                    f"{source}:{_indented(since_keys or cloudinit.last_lines(log))}",
                     hint=(f"`mlenv ssh {box.name}` to look, `mlenv down {box.name} --yes` to delete it"
                           + ("" if state == "failed" else f", `mlenv up {box.name}` to wait again")),
                     box_kept=True)
