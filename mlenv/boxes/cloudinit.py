@@ -142,6 +142,7 @@ def render(data: UserData) -> str:
         ready_marker=READY_MARKER,
         failed_marker=FAILED_MARKER,
         setup_log=SETUP_LOG,
+        say_prefix=SAY_PREFIX,
     )
 
 
