@@ -84,7 +84,10 @@ def test_up_ssh_doctor_idle_stop_and_down(box_project, box, docker_client):
     ssh = subprocess.run(project.ssh(box) + ["python -c 'import sys; print(sys.prefix)'"],
                          capture_output=True, text=True, timeout=60)
     assert ssh.returncode == 0 and ssh.stdout.strip() == "/opt/venv", ssh.stderr
-    assert project.mlenv("ssh", box, "--", "sh", "-c", "echo out; exit 3").returncode == 3
+    # options after NAME are mlenv's, the words after -- the box's, even one that looks like an ssh option
+    assert project.mlenv("ssh", box, "--provider", "docker", "--", "sh", "-c", "echo out; exit 3").returncode == 3
+    dashed = project.mlenv("ssh", box, "--", "-V")
+    assert dashed.returncode != 0 and "OpenSSH_" not in dashed.stdout + dashed.stderr, dashed.stderr
     assert project.mlenv("ssh", box, "--", "echo out; exit 3").stdout == "out\n"
 
     # up again: the same box, found by its labels

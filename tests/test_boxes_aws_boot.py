@@ -106,7 +106,7 @@ def test_up_on_aws_waits_for_a_box_that_ssh_and_doctor_reach_and_down_removes(bo
         [("box1", "aws", "running", instance.address)]
 
     # a command over SSH runs in the lock synced on the box; its output and exit code come back
-    ran = mlenv(project, "ssh", "box1", "--", "python", "-c",
+    ran = mlenv(project, "ssh", "box1", "--provider", "aws", "--", "python", "-c",
                 "'import sys, tinylib, tinydep; print(sys.prefix, tinydep.__version__); sys.exit(3)'", expect=3)
     assert ran.stdout.split() == ["/opt/mlenv/venv", "1.1"]
     # that login ran /etc/ssh/sshrc, which marks it as activity for the idle watchdog

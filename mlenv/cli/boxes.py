@@ -314,7 +314,7 @@ def gc_command(
         console.err.print("delete them with `mlenv gc --yes`")
 
 
-@app.command("ssh", context_settings={"allow_interspersed_args": False})
+@app.command("ssh")
 def ssh_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
@@ -344,8 +344,9 @@ def ssh_command(
         _register(box)
     if shutil.which("ssh") is None:
         raise ToolMissingError("no ssh client on PATH", hint="install OpenSSH (apt-get install openssh-client)")
-    # mlenv's own ssh config: the pinned host key and this machine's key, whatever ~/.ssh/config says
-    argv = ["ssh", "-F", str(paths.ssh_config()), connect.alias(name), *(command or [])]
+    # mlenv's own ssh config: the pinned host key and this machine's key, whatever ~/.ssh/config says;
+    # `--` ends ssh's options (it reads options after the host too), so no remote word is one of them
+    argv = ["ssh", "-F", str(paths.ssh_config()), "--", connect.alias(name), *(command or [])]
     if not command:
         os.execvp(argv[0], argv)  # an interactive session: ssh takes over this terminal
     raise typer.Exit(subprocess.run(argv).returncode)
