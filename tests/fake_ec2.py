@@ -79,6 +79,10 @@ chmod 600 "$home/.ssh/authorized_keys"
 printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$LOGIN_USER" > /etc/sudoers.d/90-cloud-init-users
 chmod 440 /etc/sudoers.d/90-cloud-init-users
 ssh-keygen -A >/dev/null
+# the Deep Learning AMI's docker: its socket (here this machine's engine's) belongs to group docker
+if [ -S /var/run/docker.sock ] && ! getent group docker >/dev/null; then
+    groupadd --system --non-unique --gid "$(stat -c %g /var/run/docker.sock)" docker
+fi
 install -d -m 755 /run/sshd "$(dirname "$USER_DATA")"
 /usr/sbin/sshd -o ListenAddress="$LISTEN" -o UsePAM=no
 """

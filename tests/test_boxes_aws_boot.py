@@ -9,7 +9,10 @@ printed, and its public IP is a loopback address where its sshd answers.  Nothin
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,82 @@ def test_a_first_boot_setup_that_fails_after_the_keys_is_exit_9_with_its_output_
 
     with pytest.raises(docker.errors.NotFound):
         instance.container.reload()
+
+
+def tag_as_dev_image(project: Path, image: str, base_image: str, monkeypatch) -> list[str]:
+    """Put ``image`` in the engine under the tags `mlenv up` computes for the project's dev image (its
+    content tag and moving tag, which `up` then finds and pushes instead of building): mlenv's own
+    build_target, with the build step (minutes of uv and pip) replaced by tagging ``image``."""
+    from mlenv.image import build
+    from mlenv.image.engine import local_image
+    from mlenv.lock.model import read_lock
+    from mlenv.spec import load_spec
+
+    tags: list[str] = []
+
+    def tag_instead_of_building(_builder, request, **_options):
+        for tag in request.tags:
+            local_image(image).tag(tag)
+            tags.append(tag)
+
+    monkeypatch.setattr(build, "find_builder", lambda _docker: None)
+    monkeypatch.setattr(build, "run_build", tag_instead_of_building)
+    build.build_target(load_spec(project / "mlenv.toml"), read_lock(project), "cpu", stage="dev",
+                       base_image=base_image)
+    assert tags, "the dev image was already in the engine"
+    return tags
+
+
+@pytest.mark.docker
+def test_ssh_on_an_image_box_runs_in_its_container(booting_aws, template, tmp_path, fake_ec2, docker_registry,
+                                                   base_image, docker_client, monkeypatch):
+    """`[image] registry` set: `up` pushes the dev image, the box pulls it by digest and runs it as its
+    container, and `mlenv ssh NAME` (with or without a command) lands in that container, in /workspace,
+    where the locked environment is; plain `ssh mlenv-NAME` is the instance itself."""
+    import uuid
+
+    from mlenv.boxes.docker import container_name
+
+    project = Path(shutil.copytree(template, tmp_path / "proj"))
+    spec = project / "mlenv.toml"
+    spec.write_text(spec.read_text() + f'\n[image]\nregistry = "{docker_registry}/box{uuid.uuid4().hex[:8]}"\n')
+    tags = tag_as_dev_image(project, base_image, base_image, monkeypatch)
+    name = f"img{uuid.uuid4().hex[:8]}"
+    made_on_host = [path for path in ("/srv/mlenv", "/var/lib/mlenv") if not Path(path).exists()]
+    try:
+        up = mlenv(project, "up", name, "--base-image", base_image, "--yes")
+        (instance,) = fake_ec2.instances.values()
+        pulled = [step for step in progress(up.stderr) if step.startswith("image pulled: ")]
+        assert pulled and pulled[0].startswith(f"image pulled: {tags[0]}@sha256:"), up.stderr
+        running = docker_client.containers.get(container_name(name))
+        assert running.attrs["Config"]["Image"] == pulled[0].removeprefix("image pulled: ")
+
+        # a command: in the container (its PID 1 is the box's `sleep infinity`), in /workspace, its words
+        # joined for the container's shell; its output and exit code come back
+        ran = mlenv(project, "ssh", name, "--", "pwd;", "tr", "'\\0'", "' '", "</proc/1/cmdline;",
+                    "test", "!", "-e", "/var/log/mlenv-setup.log", "&&", "exit", "3", expect=3)
+        assert ran.stdout.split() == ["/workspace", "sleep", "infinity"], ran.stdout
+        # a shell: the same place, with a terminal (script(1) gives ssh one)
+        session = subprocess.run(["script", "-qec", f"{shlex.quote(sys.executable)} -m mlenv ssh {name}", "/dev/null"],
+                                 input="pwd; test -t 0 && echo terminal; exit 4\n", capture_output=True,
+                                 text=True, cwd=project, timeout=120)
+        assert session.returncode == 4 and "/workspace" in session.stdout and "terminal" in session.stdout, \
+            session.stdout + session.stderr
+        # the instance itself, for admin work
+        vm = subprocess.run(["ssh", "-F", str(Path(booting_aws["HOME"]) / ".ssh" / "mlenv" / "config"),
+                             f"mlenv-{name}", "test -e /var/log/mlenv-setup.log && echo instance"],
+                            capture_output=True, text=True, timeout=60)
+        assert vm.stdout.strip() == "instance", vm.stderr
+        mlenv(project, "down", name, "--yes")
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"name": container_name(name)}):
+            container.remove(force=True)
+        import docker
+
+        for tag in tags:  # untagged by name only: the image is the shared base image
+            try:
+                docker_client.images.remove(tag)
+            except docker.errors.ImageNotFound:
+                pass
+        for path in made_on_host:
+            shutil.rmtree(path, ignore_errors=True)

@@ -934,6 +934,28 @@ class AWSProvider:
             return ContainerOverSSH(ssh, container_name(box.name), where=f"box {box.name}")
         return VenvExecutor(ssh, BOX_VENV, KEEPALIVE_DIR, where=f"box {box.name}")
 
+    def ssh_command(self, box: Box, command: Sequence[str]) -> tuple[builtins.list[str], bool]:
+        """(remote command, needs a terminal) for `mlenv ssh NAME [-- CMD]`: where the box's environment
+        is.  A venv box runs ``command`` (a shell when empty) as any box does; an image box enters its
+        container, in /workspace: ``command``'s words joined as ssh joins them, for the container's
+        bash, or an interactive bash.  Plain `ssh mlenv-NAME` still reaches the instance itself."""
+        import shlex
+
+        if box.extra.get("mode") != "image":
+            return builtins.list(command), False
+        from mlenv.boxes.docker import container_name
+
+        enter = ["docker", "exec", "-i", "-w", IMAGE_WORKSPACE]
+        if command:
+            return [shlex.join([*enter, container_name(box.name), "bash", "-c", " ".join(command)])], False
+        # a terminal when ssh got one (`ssh -t` without a local terminal gets none; docker exec -t would
+        # then fail).  Not a login shell: Debian's /etc/profile resets PATH, dropping the image's venv
+        return [shlex.join(enter) + ' $(test -t 0 && echo -t) ' + shlex.join([container_name(box.name), "bash"])], True
+
+
+# where the first-boot script mounts the box's workspace in an image box's container
+IMAGE_WORKSPACE = "/workspace"
+
 
 class ContainerOverSSH:
     """``docker exec`` into the box's container, over SSH (the login user is in the docker group)."""

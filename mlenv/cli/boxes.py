@@ -344,9 +344,14 @@ def ssh_command(
         _register(box)
     if shutil.which("ssh") is None:
         raise ToolMissingError("no ssh client on PATH", hint="install OpenSSH (apt-get install openssh-client)")
+    # where the box's environment is, when that is not the login session (aws image boxes: the container)
+    remote, terminal = (list(command or []), False)
+    if hasattr(chosen, "ssh_command"):
+        remote, terminal = chosen.ssh_command(box, command or [])
     # mlenv's own ssh config: the pinned host key and this machine's key, whatever ~/.ssh/config says;
     # `--` ends ssh's options (it reads options after the host too), so no remote word is one of them
-    argv = ["ssh", "-F", str(paths.ssh_config()), "--", connect.alias(name), *(command or [])]
+    argv = ["ssh", "-F", str(paths.ssh_config()), *(["-t"] if terminal else []), "--", connect.alias(name),
+            *remote]
     if not command:
         os.execvp(argv[0], argv)  # an interactive session: ssh takes over this terminal
     raise typer.Exit(subprocess.run(argv).returncode)
