@@ -748,7 +748,8 @@ def test_the_cli_as_the_readme_shows(aws, project):
                                       TagSpecifications=[{"ResourceType": "security-group", "Tags": old_tags}])
     orphans = json.loads(mlenv("gc", "--json", "--provider", "aws").stdout)
     assert [(o["kind"], o["box"]) for o in orphans] == [("security-group", "old")]
-    mlenv("gc", "--yes", "--provider", "aws")
+    deleted = mlenv("gc", "--yes", "--provider", "aws")
+    assert "deleted 1 orphaned resource\n" in deleted.stdout + deleted.stderr
     mlenv("down", "gpu1", "--yes", "--provider", "aws")
     assert tagged_resources() == empty
     assert json.loads(mlenv("ls", "--json", "--provider", "aws").stdout) == []

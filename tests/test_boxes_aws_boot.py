@@ -227,6 +227,16 @@ def test_ssh_on_an_image_box_runs_in_its_container(booting_aws, template, tmp_pa
                              f"mlenv-{name}", "test -e /var/log/mlenv-setup.log && echo instance"],
                             capture_output=True, text=True, timeout=60)
         assert vm.stdout.strip() == "instance", vm.stderr
+        # the watchdog's decisions come from the instance, where it runs (the container does not see them)
+        from mlenv.boxes.model import WATCHDOG_LOG
+
+        decisions = mlenv(project, "logs", name, "--json").stdout.splitlines()
+        assert decisions and json.loads(decisions[0])["event"] == "start"
+        mlenv(project, "logs", name, "--tail", "-3", expect=2)
+        # a log with no decision in it yet (the watchdog now writes to /dev/null): said, and exit 0
+        on(instance, f"mv {WATCHDOG_LOG} {WATCHDOG_LOG}.before && ln -s /dev/null {WATCHDOG_LOG}")
+        nothing = mlenv(project, "logs", name)
+        assert nothing.stdout == "" and f"box {name} has logged no decisions yet" in nothing.stderr
         mlenv(project, "down", name, "--yes")
     finally:
         for container in docker_client.containers.list(all=True, filters={"name": container_name(name)}):

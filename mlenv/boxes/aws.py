@@ -34,6 +34,7 @@ from mlenv.boxes import catalog
 from mlenv.boxes.model import (
     BOX_DIR,
     KEEPALIVE_DIR,
+    WATCHDOG_LOG,
     WATCHDOG_PATH,
     Box,
     Orphan,
@@ -605,7 +606,7 @@ class AWSProvider:
         from mlenv.boxes import cloudinit
 
         instance_id = inst["InstanceId"]
-        deadline = time.monotonic() + timeout
+        deadline, delay = time.monotonic() + timeout, 1.0
         if timeout > 0:
             progress(f"waiting for the host keys on {instance_id}'s console")
         while True:
@@ -619,7 +620,9 @@ class AWSProvider:
                 return keys, console
             if cloudinit.setup_state(console) == "failed" or time.monotonic() >= deadline:
                 return [], console
-            time.sleep(5)
+            # soon at first (a small AMI prints its keys within seconds), then every 5 s as EC2 suggests
+            time.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
 
     def _look_for_host_keys(self, inst: AwsRecord) -> AwsRecord:
         """A running box whose keys are not known yet (launched with ``--no-wait``, or booted since):
@@ -934,6 +937,25 @@ class AWSProvider:
             return ContainerOverSSH(ssh, container_name(box.name), where=f"box {box.name}")
         return VenvExecutor(ssh, BOX_VENV, KEEPALIVE_DIR, where=f"box {box.name}")
 
+    def watchdog_log(self, name: str) -> str:
+        """The watchdog's decisions (JSON lines) from the instance, where the watchdog runs (an image
+        box's container does not see them); empty before its first decision."""
+        import shlex
+
+        from mlenv.execute import SSHExecutor
+
+        box = self._box(self._need(name))
+        if box.state != "running":
+            raise UsageError(f"box {name} is {box.state}: its watchdog log is on its disk",
+                             hint=f"`mlenv start {name}`, then `mlenv logs {name}`")
+        ssh = SSHExecutor(box)
+        try:
+            log = shlex.quote(WATCHDOG_LOG)
+            return ssh.run(["sh", "-c", f"test ! -e {log} || cat {log}"], timeout=60).check(
+                f"reading the watchdog log of box {name}").text
+        finally:
+            ssh.close()
+
     def ssh_command(self, box: Box, command: Sequence[str]) -> tuple[builtins.list[str], bool]:
         """(remote command, needs a terminal) for `mlenv ssh NAME [-- CMD]`: where the box's environment
         is.  A venv box runs ``command`` (a shell when empty) as any box does; an image box enters its
@@ -1060,7 +1082,9 @@ def ecr_region(image_ref: str | None) -> str | None:
 
 
 def _console_text(output: str) -> str:
-    """EC2 returns console output base64-encoded (boto3 does not decode it)."""
+    """The console output as text.  EC2 sends it base64-encoded and botocore decodes it already
+    (``botocore.handlers.decode_console_output``); an Output still encoded (a client or proxy without
+    that handler) is decoded here.  Decoded text has spaces and newlines, so it never passes for base64."""
     import base64
     import binascii
 

@@ -284,6 +284,7 @@ def gc_command(
     """List (and with --yes delete) resources mlenv made that belong to no box."""
     from mlenv import console
     from mlenv.errors import ToolMissingError
+    from mlenv.wording import counted
 
     spec = _spec(ctx)
     found = []
@@ -309,7 +310,7 @@ def gc_command(
         for chosen, orphans in found:
             if orphans:
                 chosen.delete_orphans(orphans)
-        console.success(f"deleted {len(everything)} orphaned resource(s)")
+        console.success(f"deleted {counted(len(everything), 'orphaned resource')}")
     elif everything and not json_output:
         console.err.print("delete them with `mlenv gc --yes`")
 
@@ -361,7 +362,7 @@ def ssh_command(
 def logs_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Box name."),
-    tail: int = typer.Option(30, "--tail", "-n", help="Show the last N decisions (0: all)."),
+    tail: int = typer.Option(30, "--tail", "-n", min=0, help="Show the last N decisions (0: all)."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),
 ) -> None:
     """The watchdog's decisions on a box: what it saw at each check, and why it stopped the box."""
@@ -376,6 +377,9 @@ def logs_command(
     else:
         text = chosen.executor(box).run(["cat", WATCHDOG_LOG]).check(f"reading the watchdog log of {name}").text
     lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:  # a box just made, or a log someone cleared: nothing wrong, nothing to show
+        console.err.print(f"the watchdog of box {name} has logged no decisions yet", markup=False, highlight=False)
+        return
     if tail:
         lines = lines[-tail:]
     json_output = application(ctx).json
